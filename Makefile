@@ -1,0 +1,41 @@
+# Every target creates .venv and installs into it first, so each works on a fresh clone.
+# TORCH_SPEC picks the PyTorch build: the default is the CPU wheel this project is
+# tested with; a GPU user sets e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.t7synth-installed
+
+.PHONY: install demo test test-fast test-ddp benchmark clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first: a plain dependency resolution could pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Train the paper's U-Net on the embedded demo dataset (CPU) and print test scores.
+demo: $(STAMP)
+	$(BIN)/python -m t7synth.fit --config experiments/demo_unet.yaml
+
+## The whole test suite (GPU tests skip themselves without a GPU).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Everything but the tests marked slow.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-ddp: $(STAMP)
+	$(BIN)/python -m pytest -q -m ddp
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/step_time.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

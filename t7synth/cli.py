@@ -1,0 +1,34 @@
+"""Helpers shared by the ``python -m t7synth.<command>`` entry points."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from t7synth.errors import UserError
+
+#: Exit status for a user's mistake (argparse uses 2 for bad arguments too).
+USER_ERROR_EXIT = 2
+
+
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run a command's ``main`` and turn a :class:`UserError` into one line on stderr.
+
+    Anything else is a bug in t7synth and keeps its traceback.
+
+    Args:
+        main: the command's function; it returns an exit status or ``None`` for 0.
+        argv: arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        The exit status to hand to ``sys.exit``.
+    """
+    try:
+        status = main(argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0 if status is None else int(status)

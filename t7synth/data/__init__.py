@@ -1,0 +1,1 @@
+"""Data: dataset folders, preprocessing, augmentation, sampling and the demo dataset."""

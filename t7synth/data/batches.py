@@ -1,0 +1,84 @@
+"""Plain-tensor batches, and the 2.5D slab ↔ channel conversions every model shares.
+
+Lightning moves batches to the device by rebuilding their objects; TorchIO images do
+not survive that (TorchIO issue #1189), so the collate functions here turn subjects
+and patches into dicts of tensors (and a list of subject labels).
+
+Batch keys (``B`` samples, spatial dims ``I, J, K`` in RAS+ array order):
+
+* ``source``, ``target``: (B, 1, I, J, K) float32; ``mask``: (B, 1, I, J, K) uint8
+* ``location``: (B, 6) int64, the patch's start and end indices in its volume
+* ``age``, ``sex``, ``brain_mid``: (B,) float32; ``n_slices``: (B,) float32
+* ``subject``: list of ``sub-XXX`` labels
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+SUBJECT_KEYS = ("age", "sex", "brain_mid", "n_slices")
+
+
+def collate(items: Sequence) -> dict:
+    """Stack TorchIO subjects or patches into a dict of tensors."""
+    import torchio as tio
+
+    batch = {
+        name: torch.stack([item[name].data for item in items])
+        for name in ("source", "target", "mask")
+        if name in items[0]
+    }
+    if tio.LOCATION in items[0]:
+        batch["location"] = torch.stack([torch.as_tensor(item[tio.LOCATION]) for item in items]).long()
+    for key in SUBJECT_KEYS:
+        if key in items[0]:
+            batch[key] = torch.tensor([float(item[key]) for item in items], dtype=torch.float32)
+    if "subject" in items[0]:
+        batch["subject"] = [item["subject"] for item in items]
+    return batch
+
+
+def slab_patch_size(shape: Sequence[int], slices: int, axis: int, inplane: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """Patch size of a 2.5D slab: ``slices`` along ``axis``, the rest full or ``inplane``."""
+    size = list(shape) if inplane is None else _insert(list(inplane), axis, 0)
+    size[axis] = slices
+    return tuple(int(s) for s in size)
+
+
+def _insert(values: list[int], axis: int, value: int) -> list[int]:
+    values.insert(axis, value)
+    return values
+
+
+def slab_to_channels(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """(B, 1, I, J, K) slab → (B, k, H, W) with the slab's slices as channels."""
+    return x[:, 0].movedim(axis + 1, 1)
+
+
+def channels_to_slab(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """Inverse of :func:`slab_to_channels`: (B, k, H, W) → (B, 1, I, J, K)."""
+    return x.movedim(1, axis + 1).unsqueeze(1)
+
+
+def centre_slice(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """(B, 1, I, J, K) slab → its centre slice as (B, 1, H, W)."""
+    channels = slab_to_channels(x, axis)
+    middle = channels.shape[1] // 2
+    return channels[:, middle : middle + 1]
+
+
+def slice_position(centre: torch.Tensor, brain_mid: torch.Tensor, n_slices: torch.Tensor) -> torch.Tensor:
+    """The paper's slice-position token, 2 (j − mid) / n_slices (``paper.md`` §3.1)."""
+    return 2.0 * (centre.float() - brain_mid.float()) / n_slices.float().clamp(min=1)
+
+
+def brain_middle(mask: torch.Tensor, axis: int) -> float:
+    """Centre index of the brain's extent along ``axis`` of a (1, I, J, K) mask."""
+    other = tuple(d for d in range(1, 4) if d != axis + 1)
+    present = (mask > 0).any(dim=other).any(dim=0) if mask.ndim == 4 else (mask > 0).any(dim=other)
+    indices = torch.nonzero(present).flatten()
+    if len(indices) == 0:
+        return (mask.shape[axis + 1] - 1) / 2
+    return float(indices[0] + indices[-1]) / 2

@@ -1,0 +1,177 @@
+"""Find the paired subjects of a dataset folder and check every file before it is used.
+
+A dataset is trusted only after each volume has been read in full: a truncated
+``.nii.gz`` fails only when its data is decompressed, so checking headers is not
+enough. Every problem a user can cause ends in a :class:`~t7synth.errors.UserError`
+that names the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from t7synth.data import naming
+from t7synth.errors import UserError
+
+#: Source and target must share their affine to this many millimetres per element.
+AFFINE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class SubjectRecord:
+    """One paired subject: its files and what ``participants.tsv`` says of it.
+
+    ``sex`` is 1.0 for female and 0.0 for male (the paper's token), 0.5 if unknown;
+    ``age`` is in years, 0.0 if unknown; ``split`` is ``train``/``val``/``test`` or
+    ``None`` when the dataset leaves splitting to t7synth.
+    """
+
+    subject: str
+    source: Path
+    target: Path
+    mask: Path | None
+    age: float = 0.0
+    sex: float = 0.5
+    split: str | None = None
+
+
+def discover(root: str | Path) -> list[SubjectRecord]:
+    """List the subjects of a dataset folder, checking that each has both partners.
+
+    Subjects come from ``participants.tsv`` when it exists, else from the ``sub-*``
+    folders. Files are not read here; see :func:`load_volume` and :func:`check_pair`.
+
+    Raises:
+        UserError: a missing folder, a malformed ``participants.tsv``, a subject with
+            a missing 3T or 7T file, or no subjects at all.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"dataset folder not found: {root}")
+    table = root / naming.PARTICIPANTS
+    rows = _read_participants(table) if table.is_file() else [
+        {"participant_id": p.name} for p in sorted(root.glob("sub-*")) if p.is_dir()
+    ]
+    records = []
+    for row in rows:
+        subject = row["participant_id"]
+        source = naming.source_path(root, subject)
+        target = naming.target_path(root, subject)
+        for path, partner in ((source, target), (target, source)):
+            if not path.is_file():
+                raise UserError(f"missing file {path} (the partner of {partner.name} for {subject})")
+        mask = naming.mask_path(root, subject)
+        records.append(
+            SubjectRecord(
+                subject=subject,
+                source=source,
+                target=target,
+                mask=mask if mask.is_file() else None,
+                age=_parse_age(row.get("age"), table, subject),
+                sex=_parse_sex(row.get("sex"), table, subject),
+                split=_parse_split(row.get("split"), table, subject),
+            )
+        )
+    if not records:
+        raise UserError(f"no subjects found in {root} (expected sub-*/anat/sub-*_acq-3T_T1w.nii.gz)")
+    return records
+
+
+def _read_participants(table: Path) -> list[dict[str, str]]:
+    with open(table, newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        if not reader.fieldnames or "participant_id" not in reader.fieldnames:
+            raise UserError(f"{table} has no participant_id column (columns: {reader.fieldnames})")
+        rows = [row for row in reader if (row.get("participant_id") or "").strip()]
+    seen = set()
+    for row in rows:
+        subject = row["participant_id"].strip()
+        if not naming.SUBJECT_PATTERN.fullmatch(subject):
+            raise UserError(f"{table}: participant_id {subject!r} is not of the form sub-<label>")
+        if subject in seen:
+            raise UserError(f"{table}: participant_id {subject} appears twice")
+        seen.add(subject)
+        row["participant_id"] = subject
+    return rows
+
+
+def _parse_age(value: str | None, table: Path, subject: str) -> float:
+    if value is None or value.strip() in ("", "n/a", "NA", "nan"):
+        return 0.0
+    try:
+        age = float(value)
+    except ValueError:
+        raise UserError(f"{table}: age {value!r} of {subject} is not a number") from None
+    if not math.isfinite(age) or age < 0:
+        raise UserError(f"{table}: age {value!r} of {subject} is not a valid age")
+    return age
+
+
+def _parse_sex(value: str | None, table: Path, subject: str) -> float:
+    text = (value or "").strip().upper()
+    if text in ("F", "FEMALE"):
+        return 1.0
+    if text in ("M", "MALE"):
+        return 0.0
+    if text in ("", "N/A", "NA", "O", "OTHER", "U"):
+        return 0.5
+    raise UserError(f"{table}: sex {value!r} of {subject} is not M or F")
+
+
+def _parse_split(value: str | None, table: Path, subject: str) -> str | None:
+    text = (value or "").strip().lower()
+    if not text:
+        return None
+    if text not in naming.SPLITS:
+        raise UserError(f"{table}: split {value!r} of {subject} is not one of {', '.join(naming.SPLITS)}")
+    return text
+
+
+def load_volume(path: str | Path):
+    """Read a 3D NIfTI volume in full, in RAS+ orientation, and check its values.
+
+    Returns:
+        ``(array, affine)``: float32 array of shape (I, J, K) and its 4×4 affine.
+
+    Raises:
+        UserError: unreadable or truncated file, not 3D, NaN/Inf voxels, or a volume
+            whose voxels are all equal (empty).
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        image = nib.load(str(path))
+        image = nib.as_closest_canonical(image)
+        array = np.asarray(image.dataobj, dtype=np.float32)
+    except FileNotFoundError:
+        raise UserError(f"file not found: {path}") from None
+    except Exception as error:  # nibabel, gzip and zlib raise many types for bad files
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"cannot read {path}: {reason}") from None
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise UserError(f"{path} has shape {array.shape}; a 3D volume is expected")
+    if not np.isfinite(array).all():
+        raise UserError(f"{path} contains NaN or infinite voxels")
+    if float(array.max()) == float(array.min()):
+        raise UserError(f"{path} is empty: every voxel is {float(array.min())}")
+    return array, image.affine
+
+
+def check_pair(first: Path, first_shape, first_affine, second: Path, second_shape, second_affine) -> None:
+    """Check that two volumes share a grid: the same shape and, within tolerance, affine.
+
+    Raises:
+        UserError: naming both files and what differs.
+    """
+    if tuple(first_shape) != tuple(second_shape):
+        raise UserError(f"{second} has shape {tuple(second_shape)} but {first} has {tuple(first_shape)}")
+    if not np.allclose(first_affine, second_affine, atol=AFFINE_TOLERANCE):
+        raise UserError(f"{second} and {first} have different affines (not on the same grid)")

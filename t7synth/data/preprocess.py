@@ -1,0 +1,139 @@
+"""Deterministic preprocessing, done once per subject and cached.
+
+Steps (``reference/paper.md`` §2, steps 5-7): RAS+ orientation; a brain mask (the
+dataset's, else the 3T image's non-zero voxels); per volume, a percentile clip inside
+the brain and min-max to [0, 1]; zero outside the brain; crop or pad to a fixed shape
+centred on the brain. Augmentation is kept apart (``transforms.py``) because it is
+random and cheap, while this is fixed and comparatively slow.
+
+The cache key of a subject covers its files (path, size, modification time) and the
+preprocessing settings, so editing a file or a setting recomputes just what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from t7synth.data.layout import SubjectRecord, check_pair, load_volume
+from t7synth.errors import UserError
+
+#: Bump when the preprocessing code changes what it produces.
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The settings that define a preprocessed volume.
+
+    Args:
+        percentiles: clip limits inside the brain before min-max scaling.
+        shape: fixed output shape, or ``None`` to keep the input shape.
+    """
+
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    shape: tuple[int, int, int] | None = None
+
+    def key(self) -> dict:
+        return {"percentiles": list(self.percentiles), "shape": list(self.shape) if self.shape else None, "v": CACHE_VERSION}
+
+
+def normalise(volume: torch.Tensor, mask: torch.Tensor, percentiles=(1.0, 99.0)) -> torch.Tensor:
+    """Clip to percentiles inside ``mask``, scale to [0, 1], zero outside the mask.
+
+    TorchIO's ``RescaleIntensity`` does the clip and the scaling; the mask product
+    makes the background exactly 0 in both images, as the authors' pipeline does
+    (7T × (3T > 0)).
+
+    Args:
+        volume: (1, I, J, K) float tensor.
+        mask: (1, I, J, K) tensor, non-zero inside the brain.
+    """
+    import torchio as tio
+
+    inside = mask > 0
+    if not bool(inside.any()):
+        raise UserError("the brain mask is empty")
+    rescale = tio.RescaleIntensity(out_min_max=(0.0, 1.0), percentiles=tuple(percentiles))
+    scaled = rescale.rescale(volume.float(), inside, "volume")
+    return scaled * inside
+
+
+def crop_or_pad(subject, shape):
+    """Crop or pad every image of a TorchIO subject to ``shape``, centred on its mask."""
+    import torchio as tio
+
+    return tio.CropOrPad(tuple(shape), mask_name="mask")(subject)
+
+
+def preprocess_record(record: SubjectRecord, settings: Preprocessing) -> dict[str, torch.Tensor]:
+    """Read, check and preprocess one subject.
+
+    Returns:
+        ``{"source", "target"}`` float32 (1, I, J, K) in [0, 1], ``"mask"`` uint8,
+        and ``"affine"`` float64 (4, 4) of the output grid.
+
+    Raises:
+        UserError: any bad file (see :func:`~t7synth.data.layout.load_volume`) or a
+            pair whose grids differ.
+    """
+    import torchio as tio
+
+    source, source_affine = load_volume(record.source)
+    target, target_affine = load_volume(record.target)
+    check_pair(record.source, source.shape, source_affine, record.target, target.shape, target_affine)
+    if record.mask is not None:
+        mask, mask_affine = load_volume(record.mask)
+        check_pair(record.source, source.shape, source_affine, record.mask, mask.shape, mask_affine)
+        mask = mask > 0
+    else:
+        mask = source > 0
+    if not mask.any():
+        raise UserError(f"brain mask of {record.subject} is empty ({record.mask or record.source})")
+    mask_t = torch.from_numpy(mask[None].astype(np.uint8))
+    subject = tio.Subject(
+        source=tio.ScalarImage(tensor=normalise(torch.from_numpy(source[None]), mask_t, settings.percentiles), affine=source_affine),
+        target=tio.ScalarImage(tensor=normalise(torch.from_numpy(target[None]), mask_t, settings.percentiles), affine=source_affine),
+        mask=tio.LabelMap(tensor=mask_t, affine=source_affine),
+    )
+    if settings.shape is not None:
+        subject = crop_or_pad(subject, settings.shape)
+    return {
+        "source": subject["source"].data.float().contiguous(),
+        "target": subject["target"].data.float().contiguous(),
+        "mask": subject["mask"].data.to(torch.uint8).contiguous(),
+        "affine": torch.as_tensor(subject["source"].affine, dtype=torch.float64),
+    }
+
+
+def cache_key(record: SubjectRecord, settings: Preprocessing) -> str:
+    """Hash of the subject's files (path, size, mtime) and the settings."""
+    files = [record.source, record.target] + ([record.mask] if record.mask else [])
+    stats = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    blob = json.dumps({"files": stats, "settings": settings.key()}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def load_or_preprocess(record: SubjectRecord, settings: Preprocessing, cache_dir: Path) -> dict[str, torch.Tensor]:
+    """The preprocessed subject, from ``cache_dir`` when present, else computed and cached.
+
+    The cache file is a plain tensor dict, written atomically and read with
+    ``weights_only=True`` (no pickled code).
+    """
+    from t7synth.io import atomic_path
+
+    path = Path(cache_dir) / f"{record.subject}-{cache_key(record, settings)}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # a cache file from an older torch or a full disk: recompute
+            path.unlink(missing_ok=True)
+    data = preprocess_record(record, settings)
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+    return data

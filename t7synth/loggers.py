@@ -1,0 +1,127 @@
+"""Loggers: a CSV file always, Weights & Biases when asked or possible.
+
+``metrics.csv`` is written whatever happens to W&B, so a run can always be compared
+offline. W&B defaults to online when credentials exist and offline otherwise, so a
+run never stops to ask for a key or waits on a network it cannot reach. The run id is
+kept in the run directory, so ``--resume`` continues the same W&B run.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+from t7synth.config import Config
+
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def has_wandb_credentials() -> bool:
+    """True when an API key is in the environment or in ``~/.netrc`` for api.wandb.ai."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_mode(requested: str | None) -> str:
+    """``online``, ``offline`` or ``disabled``; ``None`` means online only with credentials.
+
+    ``WANDB_MODE`` in the environment wins over the default, as W&B users expect.
+    """
+    if requested:
+        return requested
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled"):
+        return env
+    if env == "dryrun":
+        return "offline"
+    return "online" if has_wandb_credentials() else "offline"
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The run's W&B id, created once and kept in the run directory."""
+    path = run_dir / WANDB_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    import secrets
+
+    run_id = secrets.token_hex(4)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def build_loggers(config: Config, run_dir: Path, mode: str) -> list:
+    """CSV logger writing ``run_dir/metrics.csv``, plus a W&B logger unless disabled.
+
+    The W&B run is grouped by experiment and tagged with the model so runs line up on a
+    dashboard; it carries the resolved config.
+    """
+    from pytorch_lightning.loggers import CSVLogger
+
+    loggers: list = [CSVLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name)]
+    if mode != "disabled":
+        from pytorch_lightning.loggers import WandbLogger
+
+        loggers.append(
+            WandbLogger(
+                project=config.wandb.project,
+                entity=config.wandb.entity,
+                name=f"{config.name}/{run_dir.name}",
+                group=config.name,
+                tags=[config.model.name],
+                job_type="train",
+                save_dir=str(run_dir),
+                id=wandb_run_id(run_dir),
+                resume="allow",
+                offline=mode == "offline",
+                config=config.to_dict(),
+            )
+        )
+    return loggers
+
+
+def log_test_results(loggers: list, rows: list[dict], run_dir: Path) -> None:
+    """Log a finished test to W&B so runs compare on a dashboard.
+
+    For every W&B logger: the mean and SD of each test score in the run summary
+    (``test/psnr_brain``, ``test/psnr_brain_sd``, ``test/identity/psnr_brain``, … so
+    the runs table of a project sorts and filters by them), and one ``wandb.Table``
+    ``test/scores`` with a row per subject and model (the model and both references),
+    the model rows carrying the subject's montage (``samples/test_<subject>.png``) as
+    an image. Only rank 0 logs; the other ranks and runs without W&B return at once.
+
+    Args:
+        loggers: ``trainer.loggers``.
+        rows: ``model.test_rows`` (``model``, ``subject`` and the scores).
+        run_dir: the run directory that holds ``samples/``.
+    """
+    from pytorch_lightning.utilities import rank_zero_only
+
+    wandb_loggers = [logger for logger in loggers if type(logger).__name__ == "WandbLogger"]
+    if rank_zero_only.rank != 0 or not wandb_loggers or not rows:
+        return
+    import wandb
+
+    from t7synth.metrics import NAMES
+    from t7synth.report import mean_sd
+
+    summary = {}
+    for model in dict.fromkeys(row["model"] for row in rows):
+        prefix = "test/" if model == "model" else f"test/{model}/"
+        selected = [row for row in rows if row["model"] == model]
+        for name in NAMES:
+            mean, sd = mean_sd([float(row[name]) for row in selected])
+            summary[prefix + name], summary[f"{prefix}{name}_sd"] = mean, sd
+    data = []
+    for row in rows:
+        montage = Path(run_dir) / "samples" / f"test_{row['subject']}.png"
+        image = wandb.Image(str(montage), caption=row["subject"]) if row["model"] == "model" and montage.is_file() else None
+        data.append([row["model"], row["subject"], *(float(row[name]) for name in NAMES), image])
+    for logger in wandb_loggers:
+        logger.experiment.summary.update(summary)
+        logger.log_table(key="test/scores", columns=["model", "subject", *NAMES, "montage"], data=data)

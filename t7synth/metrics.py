@@ -1,0 +1,103 @@
+"""Image scores of a synthetic volume against its 7T target: whole volume and in-brain.
+
+All scores take volumes scaled to [0, 1] as in training (``data_range`` 1) and are
+computed in float32 whatever the training precision. The prediction is clamped to
+[0, 1] first: the target lives there, and a linear output head may overshoot.
+
+* ``psnr``: torchmetrics' PSNR over every voxel.
+* ``ssim``: 3D SSIM with a Gaussian window (sigma 1.5, 11 voxels), averaged over the
+  voxels at least 5 from the border, which is what scikit-image's
+  ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``
+  reports. torchmetrics computes the SSIM map; the padding and the reduction are ours.
+* ``psnr_brain``: PSNR of the voxels inside the brain mask.
+* ``ssim_brain``: the same SSIM map averaged inside the brain mask (the authors
+  instead flattened the brain voxels to a 1-D signal; see ``docs/metrics.md``).
+
+The SSIM map equals scikit-image's ``full=True`` map at every voxel, border included:
+scikit-image filters with SciPy's ``reflect`` mode (edge voxel repeated), whereas
+torchmetrics pads with PyTorch's ``reflect`` (edge voxel not repeated). Padding the
+volumes ourselves in SciPy's way first makes the two agree, so an in-brain SSIM of a
+mask that reaches the border is scikit-image's too (``tests/inference/test_metric_parity.py``).
+* ``mae``: mean absolute error over the whole volume.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SSIM_SIGMA = 1.5
+SSIM_KERNEL = 11
+NAMES = ("psnr", "ssim", "psnr_brain", "ssim_brain", "mae")
+
+
+def _pad_symmetric(volume: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad every dim by ``pad`` mirroring the edge voxel too (SciPy's ``reflect`` mode)."""
+    for dim in range(volume.ndim):
+        size = volume.shape[dim]
+        # Tile mirrored copies first so volumes thinner than ``pad`` still pad as SciPy does.
+        while size < pad:
+            volume = torch.cat([volume, volume.flip(dim)], dim)
+            size = volume.shape[dim]
+        before = volume.narrow(dim, 0, pad).flip(dim)
+        after = volume.narrow(dim, volume.shape[dim] - pad, pad).flip(dim)
+        volume = torch.cat([before, volume, after], dim)
+    return volume
+
+
+def ssim_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Voxel-wise 3D SSIM of two (I, J, K) volumes (float32, data range 1).
+
+    Equal to scikit-image's full SSIM map (Gaussian window, population covariances),
+    border voxels included; see the module docstring for the padding.
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    pad = (SSIM_KERNEL - 1) // 2
+    if min(prediction.shape) < 1:
+        raise ValueError(f"cannot score an empty volume of shape {tuple(prediction.shape)}")
+    shape = prediction.shape
+    _, full = structural_similarity_index_measure(
+        _pad_symmetric(prediction.float(), pad)[None, None],
+        _pad_symmetric(target.float(), pad)[None, None],
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_KERNEL,
+        data_range=1.0,
+        return_full_image=True,
+    )
+    # torchmetrics returns the map of the padded volume; its interior is ours.
+    return full[0, 0, pad : pad + shape[0], pad : pad + shape[1], pad : pad + shape[2]]
+
+
+def psnr(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PSNR in dB with peak 1, over all voxels or those inside ``mask``."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    if mask is None:
+        return float(peak_signal_noise_ratio(prediction.float(), target.float(), data_range=1.0))
+    inside = mask > 0
+    mse = torch.mean((prediction.float()[inside] - target.float()[inside]) ** 2)
+    return float("inf") if float(mse) == 0 else -10.0 * math.log10(float(mse))
+
+
+def volume_scores(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """All scores of one volume (tensors of shape (I, J, K), or with leading 1s).
+
+    Returns:
+        ``{"psnr", "ssim", "psnr_brain", "ssim_brain", "mae"}`` as floats.
+    """
+    prediction = prediction.detach().float().squeeze().clamp(0, 1).cpu()
+    target = target.detach().float().squeeze().cpu()
+    mask = mask.detach().squeeze().cpu() > 0
+    full = ssim_map(prediction, target)
+    pad = (SSIM_KERNEL - 1) // 2
+    interior = full[pad:-pad, pad:-pad, pad:-pad] if min(full.shape) > 2 * pad else full
+    return {
+        "psnr": psnr(prediction, target),
+        "ssim": float(interior.mean()),
+        "psnr_brain": psnr(prediction, target, mask),
+        "ssim_brain": float(full[mask].mean()),
+        "mae": float(torch.mean(torch.abs(prediction - target))),
+    }

@@ -1,0 +1,274 @@
+"""What every t7synth model shares: batches → net inputs, losses, whole-volume scoring.
+
+A model is a :class:`SynthesisModule` subclass that builds its network
+(:meth:`SynthesisModule.build_net`) and declares its configuration defaults
+(``DEFAULTS``: geometry, losses, optimiser, a demo-sized net). Everything else, from
+turning a slab into channels to scoring whole volumes against both baselines and
+drawing montages, lives here once, so the four models' numbers are comparable by
+construction. A variant overrides one method (nnU-Net's trainer variants).
+
+Metric keys are namespaced: ``train/loss``, ``val/psnr_brain``, ``test/ssim`` for the
+model, ``val/identity/...`` and ``val/lut/...`` for the identity baseline (the 3T input
+scored as the prediction) and the intensity-mapping baseline.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from t7synth import metrics
+from t7synth.config import Config
+from t7synth.data import batches
+from t7synth.data.intensity_lut import DEFAULT_BINS, apply_lut
+from t7synth.errors import UserError
+from t7synth.inference import predict_volume
+
+BASELINES = ("identity", "lut")
+
+
+def build_net(net_class: type, kwargs: dict[str, Any], **fixed: Any) -> nn.Module:
+    """Instantiate ``net_class`` from config ``model.net``, checking the keys first.
+
+    Args:
+        net_class: the ``nn.Module`` class.
+        kwargs: ``model.net`` from the config.
+        fixed: arguments the model decides (e.g. ``in_channels`` from the geometry);
+            setting them in the config as well is an error.
+    """
+    valid = [name for name in inspect.signature(net_class).parameters if name not in fixed]
+    for key in kwargs:
+        if key not in valid:
+            raise UserError(f"unknown config key 'model.net.{key}' for {net_class.__name__}; valid keys: {', '.join(valid)}")
+    try:
+        return net_class(**kwargs, **fixed)
+    except (TypeError, ValueError, AssertionError) as error:
+        raise UserError(f"config key model.net: {error}") from None
+
+
+class SynthesisModule(pl.LightningModule):
+    """Base LightningModule for 3T → 7T synthesis.
+
+    Args:
+        config: the resolved experiment config as a plain dict (``Config.to_dict()``);
+            it is saved in every checkpoint, so a checkpoint alone rebuilds the model.
+
+    Attributes:
+        lut: (bins,) buffer, the intensity-mapping baseline fitted on the training
+            subjects; copied from the data module when training starts and saved in
+            checkpoints so ``predict`` and ``evaluate`` can report it.
+        voxel_size: (3,) buffer, the training data's voxel size in mm (0 until fitted).
+    """
+
+    #: Layered over the dataclass defaults before the experiment file (see config.py).
+    DEFAULTS: dict[str, Any] = {}
+    #: DDP must look for unused parameters only where some are unused by design (GAN).
+    FIND_UNUSED_PARAMETERS = False
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config = Config.from_dict(config)
+        self.geometry = self.config.geometry
+        self.net = self.build_net()
+        self.register_buffer("lut", torch.linspace(0, 1, DEFAULT_BINS))
+        # Voxel size (mm) of the training data, so predict can resample new scans to it.
+        self.register_buffer("voxel_size", torch.zeros(3))
+        self._perceptual = None
+        self._baseline_scores: dict[tuple[str, str], dict[str, float]] = {}
+        self._rows: list[dict[str, Any]] = []
+        self.test_rows: list[dict[str, Any]] = []
+
+    # -- to override ------------------------------------------------------------
+    def build_net(self) -> nn.Module:
+        """Build the network from ``self.config.model.net`` and the geometry."""
+        raise NotImplementedError
+
+    def generator(self) -> nn.Module:
+        """The network that synthesises images (what ``--summary`` counts)."""
+        return self.net
+
+    def uses_context(self) -> bool:
+        """Whether the net takes (age, sex, slice position) tokens."""
+        return False
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x)
+
+    # -- batches → net --------------------------------------------------------
+    def net_input(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The net's input and, for conditioned nets, its (B, 3, 1) context tokens."""
+        geometry = self.geometry
+        if geometry.mode != "slab":
+            return batch["source"], None
+        x = batches.slab_to_channels(batch["source"], geometry.axis)
+        if not self.uses_context():
+            return x, None
+        centre = batch["location"][:, geometry.axis] + geometry.slices // 2
+        position = batches.slice_position(centre, batch["brain_mid"], batch["n_slices"])
+        context = torch.stack([batch["age"].float(), batch["sex"].float(), position.to(batch["age"].device)], dim=1)
+        return x, context[..., None].to(x.dtype)
+
+    def net_view(self, volume: torch.Tensor) -> torch.Tensor:
+        """A target-like tensor (target or mask) in the layout of the net's output."""
+        geometry = self.geometry
+        if geometry.mode != "slab":
+            return volume
+        if geometry.target == "center":
+            return batches.centre_slice(volume, geometry.axis)
+        return batches.slab_to_channels(volume, geometry.axis)
+
+    # -- training ---------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self._perceptual is None:
+            from t7synth.losses import build_perceptual
+
+            # Kept out of the module tree: its frozen weights do not belong in checkpoints.
+            self._perceptual = build_perceptual(self.config.loss.perceptual, self.config.loss.perceptual_weights)
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and getattr(datamodule, "lut", None) is not None:
+            self.lut.copy_(datamodule.lut.to(self.lut.device))
+            self.voxel_size.copy_(torch.as_tensor(datamodule.voxel_size, dtype=torch.float32))
+
+    def reconstruction_losses(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L1 (optionally inside the brain) plus the weighted perceptual term, in fp32."""
+        loss_config = self.config.loss
+        prediction = prediction.float()
+        target = target.float()
+        error = torch.abs(prediction - target)
+        if loss_config.l1_in_mask:
+            inside = (mask > 0).float()
+            l1 = (error * inside).sum() / inside.sum().clamp(min=1)
+        else:
+            l1 = error.mean()
+        losses = {"l1": l1, "loss": loss_config.l1 * l1}
+        if self._perceptual is not None:
+            perceptual_net = self._perceptual.to(prediction.device)
+            centre = prediction.shape[1] // 2
+            perceptual = perceptual_net(prediction[:, centre : centre + 1], target[:, centre : centre + 1])
+            losses["perceptual"] = perceptual
+            losses["loss"] = losses["loss"] + loss_config.perceptual * perceptual
+        return losses
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x, context = self.net_input(batch)
+        prediction = self(x, context)
+        losses = self.reconstruction_losses(prediction, self.net_view(batch["target"]), self.net_view(batch["mask"]))
+        size = x.shape[0]
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=size)
+        return losses["loss"]
+
+    def configure_optimizers(self):
+        optim = self.config.optim
+        optimizer = torch.optim.Adam(self.generator().parameters(), lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_every, gamma=optim.step_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # -- whole volumes ----------------------------------------------------------
+    def predict_subject(self, source: torch.Tensor, meta: dict[str, float], mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Synthesise a whole preprocessed (1, I, J, K) volume; float32, on the CPU.
+
+        Args:
+            source: the 3T volume in [0, 1].
+            meta: ``age``, ``sex``, ``brain_mid``, ``n_slices`` (context tokens).
+            mask: brain mask; the prediction is zeroed outside it, as the target is.
+        """
+
+        def predict(patch: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
+            size = patch.shape[0]
+            batch = {"source": patch.to(self.device), "location": location.to(self.device)}
+            batch.update({key: torch.full((size,), float(meta[key]), device=self.device) for key in batches.SUBJECT_KEYS})
+            x, context = self.net_input(batch)
+            return self(x, context)
+
+        prediction = predict_volume(predict, source, self.geometry, self.config.data.inference_batch_size)
+        if mask is not None:
+            prediction = prediction * (mask.cpu() > 0)
+        return prediction
+
+    def _score_batch(self, batch: dict, stage: str, batch_idx: int) -> None:
+        subject = batch["subject"][0]
+        source, target, mask = batch["source"][0], batch["target"][0], batch["mask"][0]
+        meta = {key: float(batch[key][0]) for key in batches.SUBJECT_KEYS}
+        prediction = self.predict_subject(source, meta, mask)
+        row = {"subject": subject, "model": "model", **metrics.volume_scores(prediction, target, mask)}
+        self._rows.append(row)
+        for baseline in BASELINES:
+            key = (baseline, subject)
+            if key not in self._baseline_scores:
+                guess = source if baseline == "identity" else apply_lut(self.lut, source, mask)
+                self._baseline_scores[key] = metrics.volume_scores(guess, target, mask)
+            self._rows.append({"subject": subject, "model": baseline, **self._baseline_scores[key]})
+        # Validation draws one montage per epoch (rank 0's first subject); test draws
+        # one per subject, since it runs once.
+        if self.trainer.is_global_zero and (stage == "test" or batch_idx == 0):
+            self._montage(stage, subject, source, prediction, target, mask, row)
+
+    def _montage(self, stage, subject, source, prediction, target, mask, row) -> None:
+        from t7synth.plotting import save_montage
+
+        name = f"{stage}_epoch{self.current_epoch:03d}_{subject}.png" if stage == "val" else f"test_{subject}.png"
+        title = f"{subject}  {stage} epoch {self.current_epoch}  PSNR(brain) {row['psnr_brain']:.2f} dB  SSIM(brain) {row['ssim_brain']:.3f}"
+        path = save_montage(self.run_dir() / "samples" / name, source, prediction, target, mask, title)
+        for logger in self.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.log_image(key=f"{stage}/montage", images=[str(path)], caption=[subject])
+
+    def run_dir(self) -> Path:
+        """The run directory (``runs/<experiment>/<version>``), or the trainer's root."""
+        trainer = self.trainer
+        return Path(trainer.log_dir or trainer.default_root_dir)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._score_batch(batch, "val", batch_idx)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._score_batch(batch, "test", batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_means("val", self._gather_rows())
+
+    def on_test_epoch_end(self) -> None:
+        rows = self._gather_rows()
+        self._log_means("test", rows)
+        self.test_rows = rows
+        if self.trainer.is_global_zero and rows:
+            self._write_rows(self.run_dir() / "test_scores.csv", rows)
+
+    def _gather_rows(self) -> list[dict[str, Any]]:
+        rows, self._rows = self._rows, []
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        return sorted(rows, key=lambda r: (r["model"] != "model", r["model"], r["subject"]))
+
+    def _log_means(self, stage: str, rows: list[dict[str, Any]]) -> None:
+        # Every rank holds the gathered rows, so each logs the same mean: no sync needed.
+        for model in ("model",) + BASELINES:
+            selected = [r for r in rows if r["model"] == model]
+            if not selected:
+                continue
+            prefix = f"{stage}/" if model == "model" else f"{stage}/{model}/"
+            for name in metrics.NAMES:
+                value = sum(r[name] for r in selected) / len(selected)
+                self.log(prefix + name, value, prog_bar=(model == "model" and name == "psnr_brain"), sync_dist=False)
+
+    @staticmethod
+    def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+        from t7synth.io import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["model", "subject", *metrics.NAMES])
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})

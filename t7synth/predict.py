@@ -1,0 +1,77 @@
+"""``python -m t7synth.predict``: synthesise 7T-like volumes from 3T scans with a checkpoint.
+
+Examples::
+
+    python -m t7synth.predict --ckpt runs/demo_unet/version_0/checkpoints/best.ckpt \\
+        --input scan.nii.gz --output scan_synth7T.nii.gz [--mask brain_mask.nii.gz]
+    python -m t7synth.predict --ckpt best.ckpt --input scans/ --output synth/ [--mask masks/]
+    python -m t7synth.predict --ckpt best.ckpt --input DATASET --split test --output synth/
+
+The checkpoint alone defines the model, its geometry and its preprocessing; the
+output lies on the input's grid (same affine, float32, [0, 1], zero outside the
+brain). See :mod:`t7synth.synthesis` for the steps. Folder inputs continue past
+unreadable files, report each on one line, and exit non-zero at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from t7synth.cli import run_main
+from t7synth.errors import UserError
+
+#: Exit status when some volumes of a folder failed (the others were written).
+PARTIAL_FAILURE_EXIT = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m t7synth.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", required=True, help="checkpoint file (runs/<exp>/<version>/checkpoints/best.ckpt)")
+    parser.add_argument("--input", required=True, metavar="FILE|DIR", help="a NIfTI file, a folder of them, or a dataset folder")
+    parser.add_argument("--output", required=True, metavar="FILE|DIR", help="output file (for a file input) or folder")
+    parser.add_argument("--mask", metavar="FILE|DIR", help="brain mask(s); default: the dataset's masks, else voxels > 0")
+    parser.add_argument("--split", choices=["train", "val", "test"], help="dataset input: only this split (as in training)")
+    parser.add_argument("--gpus", type=int, default=0, help="0 = CPU (default), 1 = the first CUDA GPU")
+    parser.add_argument("--batch-size", type=int, help="windows/patches per forward pass (default: the config's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def device_for(gpus: int) -> str:
+    """``cpu`` or ``cuda`` for ``--gpus``; one GPU at most (one volume at a time)."""
+    if gpus == 0:
+        return "cpu"
+    if gpus != 1:
+        raise UserError(f"--gpus {gpus}: predict uses one GPU; run one predict per GPU on separate folders")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("--gpus 1: no CUDA GPU is visible on this machine (use --gpus 0 for the CPU)")
+    return "cuda"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from t7synth.synthesis import Synthesiser, plan_jobs, run_jobs
+
+    args = build_parser().parse_args(argv)
+    device = device_for(args.gpus)
+    synthesiser = Synthesiser.from_checkpoint(args.ckpt, device=device, batch_size=args.batch_size)
+    jobs = plan_jobs(args.input, args.output, args.mask, args.split, synthesiser.config)
+    if Path(args.input).expanduser().is_file():
+        # A single file: its error is the command's error (one line, exit 2).
+        print(synthesiser.write(jobs[0]))
+        return 0
+    failures = run_jobs(synthesiser, jobs, progress=not args.no_progress)
+    written = len(jobs) - len(failures)
+    print(f"{written} of {len(jobs)} volumes written to {args.output}")
+    if failures:
+        print(f"error: {len(failures)} of {len(jobs)} volumes failed (see the lines above)", file=sys.stderr)
+        return PARTIAL_FAILURE_EXIT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

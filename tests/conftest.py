@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny paired datasets written as real NIfTI files, and test settings.
+
+Every test that needs data makes its own in ``tmp_path`` (TorchIO's habit), so tests
+never depend on a download, on the demo cache or on each other.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Keep W&B quiet and local unless a test asks otherwise; one thread per process keeps
+# two-core machines responsive while DDP tests run two processes.
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def make_pair(shape=(20, 24, 18), seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 'brain' (an ellipsoid with two tissue classes) as 7T, and a degraded 3T copy."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    radius = np.sqrt((grid**2).sum(0))
+    mask = radius < 0.8
+    texture = gaussian_filter(rng.standard_normal(shape), 1.5)
+    target = np.where(texture > 0, 0.8, 0.45) * mask + 0.01 * rng.standard_normal(shape) * mask
+    source = gaussian_filter(target, 0.8) ** 1.3 + 0.03 * rng.standard_normal(shape) * mask
+    return source.astype(np.float32) * mask, target.astype(np.float32), mask.astype(np.uint8)
+
+
+def make_dataset(root: Path, n_subjects: int = 4, shape=(20, 24, 18), splits: bool = True, masks: bool = True) -> Path:
+    """Write a paired dataset folder in t7synth's layout and return its path."""
+    from t7synth.data import naming
+
+    root.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    lines = ["participant_id\tage\tsex" + ("\tsplit" if splits else "")]
+    for index in range(n_subjects):
+        subject = f"sub-{index + 1:03d}"
+        source, target, mask = make_pair(shape, seed=index)
+        write_nifti(naming.source_path(root, subject), source, affine)
+        write_nifti(naming.target_path(root, subject), target, affine)
+        if masks:
+            write_nifti(naming.mask_path(root, subject), mask, affine)
+        split = "test" if index == n_subjects - 1 else "val" if index == n_subjects - 2 else "train"
+        lines.append(f"{subject}\t{60 + index}\t{'F' if index % 2 else 'M'}" + (f"\t{split}" if splits else ""))
+    (root / naming.PARTICIPANTS).write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """A 4-subject dataset (2 train, 1 val, 1 test) of 20x24x18 volumes."""
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own preprocessing cache, so no test reads another's files."""
+    monkeypatch.setenv("T7SYNTH_CACHE", str(tmp_path / "cache"))
+
+
+TINY_UNET = [
+    "model.net.channels=8",
+    "model.net.channel_mult=[1,2]",
+    "model.net.num_res_blocks=1",
+    "model.net.attention_levels=[1]",
+    "model.net.norm_groups=4",
+    "data.batch_size=2",
+    "data.samples_per_volume=2",
+    "data.queue_length=4",
+    "data.inference_batch_size=8",
+    "trainer.log_every_n_steps=1",
+]

@@ -1,0 +1,101 @@
+"""``fit`` → ``predict`` → ``evaluate`` on the tiny dataset: the scores must agree."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from conftest import TINY_UNET, make_pair, write_nifti
+from t7synth import evaluate, fit, predict
+from t7synth.cli import run_main
+from t7synth.metrics import NAMES
+
+
+def _read(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_fit_test_scores(dataset, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    sets = [x for item in TINY_UNET for x in ("--set", item)]
+    argv = ["--model", "unet", "--data", str(dataset), "--set", f"runs_dir={runs}", *sets, "--max-epochs", "1", "--wandb", "disabled"]
+    assert run_main(fit.main, argv) == 0
+    run = runs / "unet" / "version_0"
+    ckpt = run / "checkpoints" / "best.ckpt"
+    fit_rows = {(r["model"], r["subject"]): r for r in _read(run / "test_scores.csv")}
+
+    pred = tmp_path / "pred"
+    assert run_main(predict.main, ["--ckpt", str(ckpt), "--input", str(dataset), "--split", "test", "--output", str(pred), "--no-progress"]) == 0
+    assert sorted(p.name for p in pred.iterdir()) == ["sub-004_desc-synth7T_T1w.nii.gz"]
+
+    out = tmp_path / "eval"
+    capsys.readouterr()
+    assert run_main(evaluate.main, ["--pred", str(pred), "--data", str(dataset), "--split", "test", "--ckpt", str(ckpt), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "identity (3T input)" in printed and "intensity LUT" in printed
+
+    rows = _read(out / "metrics.csv")
+    assert list(rows[0]) == ["subject", *NAMES] and [r["subject"] for r in rows] == ["sub-004"]
+    assert float(rows[0]["psnr_brain"]) == pytest.approx(float(fit_rows[("model", "sub-004")]["psnr_brain"]), abs=0.05)
+    summary = {r["model"]: r for r in _read(out / "summary.csv")}
+    assert set(summary) == {"model", "identity", "lut"}
+    for baseline in ("identity", "lut"):  # the same preprocessing and LUT as fit's test
+        for name in NAMES:
+            assert float(summary[baseline][f"{name}_mean"]) == pytest.approx(float(fit_rows[(baseline, "sub-004")][name]), abs=1e-5)
+    assert (out / "montages" / "sub-004.png").is_file()
+
+
+
+
+def test_missing_prediction_is_one_line(dataset, tmp_path, capsys):
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    argv = ["--pred", str(pred), "--data", str(dataset), "--split", "test", "--out", str(tmp_path / "eval")]
+    assert run_main(evaluate.main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sub-004" in err[0]
+    assert not (tmp_path / "eval").exists()
+
+
+def test_prediction_on_another_grid_is_refused(dataset, tmp_path, capsys):
+    pred = tmp_path / "pred"
+    write_nifti(pred / "sub-004_desc-synth7T_T1w.nii.gz", make_pair((10, 10, 10))[0], np.diag([1.5, 1.5, 1.5, 1]))
+    argv = ["--pred", str(pred), "--data", str(dataset), "--out", str(tmp_path / "eval"), "--no-progress"]
+    assert run_main(evaluate.main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sub-004_desc-synth7T_T1w.nii.gz" in err[0] and "shape" in err[0]
+    assert not (tmp_path / "eval" / "metrics.csv").exists()
+
+
+def test_perfect_prediction_and_perceptual_distance(dataset, tmp_path, capsys):
+    """The 7T target as its own prediction scores perfectly, and a state dict in
+    MedicalNet's layout (random weights) gives it a perceptual distance of 0."""
+    import nibabel as nib
+    import torch
+    from monai.networks.nets import resnet10
+
+    from t7synth.data.layout import discover
+    from t7synth.data.preprocess import Preprocessing, preprocess_record
+
+    record = next(r for r in discover(dataset) if r.subject == "sub-004")
+    data = preprocess_record(record, Preprocessing())
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    nib.save(nib.Nifti1Image(data["target"][0].numpy(), data["affine"].numpy()), str(pred / "sub-004_synth.nii.gz"))
+    net = resnet10(spatial_dims=3, n_input_channels=1, conv1_t_stride=2, shortcut_type="B", bias_downsample=False)
+    state = {f"module.{k}": v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    state["module.conv_seg.0.weight"] = torch.zeros(1)  # MedicalNet's segmentation head: ignored
+    weights = tmp_path / "resnet_10.pth"
+    torch.save({"state_dict": state}, weights)
+    out = tmp_path / "eval"
+    argv = ["--pred", str(pred), "--data", str(dataset), "--out", str(out), "--perceptual-weights", str(weights), "--no-progress"]
+    assert run_main(evaluate.main, argv) == 0
+    row = _read(out / "metrics.csv")[0]
+    assert float(row["ssim"]) == pytest.approx(1.0) and float(row["mae"]) == 0.0
+    assert float(row["perceptual"]) == pytest.approx(0.0, abs=1e-6)
+    summary = {r["model"]: r for r in _read(out / "summary.csv")}
+    assert float(summary["identity"]["perceptual_mean"]) > 0
