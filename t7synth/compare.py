@@ -98,7 +98,8 @@ def read_run(path: str | Path) -> Run:
         from t7synth.config import load_yaml
 
         config = load_yaml(path / "config.yaml")
-    experiment = config.get("name") or path.parent.name
+    # The folder names stand in for a missing config; resolve so "." and "run" have a parent.
+    experiment = config.get("name") or path.resolve().parent.name
     model = (config.get("model") or {}).get("name", "?")
     wandb = config.get("wandb") or {}
     return Run(path, f"{experiment}/{path.name}", model, rows, wandb.get("project") or "t7synth", wandb.get("entity"))
@@ -133,12 +134,14 @@ def build_entries(runs: Sequence[Run], warn=None) -> list[Entry]:
     return entries
 
 
-def best_rows(entries: Sequence[Entry]) -> dict[str, int]:
-    """``{column: index of the best entry}`` (highest, or lowest for MAE)."""
+def best_rows(entries: Sequence[Entry]) -> dict[str, set[int]]:
+    """``{column: indices of the best entries}`` (highest, or lowest for MAE); ties
+    (equal means, e.g. two runs of the same checkpoint) are all best."""
     best = {}
     for name, (_, higher) in COLUMNS.items():
         values = [e.scores[name][0] for e in entries]
-        best[name] = values.index(max(values) if higher else min(values))
+        target = max(values) if higher else min(values)
+        best[name] = {index for index, value in enumerate(values) if value == target}
     return best
 
 
@@ -155,7 +158,7 @@ def markdown_table(entries: Sequence[Entry]) -> str:
         cells = []
         for name in COLUMNS:
             text = _cell(name, *entry.scores[name])
-            cells.append(f"**{text}**" if best[name] == index else text)
+            cells.append(f"**{text}**" if index in best[name] else text)
         lines.append("| " + " | ".join([entry.label, entry.model or "—", str(entry.n), *cells]) + " |")
     return "\n".join(lines)
 
@@ -170,7 +173,7 @@ def table_rows(entries: Sequence[Entry]) -> list[list]:
     rows = []
     for index, entry in enumerate(entries):
         numbers = [round(v, 6) for name in COLUMNS for v in entry.scores[name]]
-        wins = ";".join(name for name in COLUMNS if best[name] == index)
+        wins = ";".join(name for name in COLUMNS if index in best[name])
         rows.append([entry.label, entry.model, entry.kind, entry.n, *numbers, wins])
     return rows
 
@@ -214,7 +217,7 @@ def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
         margin = 0.15 * (high - low) or 0.05 * abs(high) or 1.0
         axis.set_ylim(low - margin, high + margin)
         if references:
-            axis.legend(fontsize=8, loc="lower right")
+            axis.legend(fontsize=8, loc="best", framealpha=0.8)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=100)

@@ -63,13 +63,14 @@ class DataConfig:
     """Where subjects come from, how they are preprocessed and sampled.
 
     ``root: null`` means the embedded demo dataset (``demo_subjects`` subjects from
-    ``demo_seed``). ``shape`` is the fixed array shape every preprocessed volume is
+    ``demo_seed`` at ``demo_voxel_size`` mm). ``shape`` is the fixed array shape every preprocessed volume is
     cropped or padded to, centred on the brain; ``null`` keeps the input shape.
     """
 
     root: str | None = None
     demo_subjects: int = 10
     demo_seed: int = 0
+    demo_voxel_size: float = 1.5
     shape: list[int] | None = None
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
     val_fraction: float = 0.15

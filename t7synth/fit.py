@@ -19,16 +19,17 @@ training starts (``config.yaml``, ``environment.yaml``) and only rank 0 talks to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from t7synth.cli import run_main
+# RUN_DIR_ENV lives in environment.py (launch logic) and stays importable from here.
 from t7synth.environment import RUN_DIR_ENV, Launch, detect_launch
 from t7synth.errors import UserError
-
-__all__ = ["RUN_DIR_ENV", "build_parser", "main", "resolve_run_dir", "train", "trainer_hardware"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +101,8 @@ def resolve_run_dir(config, resume: str | None, launch: Launch | None = None) ->
     * ranks that Lightning starts inherit rank 0's choice through :data:`RUN_DIR_ENV`;
     * ranks that srun or torchrun start together all derive it from the job id
       (``slurm_<SLURM_JOB_ID>``, ``torchrun_<rdzv id>``, see
-      :attr:`t7synth.environment.Launch.run_name`);
+      :attr:`t7synth.environment.Launch.run_name`); if that folder already holds
+      ``checkpoints/last.ckpt`` the job was requeued and continues from it;
     * a user may set :data:`RUN_DIR_ENV` on every node;
     * otherwise rank 0 (a single process, or the first of a Lightning launch) takes
       the next free ``version_N``. Any other rank refuses to guess.
@@ -130,6 +132,11 @@ def resolve_run_dir(config, resume: str | None, launch: Launch | None = None) ->
         run_dir = Path(inherited)
     if run_dir is None and launch.run_name:
         run_dir = base / launch.run_name
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if checkpoint is None and last.is_file():
+            # The job's own folder already has a checkpoint: SLURM requeued this job
+            # (preemption, node failure, ``--requeue``). Continue it, never restart it.
+            checkpoint = last
     if run_dir is None:
         if not launch.rank_zero:
             raise UserError(
@@ -287,18 +294,19 @@ def train(args: argparse.Namespace, config, callbacks: Sequence = ()) -> int:
     import torch
 
     from t7synth import registry
-    from t7synth.callbacks import AtomicCheckpointIO, EpochDataStream
+    from t7synth.callbacks import AtomicCheckpointIO, DataStreamCheck
     from t7synth.config import save_yaml
     from t7synth.data.datamodule import PairedDataModule
     from t7synth.environment import environment_record, write_environment
-    from t7synth.loggers import build_loggers, wandb_mode
+    from t7synth.loggers import build_loggers, log_test_results, wandb_mode
 
     module_class = registry.get(config.model.name)
     launch = detect_launch()
     run_dir, checkpoint = resolve_run_dir(config, args.resume, launch)
-    # Rank 0 is the process no launcher marked as another rank and that did not
-    # inherit the folder from a rank 0 that started it.
-    rank_zero = launch.rank_zero and not os.environ.get(RUN_DIR_ENV)
+    # Not "did not inherit RUN_DIR_ENV": a user may set it on every node, rank 0's
+    # included. Ranks that Lightning starts carry LOCAL_RANK/NODE_RANK, srun's and
+    # torchrun's carry SLURM_PROCID/RANK.
+    rank_zero = launch.rank_zero
     os.environ[RUN_DIR_ENV] = str(run_dir)
     hardware = trainer_hardware(args.gpus, args.nodes, args.cpus, config.trainer.precision, module_class.FIND_UNUSED_PARAMETERS)
     if rank_zero:
@@ -306,7 +314,7 @@ def train(args: argparse.Namespace, config, callbacks: Sequence = ()) -> int:
         save_yaml(config.to_dict(), run_dir / "config.yaml")
         write_environment(run_dir, environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None))
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
-    # Each epoch's training stream is reseeded per rank by EpochDataStream.
+    # Each epoch's training stream is then reseeded per rank by the data module.
     pl.seed_everything(config.seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
@@ -317,41 +325,68 @@ def train(args: argparse.Namespace, config, callbacks: Sequence = ()) -> int:
     # ranks that srun/torchrun start together must not race to create wandb_id.txt.
     mode = wandb_mode(args.wandb or config.wandb.mode) if rank_zero else "disabled"
     best, last = checkpoint_callbacks(run_dir)
-    trainer = pl.Trainer(
-        **hardware,
-        max_epochs=config.trainer.max_epochs,
-        logger=build_loggers(config, run_dir, mode),
-        callbacks=[best, last, EpochDataStream(config.seed), pl.callbacks.LearningRateMonitor("epoch"), *callbacks],
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=run_dir,
-        check_val_every_n_epoch=config.trainer.val_every,
-        log_every_n_steps=config.trainer.log_every_n_steps,
-        num_sanity_val_steps=0,
-        # The data module shards subjects itself (see PairedDataModule).
-        use_distributed_sampler=False,
-        # A fresh Queue every epoch: nothing (leftover patches, a half-read subject
-        # loader) carries from one epoch into the next, so epoch k draws the same
-        # samples whether or not the run was resumed before it.
-        reload_dataloaders_every_n_epochs=1,
-        deterministic="warn" if args.deterministic else None,
-        fast_dev_run=args.fast_dev_run,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
-    if args.fast_dev_run:
+    with _quiet_known_warnings():
+        trainer = pl.Trainer(
+            **hardware,
+            max_epochs=config.trainer.max_epochs,
+            logger=build_loggers(config, run_dir, mode),
+            callbacks=[
+                best,
+                last,
+                DataStreamCheck(config.seed),
+                pl.callbacks.LearningRateMonitor("epoch"),
+                # tqdm, not rich: it also reads well in log files and CI output.
+                pl.callbacks.TQDMProgressBar(refresh_rate=max(1, config.trainer.log_every_n_steps // 2)),
+                *callbacks,
+            ],
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=run_dir,
+            check_val_every_n_epoch=config.trainer.val_every,
+            log_every_n_steps=config.trainer.log_every_n_steps,
+            num_sanity_val_steps=0,
+            # The data module shards subjects itself (see PairedDataModule).
+            use_distributed_sampler=False,
+            # A fresh Queue every epoch: nothing (leftover patches, a half-read subject
+            # loader) carries from one epoch into the next, so epoch k draws the same
+            # samples whether or not the run was resumed before it.
+            reload_dataloaders_every_n_epochs=1,
+            deterministic="warn" if args.deterministic else None,
+            fast_dev_run=args.fast_dev_run,
+            enable_model_summary=False,
+        )
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        if args.fast_dev_run:
+            if trainer.is_global_zero:
+                print(f"fast dev run finished: {run_dir}")
+            return 0
+        if not datamodule.subjects.get("test"):
+            return 0
+        best_path = best.best_model_path or last.best_model_path or None
+        trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)
         if trainer.is_global_zero:
-            print(f"fast dev run finished: {run_dir}")
-        return 0
-    if not datamodule.subjects.get("test"):
-        return 0
-    best_path = best.best_model_path or last.best_model_path or None
-    trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)
-    if trainer.is_global_zero:
-        from t7synth.report import format_test_report
+            from t7synth.report import format_test_report
 
-        print(format_test_report(model.test_rows, config.model.name, best_path, run_dir))
-    _finish_wandb(trainer)
-    return 0
+            print(format_test_report(model.test_rows, config.model.name, best_path, run_dir))
+        log_test_results(trainer.loggers, model.test_rows, run_dir)
+        _finish_wandb(trainer)
+        return 0
+
+
+@contextlib.contextmanager
+def _quiet_known_warnings():
+    """Silence Lightning warnings that are wrong for t7synth runs, and only those.
+
+    * "Experiment logs directory … exists and is not empty … will be deleted": the run
+      folder always holds ``config.yaml`` before the CSV logger starts, and the CSV
+      logger appends to ``metrics.csv`` (it deletes nothing).
+    * "It is recommended to use ``self.log(…, sync_dist=True)``": validation and test
+      scores are gathered from every rank before they are logged, so every rank logs
+      the same value; under DDP this would print once per metric and epoch.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True\)`")
+        yield
 
 
 def _finish_wandb(trainer) -> None:

@@ -63,7 +63,13 @@ def build_loggers(config: Config, run_dir: Path, mode: str) -> list:
     """
     from pytorch_lightning.loggers import CSVLogger
 
-    loggers: list = [CSVLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name)]
+    loggers: list = [CSVLogger(
+            save_dir=str(run_dir.parent.parent),
+            name=run_dir.parent.name,
+            version=run_dir.name,
+            # Every logging step reaches the disk, so a killed run keeps its curve.
+            flush_logs_every_n_steps=config.trainer.log_every_n_steps,
+        )]
     if mode != "disabled":
         from pytorch_lightning.loggers import WandbLogger
 
@@ -88,12 +94,18 @@ def build_loggers(config: Config, run_dir: Path, mode: str) -> list:
 def log_test_results(loggers: list, rows: list[dict], run_dir: Path) -> None:
     """Log a finished test to W&B so runs compare on a dashboard.
 
-    For every W&B logger: the mean and SD of each test score in the run summary
-    (``test/psnr_brain``, ``test/psnr_brain_sd``, ``test/identity/psnr_brain``, … so
-    the runs table of a project sorts and filters by them), and one ``wandb.Table``
-    ``test/scores`` with a row per subject and model (the model and both references),
-    the model rows carrying the subject's montage (``samples/test_<subject>.png``) as
-    an image. Only rank 0 logs; the other ranks and runs without W&B return at once.
+    For every W&B logger this logs three things:
+
+    * the run summary: mean and SD of each test score (``test/psnr_brain``,
+      ``test/psnr_brain_sd``, ``test/identity/psnr_brain``, …), so a project's runs
+      table sorts and filters by them;
+    * a ``wandb.Table`` ``test/scores`` with one row per subject and model (the
+      model and both references);
+    * the montages ``samples/test_<subject>.png`` as one gallery, ``test/montages``.
+
+    The montages are logged as images, not as a column of the table, because offline
+    runs store images inside tables as the bare word "Image" (wandb/wandb#4611).
+    Only rank 0 logs. Other ranks and runs without W&B return at once.
 
     Args:
         loggers: ``trainer.loggers``.
@@ -105,8 +117,6 @@ def log_test_results(loggers: list, rows: list[dict], run_dir: Path) -> None:
     wandb_loggers = [logger for logger in loggers if type(logger).__name__ == "WandbLogger"]
     if rank_zero_only.rank != 0 or not wandb_loggers or not rows:
         return
-    import wandb
-
     from t7synth.metrics import NAMES
     from t7synth.report import mean_sd
 
@@ -117,11 +127,12 @@ def log_test_results(loggers: list, rows: list[dict], run_dir: Path) -> None:
         for name in NAMES:
             mean, sd = mean_sd([float(row[name]) for row in selected])
             summary[prefix + name], summary[f"{prefix}{name}_sd"] = mean, sd
-    data = []
-    for row in rows:
-        montage = Path(run_dir) / "samples" / f"test_{row['subject']}.png"
-        image = wandb.Image(str(montage), caption=row["subject"]) if row["model"] == "model" and montage.is_file() else None
-        data.append([row["model"], row["subject"], *(float(row[name]) for name in NAMES), image])
+    data = [[row["model"], row["subject"], *(float(row[name]) for name in NAMES)] for row in rows]
+    subjects = sorted({row["subject"] for row in rows})
+    montages = [(s, Path(run_dir) / "samples" / f"test_{s}.png") for s in subjects]
+    montages = [(s, path) for s, path in montages if path.is_file()]
     for logger in wandb_loggers:
         logger.experiment.summary.update(summary)
-        logger.log_table(key="test/scores", columns=["model", "subject", *NAMES, "montage"], data=data)
+        logger.log_table(key="test/scores", columns=["model", "subject", *NAMES], data=data)
+        if montages:
+            logger.log_image(key="test/montages", images=[str(p) for _, p in montages], caption=[s for s, _ in montages])

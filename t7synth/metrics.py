@@ -12,13 +12,15 @@ computed in float32 whatever the training precision. The prediction is clamped t
 * ``psnr_brain``: PSNR of the voxels inside the brain mask.
 * ``ssim_brain``: the same SSIM map averaged inside the brain mask (the authors
   instead flattened the brain voxels to a 1-D signal; see ``docs/metrics.md``).
+* ``mae``: mean absolute error over the whole volume.
 
 The SSIM map equals scikit-image's ``full=True`` map at every voxel, border included:
 scikit-image filters with SciPy's ``reflect`` mode (edge voxel repeated), whereas
 torchmetrics pads with PyTorch's ``reflect`` (edge voxel not repeated). Padding the
 volumes ourselves in SciPy's way first makes the two agree, so an in-brain SSIM of a
 mask that reaches the border is scikit-image's too (``tests/inference/test_metric_parity.py``).
-* ``mae``: mean absolute error over the whole volume.
+Autocast is switched off while scoring, so bf16-mixed validation and test steps score
+in float32 like everything else.
 """
 
 from __future__ import annotations
@@ -55,8 +57,6 @@ def ssim_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     pad = (SSIM_KERNEL - 1) // 2
-    if min(prediction.shape) < 1:
-        raise ValueError(f"cannot score an empty volume of shape {tuple(prediction.shape)}")
     shape = prediction.shape
     _, full = structural_similarity_index_measure(
         _pad_symmetric(prediction.float(), pad)[None, None],
@@ -91,6 +91,14 @@ def volume_scores(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Te
     prediction = prediction.detach().float().squeeze().clamp(0, 1).cpu()
     target = target.detach().float().squeeze().cpu()
     mask = mask.detach().squeeze().cpu() > 0
+    # Validation and test steps run inside Lightning's autocast: under bf16-mixed the
+    # SSIM convolutions would run in bf16 (an error of ~0.01 in SSIM) despite the
+    # .float() above, so autocast is switched off here.
+    with torch.autocast(device_type="cpu", enabled=False):
+        return _scores(prediction, target, mask)
+
+
+def _scores(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     full = ssim_map(prediction, target)
     pad = (SSIM_KERNEL - 1) // 2
     interior = full[pad:-pad, pad:-pad, pad:-pad] if min(full.shape) > 2 * pad else full

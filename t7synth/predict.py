@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, metavar="FILE|DIR", help="output file (for a file input) or folder")
     parser.add_argument("--mask", metavar="FILE|DIR", help="brain mask(s); default: the dataset's masks, else voxels > 0")
     parser.add_argument("--split", choices=["train", "val", "test"], help="dataset input: only this split (as in training)")
+    parser.add_argument("--age", type=float, help="file input: age in years for conditioned models (dataset inputs use participants.tsv)")
+    parser.add_argument("--sex", choices=["F", "M"], help="file input: sex for conditioned models (default: unknown)")
     parser.add_argument("--gpus", type=int, default=0, help="0 = CPU (default), 1 = the first CUDA GPU")
     parser.add_argument("--batch-size", type=int, help="windows/patches per forward pass (default: the config's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -59,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = device_for(args.gpus)
     synthesiser = Synthesiser.from_checkpoint(args.ckpt, device=device, batch_size=args.batch_size)
-    jobs = plan_jobs(args.input, args.output, args.mask, args.split, synthesiser.config)
+    sex = {"F": 1.0, "M": 0.0}.get(args.sex)
+    jobs = plan_jobs(args.input, args.output, args.mask, args.split, synthesiser.config, age=args.age, sex=sex)
     if Path(args.input).expanduser().is_file():
         # A single file: its error is the command's error (one line, exit 2).
         print(synthesiser.write(jobs[0]))

@@ -321,6 +321,8 @@ def plan_jobs(
     mask: str | Path | None = None,
     split: str | None = None,
     config=None,
+    age: float | None = None,
+    sex: float | None = None,
 ) -> list[Job]:
     """The volumes a ``predict`` command line asks for, checked before anything runs.
 
@@ -334,10 +336,14 @@ def plan_jobs(
         split: ``train``/``val``/``test``: only that split of a dataset folder, split
             as the model's training did (``participants.tsv`` or the config's seed).
         config: the model's :class:`~t7synth.config.Config` (for ``split``).
+        age, sex: conditioning values of a file input (years; 1 female, 0 male).
+            Folders of files get the unknown values; a dataset folder's come from
+            its ``participants.tsv``.
 
     Raises:
         UserError: missing paths, a folder with no NIfTI files, a missing mask, an
-            output that would overwrite an input, or ``split`` on a plain folder.
+            output that would overwrite an input, ``split`` on a plain folder, or
+            ``age``/``sex`` with a folder.
     """
     input, output = Path(input).expanduser(), Path(output).expanduser()
     mask = Path(mask).expanduser() if mask is not None else None
@@ -349,8 +355,10 @@ def plan_jobs(
         if mask is not None and not mask.is_file():
             raise UserError(f"--mask must be a file when --input is a file: {mask}")
         target = output if is_nifti(output) and not output.is_dir() else output / f"{nifti_stem(input)}{PLAIN_SUFFIX}"
-        jobs = [Job(source=input, output=target, mask=mask)]
+        jobs = [Job(source=input, output=target, mask=mask, age=0.0 if age is None else float(age), sex=0.5 if sex is None else float(sex))]
     elif input.is_dir():
+        if age is not None or sex is not None:
+            raise UserError("--age and --sex apply to a single file; a dataset folder takes them from participants.tsv")
         if is_nifti(output) and not output.is_dir():
             raise UserError(f"--output must be a folder when --input is a folder: {output}")
         if output.is_file():

@@ -148,7 +148,8 @@ def load_volume(path: str | Path):
     try:
         image = nib.load(str(path))
         image = nib.as_closest_canonical(image)
-        array = np.asarray(image.dataobj, dtype=np.float32)
+        # Reorienting can leave negative strides, which torch cannot wrap.
+        array = np.ascontiguousarray(np.asarray(image.dataobj, dtype=np.float32))
     except FileNotFoundError:
         raise UserError(f"file not found: {path}") from None
     except Exception as error:  # nibabel, gzip and zlib raise many types for bad files

@@ -43,7 +43,7 @@ from t7synth.io import atomic_dir
 
 #: Bump whenever the generated files would change; it is part of the cache folder name,
 #: so an old cache is never mistaken for the current forward model.
-FORMAT_VERSION = "f2"
+FORMAT_VERSION = "f3"
 
 #: Per-subject table of the drawn forward-model parameters.
 SIMULATION_TSV = "simulation.tsv"
@@ -73,11 +73,13 @@ TARGET_NOISE = 0.01  # Gaussian sigma as a fraction of the in-brain 99th percent
 
 # --- 3T forward model ----------------------------------------------------------------
 CONTRAST_G = (1.2, 1.5)  # source = anatomy ** (1 / g): compresses grey/white contrast
-#: Slope of the remap above the in-brain median (grey matter up to white matter); below
-#: it the slope is 1. A power law alone is nearly linear over brain intensities, so
-#: min-max scaling undoes most of it; this knee is what makes 3T grey/white contrast
-#: visibly flatter, and what an intensity lookup table can (and should) undo.
-GREY_WHITE_SLOPE = (0.55, 0.75)
+#: Slope of the remap above the knee (grey matter up to white matter); below it the
+#: slope is 1. A power law alone is nearly linear over brain intensities, so min-max
+#: scaling undoes most of it; this knee is what makes 3T grey/white contrast visibly
+#: flatter, and what an intensity lookup table can (and should) undo.
+GREY_WHITE_SLOPE = (0.3, 0.45)
+#: In-brain percentile of the knee: CSF and deep grey matter lie below it.
+KNEE_PERCENTILE = 30.0
 BLUR_SIGMA_VOX = (0.6, 1.0)  # Gaussian sigma in voxels on the two in-plane axes
 BLUR_AXIS_FACTOR = (1.5, 2.0)  # times that sigma along one random (slice) axis
 BIAS_AMPLITUDE = (0.2, 0.3)  # multiplier 1 + a * field, field in [-1, 1] in the brain
@@ -553,7 +555,7 @@ def simulate_source(
 
 def compress_contrast(anatomy: np.ndarray, brain: np.ndarray, g: float, slope: float = 1.0) -> np.ndarray:
     """Monotone remap of the [0, 1] anatomy inside the brain: ``x ** (1 / g)``, then a
-    knee at the in-brain median above which the curve rises with ``slope`` < 1.
+    knee at the in-brain 30th percentile above which the curve rises with ``slope`` < 1.
 
     With ``g > 1`` the power curve is concave: it lifts grey matter (about 0.6) more
     than white matter (about 0.85), so their ratio shrinks as at 3T (``x ** g`` would do
@@ -562,7 +564,7 @@ def compress_contrast(anatomy: np.ndarray, brain: np.ndarray, g: float, slope: f
     """
     out = np.zeros_like(anatomy)
     values = np.power(np.clip(anatomy[brain], 0.0, 1.0), 1.0 / g)
-    knee = np.float32(np.median(values))
+    knee = np.float32(np.percentile(values, KNEE_PERCENTILE))
     out[brain] = np.where(values > knee, knee + (values - knee) * np.float32(slope), values)
     return out
 

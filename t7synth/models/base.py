@@ -224,9 +224,16 @@ class SynthesisModule(pl.LightningModule):
                 logger.log_image(key=f"{stage}/montage", images=[str(path)], caption=[subject])
 
     def run_dir(self) -> Path:
-        """The run directory (``runs/<experiment>/<version>``), or the trainer's root."""
+        """The run directory (``runs/<experiment>/<version>``), or the trainer's root.
+
+        Read from the first logger rather than ``trainer.log_dir``: that property
+        broadcasts from rank 0, a collective that deadlocks DDP when only rank 0 asks
+        (montages and score files are written by rank 0 alone).
+        """
         trainer = self.trainer
-        return Path(trainer.log_dir or trainer.default_root_dir)
+        logger = trainer.loggers[0] if trainer.loggers else None
+        log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+        return Path(log_dir or trainer.default_root_dir)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._score_batch(batch, "val", batch_idx)
@@ -245,12 +252,19 @@ class SynthesisModule(pl.LightningModule):
             self._write_rows(self.run_dir() / "test_scores.csv", rows)
 
     def _gather_rows(self) -> list[dict[str, Any]]:
+        """Every rank's score rows, on every rank, one per (model, subject).
+
+        Under DDP the data module pads the shorter validation/test shards with repeats
+        (so every rank reaches this gather); a repeat scores the same volume with the
+        same weights, so keeping the first row per (model, subject) loses nothing.
+        """
         rows, self._rows = self._rows, []
         if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, rows)
             rows = [row for part in gathered for row in part]
-        return sorted(rows, key=lambda r: (r["model"] != "model", r["model"], r["subject"]))
+        unique = {(row["model"], row["subject"]): row for row in reversed(rows)}
+        return sorted(unique.values(), key=lambda r: (r["model"] != "model", r["model"], r["subject"]))
 
     def _log_means(self, stage: str, rows: list[dict[str, Any]]) -> None:
         # Every rank holds the gathered rows, so each logs the same mean: no sync needed.

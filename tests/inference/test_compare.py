@@ -98,24 +98,22 @@ class WandbLogger:
     """Stands in for Lightning's WandbLogger (matched by class name)."""
 
     def __init__(self):
-        self.tables = []
+        self.tables, self.images = [], []
         self.experiment = type("Experiment", (), {"summary": {}})()
 
     def log_table(self, key, columns, data):
         self.tables.append((key, columns, data))
 
+    def log_image(self, key, images, caption):
+        self.images.append((key, images, caption))
 
-def test_log_test_results_fills_summary_and_table(runs, tmp_path):
-    pytest.importorskip("wandb")
+
+def test_log_test_results_fills_summary_table_and_montages(runs, tmp_path):
     from t7synth.loggers import log_test_results
 
     run_dir = runs[0]
     (run_dir / "samples").mkdir()
-    from t7synth.plotting import save_montage
-    import numpy as np
-
-    volume = np.random.default_rng(0).random((8, 8, 8))
-    save_montage(run_dir / "samples" / "test_sub-001.png", volume, volume, volume)
+    (run_dir / "samples" / "test_sub-001.png").write_bytes(b"png")  # only sub-001 has a montage
     with open(run_dir / "test_scores.csv") as handle:
         rows = [{k: (v if k in ("model", "subject") else float(v)) for k, v in r.items()} for r in csv.DictReader(handle)]
     logger = WandbLogger()
@@ -124,6 +122,5 @@ def test_log_test_results_fills_summary_and_table(runs, tmp_path):
     assert summary["test/psnr_brain"] == pytest.approx(26.0) and summary["test/psnr_brain_sd"] == pytest.approx(1.414214, abs=1e-5)
     assert summary["test/lut/psnr_brain"] == pytest.approx(22.0) and "test/identity/mae" in summary
     key, columns, data = logger.tables[0]
-    assert key == "test/scores" and columns[-1] == "montage" and len(data) == 6
-    images = {row[1]: row[-1] for row in data if row[0] == "model"}
-    assert images["sub-001"] is not None and images["sub-002"] is None  # only the montage that exists
+    assert key == "test/scores" and columns == ["model", "subject", *NAMES] and len(data) == 6
+    assert logger.images == [("test/montages", [str(run_dir / "samples" / "test_sub-001.png")], ["sub-001"])]

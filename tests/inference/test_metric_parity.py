@@ -53,3 +53,13 @@ def test_prediction_is_clamped_like_training():
     clamped = overshoot.clamp(0, 1)
     mask = torch.ones_like(target)
     assert metrics.volume_scores(overshoot, target, mask) == metrics.volume_scores(clamped, target, mask)
+
+
+def test_scores_stay_float32_under_autocast():
+    """Lightning's bf16-mixed test steps run inside autocast; scores must not change."""
+    prediction, target = (torch.from_numpy(x).float() for x in _pair((20, 20, 20), 4))
+    mask = torch.ones_like(target)
+    plain = metrics.volume_scores(prediction, target, mask)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mixed = metrics.volume_scores(prediction, target, mask)
+    assert mixed == pytest.approx(plain, abs=1e-6)

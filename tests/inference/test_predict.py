@@ -178,3 +178,18 @@ def test_identity_on_gpu(identity_checkpoint, tmp_path, mode):
     argv = ["--ckpt", str(identity_checkpoint(mode)), "--input", str(scan), "--output", str(out), "--gpus", "1", "--batch-size", "4"]
     assert run_main(predict.main, argv) == 0
     np.testing.assert_allclose(np.asarray(nib.load(str(out)).dataobj), _expected(source, source > 0), atol=1e-5)
+
+
+def test_plan_refuses_unsafe_or_contradictory_requests(tmp_path, dataset):
+    from t7synth.errors import UserError
+    from t7synth.synthesis import plan_jobs
+
+    scan = write_nifti(tmp_path / "scans" / "a.nii.gz", make_pair((8, 8, 8))[0])
+    with pytest.raises(UserError, match="overwrite an input"):
+        plan_jobs(scan, scan)
+    with pytest.raises(UserError, match="--age and --sex"):
+        plan_jobs(scan.parent, tmp_path / "out", age=60.0)
+    with pytest.raises(UserError, match="--split needs a dataset"):
+        plan_jobs(scan.parent, tmp_path / "out", split="test", config=Config())
+    jobs = plan_jobs(dataset, tmp_path / "out", split="test", config=Config())
+    assert [(j.output.name, j.age, j.sex, j.mask is not None) for j in jobs] == [("sub-004_desc-synth7T_T1w.nii.gz", 63.0, 1.0, True)]
