@@ -68,7 +68,7 @@ class DataConfig:
     """
 
     root: str | None = None
-    demo_subjects: int = 10
+    demo_subjects: int = 20
     demo_seed: int = 0
     demo_voxel_size: float = 1.5
     shape: list[int] | None = None

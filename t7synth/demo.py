@@ -38,7 +38,7 @@ from t7synth.errors import UserError
 from t7synth.io import cache_root
 
 
-def default_demo_dir(n_subjects: int = 10, seed: int = 0, voxel_size: float = 1.5) -> Path:
+def default_demo_dir(n_subjects: int = 20, seed: int = 0, voxel_size: float = 1.5) -> Path:
     """The cache folder of the demo dataset with these settings.
 
     The name carries every setting and the format version, so different settings
@@ -48,7 +48,7 @@ def default_demo_dir(n_subjects: int = 10, seed: int = 0, voxel_size: float = 1.
 
 
 def ensure_demo_dataset(
-    n_subjects: int = 10,
+    n_subjects: int = 20,
     seed: int = 0,
     out: Path | None = None,
     voxel_size: float = 1.5,
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, default=None, metavar="DIR", help="dataset folder (default: the cache, see T7SYNTH_CACHE)"
     )
-    parser.add_argument("--subjects", type=int, default=10, metavar="N", help="number of subjects, >= 3 (default 10)")
+    parser.add_argument("--subjects", type=int, default=20, metavar="N", help="number of subjects, >= 3 (default 20)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     parser.add_argument(
         "--voxel-size", type=float, default=1.5, metavar="MM", help="isotropic spacing, 1-6 mm (default 1.5)"

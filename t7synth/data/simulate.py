@@ -153,7 +153,7 @@ class Participant:
 
 def simulate_dataset(
     out_dir: Path,
-    n_subjects: int = 10,
+    n_subjects: int = 20,
     seed: int = 0,
     voxel_size: float = 1.5,
     progress: bool = True,
