@@ -88,3 +88,12 @@ def test_wavelet_statistics_are_fitted_and_saved(dataset, tmp_path, monkeypatch)
     assert run_main(fit.main, _cli(dataset, runs, "--max-epochs", "2", "--resume", "last")) == 0
     resumed = torch.load(runs / "watnet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 1 and torch.equal(resumed["state_dict"]["net.wavelet_mean"], mean)
+
+
+def test_untrained_network_is_the_identity():
+    # The output conv starts at zero (a documented deviation from the Caffe init), so the
+    # global residual passes the input slices through unchanged.
+    module = WATNetModule(resolve("watnet", None, TINY_WATNET).to_dict())
+    x = torch.rand(2, 3, 16, 24)
+    with torch.no_grad():
+        assert torch.equal(module(x), x)
