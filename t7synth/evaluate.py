@@ -288,22 +288,10 @@ class MedicalNetDistance:
         import torch
         from monai.networks.nets import resnet10
 
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise UserError(f"--perceptual-weights: file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise UserError(f"--perceptual-weights: cannot read {path}: {str(error).splitlines()[0] if str(error) else error}") from None
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict):
-            raise UserError(f"--perceptual-weights: {path} holds no state dict")
-        state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith(("conv_seg", "fc."))}
+        from t7synth.losses import load_feature_weights
+
         net = resnet10(spatial_dims=3, n_input_channels=1, conv1_t_size=7, conv1_t_stride=2, shortcut_type="B", bias_downsample=False, num_classes=1)
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
-            raise UserError(f"--perceptual-weights: {path} is not a MedicalNet ResNet-10 (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        load_feature_weights(net, weights, "--perceptual-weights", "a MedicalNet ResNet-10", skip=("conv_seg", "fc."))
         for stage, dilation in ((net.layer3, 2), (net.layer4, 4)):
             for module in stage.modules():
                 if isinstance(module, torch.nn.Conv3d):

@@ -37,23 +37,8 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         from monai.networks.nets import resnet50
 
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise UserError(f"config key loss.perceptual_weights: file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise UserError(f"config key loss.perceptual_weights: cannot read {path}: {error}") from None
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
         net = resnet50(spatial_dims=2, n_input_channels=3, conv1_t_size=7, conv1_t_stride=2, num_classes=1)
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
-            raise UserError(
-                f"config key loss.perceptual_weights: {path} is not a ResNet-50 state dict "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
+        load_feature_weights(net, weights, "config key loss.perceptual_weights", "a ResNet-50 state dict")
         self.stem = nn.Sequential(net.conv1, net.bn1, net.act, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         self.requires_grad_(False)
@@ -73,6 +58,37 @@ class PerceptualLoss(nn.Module):
             x, y = stage(x), stage(y)
             loss = loss + torch.mean((_unit(x) - _unit(y)) ** 2)
         return loss
+
+
+def load_feature_weights(net: nn.Module, weights: str | Path, what: str, kind: str, skip: tuple[str, ...] = ("fc.",)) -> None:
+    """Load a frozen feature network's weights from a file, or fail with one clear line.
+
+    The file is read with ``weights_only=True`` (no pickled code); a ``state_dict`` key
+    and DataParallel's ``module.`` prefixes are accepted; keys starting with ``skip``
+    (classifier heads) are ignored on both sides.
+
+    Args:
+        net: the network to fill.
+        weights: the file's path.
+        what: how the user named the file (a config key or a flag), for messages.
+        kind: what the file should hold, for messages.
+    """
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UserError(f"{what}: file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{what}: cannot read {path}: {reason}") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise UserError(f"{what}: {path} holds no state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith(skip)}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(skip)]
+    if missing or unexpected:
+        raise UserError(f"{what}: {path} is not {kind} (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def _unit(features: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:

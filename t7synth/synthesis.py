@@ -184,21 +184,14 @@ class Synthesiser:
         """
         import nibabel as nib
 
-        from t7synth.data.layout import check_pair, load_volume
+        from t7synth.data.layout import brain_mask, load_volume
         from t7synth.data.preprocess import normalise
 
         source = Path(source)
         array, affine = load_volume(source)
         # Reorienting flips by negative strides, which torch.from_numpy refuses.
         array = np.ascontiguousarray(array)
-        if mask is not None:
-            mask_array, mask_affine = load_volume(mask)
-            check_pair(source, array.shape, affine, Path(mask), mask_array.shape, mask_affine)
-            inside = mask_array > 0
-        else:
-            inside = array > 0
-        if not inside.any():
-            raise UserError(f"the brain mask of {source} is empty ({mask or 'no voxel of the scan is above 0'})")
+        inside = brain_mask(source, array, affine, Path(mask) if mask is not None else None)
         mask_t = torch.from_numpy(inside[None].astype(np.uint8))
         normalised = normalise(torch.from_numpy(array[None]), mask_t, self.percentiles)[0].numpy()
 

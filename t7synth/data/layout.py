@@ -176,3 +176,26 @@ def check_pair(first: Path, first_shape, first_affine, second: Path, second_shap
         raise UserError(f"{second} has shape {tuple(second_shape)} but {first} has {tuple(first_shape)}")
     if not np.allclose(first_affine, second_affine, atol=AFFINE_TOLERANCE):
         raise UserError(f"{second} and {first} have different affines (not on the same grid)")
+
+
+
+def brain_mask(source: Path, array: np.ndarray, affine, mask: Path | None = None) -> np.ndarray:
+    """The brain mask of the 3T ``array`` read from ``source``: ``mask`` (checked to be
+    on the scan's grid), else the scan's voxels above 0 (a skull-stripped scan is its own
+    mask).
+
+    Returns:
+        Boolean array of ``array.shape``.
+
+    Raises:
+        UserError: an unreadable mask, a mask on another grid, or an empty mask.
+    """
+    if mask is not None:
+        mask_array, mask_affine = load_volume(mask)
+        check_pair(Path(source), array.shape, affine, Path(mask), mask_array.shape, mask_affine)
+        inside = mask_array > 0
+    else:
+        inside = array > 0
+    if not inside.any():
+        raise UserError(f"the brain mask of {source} is empty ({mask or 'no voxel of the scan is above 0'})")
+    return inside

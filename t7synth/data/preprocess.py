@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from t7synth.data.layout import SubjectRecord, check_pair, load_volume
+from t7synth.data.layout import SubjectRecord, brain_mask, check_pair, load_volume
 from t7synth.errors import UserError
 
 #: Bump when the preprocessing code changes what it produces.
@@ -87,14 +87,7 @@ def preprocess_record(record: SubjectRecord, settings: Preprocessing) -> dict[st
     source, source_affine = load_volume(record.source)
     target, target_affine = load_volume(record.target)
     check_pair(record.source, source.shape, source_affine, record.target, target.shape, target_affine)
-    if record.mask is not None:
-        mask, mask_affine = load_volume(record.mask)
-        check_pair(record.source, source.shape, source_affine, record.mask, mask.shape, mask_affine)
-        mask = mask > 0
-    else:
-        mask = source > 0
-    if not mask.any():
-        raise UserError(f"brain mask of {record.subject} is empty ({record.mask or record.source})")
+    mask = brain_mask(record.source, source, source_affine, record.mask)
     mask_t = torch.from_numpy(mask[None].astype(np.uint8))
     subject = tio.Subject(
         source=tio.ScalarImage(tensor=normalise(torch.from_numpy(source[None]), mask_t, settings.percentiles), affine=source_affine),
