@@ -32,3 +32,17 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
         print("interrupted", file=sys.stderr)
         return 130
     return 0 if status is None else int(status)
+
+
+def console_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[], None]:
+    """A ``[project.scripts]`` entry point for a command's ``main`` (``t7synth-fit``, ...).
+
+    Console scripts call their function without arguments and print a traceback for
+    any exception; wrapping ``main`` in :func:`run_main` gives them the same one-line
+    errors and exit statuses as ``python -m t7synth.<command>``.
+    """
+
+    def entry() -> None:
+        sys.exit(run_main(main))
+
+    return entry

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from t7synth.cli import run_main
+from t7synth.cli import console_entry, run_main
 from t7synth.errors import UserError
 
 #: Columns of the comparison, in order: ``name: (heading, higher is better)``.
@@ -270,6 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nTable: {out / 'comparison.md'}, {out / 'comparison.csv'}\nChart: {chart}")
     return 0
 
+
+#: The ``t7synth-compare`` console script.
+console = console_entry(main)
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

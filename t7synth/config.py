@@ -145,11 +145,17 @@ class TrainerConfig:
 
 @dataclass
 class WandbConfig:
-    """Weights & Biases. ``mode: null`` means online with credentials, else offline."""
+    """Weights & Biases. ``mode: null`` means online with credentials, else offline.
+
+    ``group: null`` groups runs by experiment name; a sweep sets it to the study and
+    ``job_type`` to ``trial``, so a study's trials sit together on the dashboard.
+    """
 
     project: str = "t7synth"
     entity: str | None = None
     mode: str | None = None
+    group: str | None = None
+    job_type: str = "train"
 
 
 @dataclass

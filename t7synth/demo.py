@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from t7synth.cli import run_main
+from t7synth.cli import console_entry, run_main
 from t7synth.data import naming
 from t7synth.data.simulate import (
     DESCRIPTION_JSON,
@@ -202,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summarize(folder))
     return 0
 
+
+#: The ``t7synth-demo`` console script.
+console = console_entry(main)
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from t7synth.cli import run_main
+from t7synth.cli import console_entry, run_main
 from t7synth.errors import UserError
 
 #: Row labels of ``summary.csv``, as in ``fit``'s ``test_scores.csv``.
@@ -332,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Per-subject scores: {per_subject}\nSummary: {summary}\nMontages: {out_dir / 'montages'}/<subject>.png")
     return 0
 
+
+#: The ``t7synth-evaluate`` console script.
+console = console_entry(main)
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

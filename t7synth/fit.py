@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from t7synth.cli import run_main
+from t7synth.cli import console_entry, run_main
 # RUN_DIR_ENV lives in environment.py (launch logic) and stays importable from here.
 from t7synth.environment import RUN_DIR_ENV, Launch, detect_launch
 from t7synth.errors import UserError
@@ -396,6 +396,9 @@ def _finish_wandb(trainer) -> None:
 
             wandb.finish()
 
+
+#: The ``t7synth-fit`` console script.
+console = console_entry(main)
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

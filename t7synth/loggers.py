@@ -58,7 +58,7 @@ def wandb_run_id(run_dir: Path) -> str:
 def build_loggers(config: Config, run_dir: Path, mode: str) -> list:
     """CSV logger writing ``run_dir/metrics.csv``, plus a W&B logger unless disabled.
 
-    The W&B run is grouped by experiment and tagged with the model so runs line up on a
+    The W&B run is grouped by experiment (or ``wandb.group``, a sweep's study) and tagged with the model so runs line up on a
     dashboard; it carries the resolved config.
     """
     from pytorch_lightning.loggers import CSVLogger
@@ -78,9 +78,9 @@ def build_loggers(config: Config, run_dir: Path, mode: str) -> list:
                 project=config.wandb.project,
                 entity=config.wandb.entity,
                 name=f"{config.name}/{run_dir.name}",
-                group=config.name,
+                group=config.wandb.group or config.name,
                 tags=[config.model.name],
-                job_type="train",
+                job_type=config.wandb.job_type,
                 save_dir=str(run_dir),
                 id=wandb_run_id(run_dir),
                 resume="allow",

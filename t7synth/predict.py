@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from t7synth.cli import run_main
+from t7synth.cli import console_entry, run_main
 from t7synth.errors import UserError
 
 #: Exit status when some volumes of a folder failed (the others were written).
@@ -75,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return PARTIAL_FAILURE_EXIT
     return 0
 
+
+#: The ``t7synth-predict`` console script.
+console = console_entry(main)
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

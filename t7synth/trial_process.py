@@ -1,0 +1,103 @@
+"""One sweep trial: ``python -m t7synth.fit`` in its own process, watched from outside.
+
+A trial runs as a subprocess rather than inside the sweep's Python process because:
+
+* ``fit --gpus N`` is DDP, and Lightning's DDP re-runs the entry point once per rank;
+  inside the sweep process every rank would start its own study and trial
+  (optuna-integration#59). A subprocess is an ordinary ``fit`` run.
+* A finished trial gives back all its memory (GPU memory included), and a crashed
+  one (out of memory, a NaN) fails alone.
+* Optuna stays out of ``fit``: the trial is watched through the ``metrics.csv`` that
+  every run writes anyway, and a pruned trial is stopped by a signal.
+
+The run folder is fixed in advance through :data:`t7synth.environment.RUN_DIR_ENV`,
+so the sweep knows where to look before the trial has written anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+
+class TrialProcess:
+    """A ``fit`` subprocess and the validation values it has logged so far.
+
+    Args:
+        command: the ``fit`` command line (a list, starting with the interpreter).
+        run_dir: the run folder the trial must use (``<runs>/<study>/trial-NNNN/version_0``).
+        metric: the ``metrics.csv`` column to read, e.g. ``val/psnr_brain``.
+        log_path: where the trial's stdout and stderr go (its progress bar included).
+    """
+
+    def __init__(self, command: list[str], run_dir: Path, metric: str, log_path: Path):
+        self.command = command
+        self.run_dir = Path(run_dir)
+        self.metric = metric
+        self.log_path = Path(log_path)
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start the trial in a new process group (so stopping it stops every rank)."""
+        from t7synth.environment import RUN_DIR_ENV
+
+        env = dict(os.environ, **{RUN_DIR_ENV: str(self.run_dir)})
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status, or ``None`` if still running after ``timeout`` seconds."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM the whole process group, then SIGKILL whatever is left after ``grace``."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            if self.wait(wait) is not None:
+                return
+
+    def validations(self) -> dict[int, float]:
+        """``{epoch: value}`` of every validation of ``metric`` in ``metrics.csv`` so far.
+
+        Lightning's CSV logger rewrites the file when a new column appears, so a read
+        can meet a half-written file; rows that do not parse are skipped and read again
+        at the next call.
+        """
+        path = self.run_dir / "metrics.csv"
+        found: dict[int, float] = {}
+        try:
+            with open(path, newline="") as handle:
+                for row in csv.DictReader(handle):
+                    try:
+                        value, epoch = float(row.get(self.metric) or "nan"), int(row.get("epoch") or "")
+                    except (TypeError, ValueError):
+                        continue
+                    if math.isfinite(value):
+                        found[epoch] = value
+        except (FileNotFoundError, csv.Error):
+            pass
+        return found
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last lines of the trial's log (progress-bar redraws collapsed), for errors."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        kept = [line.split("\r")[-1] for line in text.splitlines() if line.strip()]
+        return "\n".join(kept[-lines:])

@@ -1,0 +1,31 @@
+"""Console scripts: every ``[project.scripts]`` entry exists and errors like ``python -m``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+SCRIPTS = tomllib.loads(PYPROJECT.read_text())["project"]["scripts"]
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_console_script_target_exists(name):
+    module, _, attribute = SCRIPTS[name].partition(":")
+    assert callable(getattr(importlib.import_module(module), attribute))
+
+
+def test_console_script_user_error_is_one_line(monkeypatch, capsys):
+    from t7synth import fit
+
+    monkeypatch.setattr(sys, "argv", ["t7synth-fit", "--model", "unet", "--set", "optim.learning_rate=1", "--summary"])
+    with pytest.raises(SystemExit) as exit_info:
+        fit.console()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "optim.learning_rate" in err and len(err.splitlines()) == 1

@@ -1,0 +1,189 @@
+"""Sweeps: every shipped sweep file, the trial process, and a real two-trial study."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_UNET, make_dataset
+
+from t7synth import sweep
+from t7synth.cli import run_main
+from t7synth.sweep_config import SweepConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
+
+
+def dotted(config, key: str):
+    return functools.reduce(dict.__getitem__, key.split("."), config.to_dict())
+
+
+def test_sweep_files_exist():
+    assert {p.stem for p in SWEEP_FILES} >= {"demo_unet", "unet", "gan_unet"}
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_sweep_file_parameters_reach_the_config(path, monkeypatch):
+    """Each parameter is a real config key: a sampled value lands where fit reads it."""
+    monkeypatch.chdir(REPO)
+    spec = SweepConfig.load(path)
+    assert set(spec.distributions()) == set(spec.params)
+    for key, options in spec.params.items():
+        value = options["choices"][-1] if options["type"] == "categorical" else options["high"]
+        assert dotted(spec.resolve({key: value}), key) == value
+    for key, value in spec.set.items():
+        assert dotted(spec.resolve({}), key) == value
+
+
+def write_sweep(path: Path, body: str) -> Path:
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ("model: unet\nparams:\n  optim.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3}\n", "optim.learning_rate"),
+        ("model: unet\nparams:\n  optim.lr: {type: float, low: 1.0e-3, high: 1.0e-4}\n", "params.optim.lr"),
+        ("model: unet\nparams:\n  optim.lr: {type: float, low: 0.0, high: 1.0e-3, log: true}\n", "params.optim.lr"),
+        ("model: unet\nparams:\n  optim.lr: {type: uniform, low: 0.0, high: 1.0}\n", "params.optim.lr"),
+        ("model: unet\nmetrics: val/psnr\nparams:\n  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n", "'metrics'"),
+        ("model: unet\nmetric: test/psnr\nparams:\n  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n", "val/"),
+        ("config: nowhere.yaml\nparams:\n  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n", "nowhere.yaml"),
+        ("model: unet\nparams:\n  model.net.channels: {type: int, low: 8, high: 16.5}\n", "params.model.net.channels.high"),
+        ("model: unet\nparams:\n  model.net.chanels: {type: int, low: 8, high: 16}\n", "model.net.chanels"),
+    ],
+    ids=["unknown-config-key", "low-above-high", "log-of-zero", "unknown-type", "unknown-sweep-key", "test-metric", "missing-config", "int-bound", "unknown-net-key"],
+)
+def test_bad_sweep_file_is_one_line(tmp_path, capsys, body, named):
+    path = write_sweep(tmp_path / "bad.yaml", body)
+    assert run_main(sweep.main, [str(path), "--set", f"runs_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and str(path) in err
+    assert not (tmp_path / "runs").exists()  # nothing written for a file that does not parse
+
+
+# --- the trial process, with a stand-in for fit that writes metrics.csv --------------
+
+FAKE_FIT = """
+import csv, os, sys, time
+run = os.environ["T7SYNTH_RUN_DIR"]
+os.makedirs(run, exist_ok=True)
+values = [float(v) for v in sys.argv[1].split(",")]
+with open(os.path.join(run, "metrics.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["epoch", "step", "train/loss", "val/psnr_brain"])
+    for epoch, value in enumerate(values):
+        w.writerow([epoch, epoch * 10, 0.1, ""])
+        w.writerow([epoch, epoch * 10 + 9, "", value])
+        f.flush()
+        time.sleep(0.2)
+time.sleep(float(sys.argv[2]))
+sys.exit(int(sys.argv[3]))
+"""
+
+
+def fake_trial(tmp_path, pruner, values: str, linger: float, status: int, direction="maximize"):
+    import optuna
+
+    script = tmp_path / "fake_fit.py"
+    script.write_text(FAKE_FIT)
+    study = optuna.create_study(direction=direction, pruner=pruner)
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    run_dir = tmp_path / "study" / "trial-0000" / "version_0"
+    command = [sys.executable, str(script), values, str(linger), str(status)]
+    return study, sweep.run_trial(study, trial, command, run_dir, "val/psnr_brain", poll=0.2)
+
+
+def test_complete_trial_scores_its_best_validation(tmp_path):
+    import optuna
+
+    study, (state, value, _) = fake_trial(tmp_path, optuna.pruners.NopPruner(), "20.0,23.5,22.0", 0, 0)
+    assert (state, value) == ("complete", 23.5)
+    frozen = study.trials[0]
+    assert frozen.state == optuna.trial.TrialState.COMPLETE and frozen.value == 23.5
+    assert frozen.intermediate_values == {0: 20.0, 1: 23.5, 2: 22.0}
+
+
+def test_minimised_metric_takes_the_lowest(tmp_path):
+    import optuna
+
+    _, (state, value, _) = fake_trial(tmp_path, optuna.pruners.NopPruner(), "0.3,0.1,0.2", 0, 0, direction="minimize")
+    assert (state, value) == ("complete", 0.1)
+
+
+def test_pruned_trial_is_stopped(tmp_path):
+    """A trial the pruner rejects is killed at once, not left to finish its minute."""
+    import time
+
+    import optuna
+
+    started = time.monotonic()
+    study, (state, value, detail) = fake_trial(tmp_path, optuna.pruners.ThresholdPruner(lower=30.0), "20.0,21.0", 120, 0)
+    assert state == "pruned" and value is None and "epoch 0" in detail
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+    assert time.monotonic() - started < 60  # the fake fit would have lingered 120 s
+
+
+def test_failed_trial_reports_its_log(tmp_path):
+    import optuna
+
+    study, (state, value, detail) = fake_trial(tmp_path, optuna.pruners.NopPruner(), "20.0", 0, 3)
+    assert state == "failed" and value is None and "exit 3" in detail and "fit.log" in detail
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+# --- a real study: two fit runs on a tiny dataset ------------------------------------
+
+
+@pytest.mark.slow
+def test_two_trial_study_end_to_end(tmp_path, capsys, monkeypatch):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    data = make_dataset(tmp_path / "data")
+    runs = tmp_path / "runs"
+    fixed = dict(item.split("=", 1) for item in TINY_UNET)
+    fixed.update({"trainer.max_epochs": "2", "trainer.val_every": "1", "runs_dir": str(runs)})
+    spec = {
+        "study": "tiny",
+        "model": "unet",
+        "n_trials": 2,
+        "set": {key: yaml.safe_load(value) for key, value in fixed.items()},
+        "sampler": {"name": "random"},
+        "pruner": {"name": "none"},
+        "params": {"optim.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert run_main(sweep.main, [str(path), "--data", str(data), "--poll", "0.5", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "best: trial" in out and "t7synth.compare" in out
+
+    storage = JournalStorage(JournalFileBackend(str(runs / "tiny" / "optuna.journal")))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 2 and trials[0].params["optim.lr"] != trials[1].params["optim.lr"]
+    for trial in trials:
+        run_dir = Path(trial.user_attrs["run_dir"])
+        assert run_dir == runs / "tiny" / f"trial-{trial.number:04d}" / "version_0"
+        ran = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert ran["optim"]["lr"] == pytest.approx(trial.params["optim.lr"])
+        assert ran["wandb"]["group"] == "tiny" and ran["wandb"]["job_type"] == "trial"
+        import pandas as pd
+
+        history = pd.read_csv(run_dir / "metrics.csv")["val/psnr_brain"].dropna()
+        assert len(history) == 2 and trial.value == pytest.approx(history.max())
+    table = (runs / "tiny" / "trials.csv").read_text().splitlines()
+    assert len(table) == 3  # header + two trials
+    assert (runs / "tiny" / "history.png").stat().st_size > 0
+
+    # Running the command again continues the study: it already holds two trials.
+    assert run_main(sweep.main, [str(path), "--data", str(data), "--poll", "0.5"]) == 0
+    assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 2
