@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 
@@ -9,6 +10,18 @@ from t7synth.errors import UserError
 
 #: Exit status for a user's mistake (argparse uses 2 for bad arguments too).
 USER_ERROR_EXIT = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with bad arguments raised as a :class:`UserError`.
+
+    Plain argparse prints the whole usage before its error; every t7synth command
+    instead ends a user's mistake with the same single ``error:`` line and exit status
+    2 (``--help`` still prints the usage).
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:

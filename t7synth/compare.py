@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from t7synth.cli import console_entry, run_main
+from t7synth.cli import ArgumentParser, console_entry, run_main
 from t7synth.errors import UserError
 
 #: Columns of the comparison, in order: ``name: (heading, higher is better)``.
@@ -245,7 +245,7 @@ def log_to_wandb(entries: Sequence[Entry], chart: Path, mode: str, project: str,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m t7synth.compare", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m t7synth.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (runs/<experiment>/<version>)")
     parser.add_argument("--out", default="comparison", metavar="DIR", help="output folder (default: comparison)")
     parser.add_argument("--wandb", choices=["online", "offline", "disabled"], default="disabled", help="also log to W&B (default: disabled)")

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from t7synth.cli import console_entry, run_main
+from t7synth.cli import ArgumentParser, console_entry, run_main
 from t7synth.data import naming
 from t7synth.data.simulate import (
     DESCRIPTION_JSON,
@@ -164,15 +164,8 @@ def summarize(folder: Path) -> str:
     )
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """Bad arguments become a :class:`UserError`: one line, like every other mistake."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m t7synth.demo",
         description="Generate (once) the simulated paired 3T/7T demo dataset and print its folder.",
     )

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from t7synth.cli import console_entry, run_main
+from t7synth.cli import ArgumentParser, console_entry, run_main
 from t7synth.errors import UserError
 
 #: Row labels of ``summary.csv``, as in ``fit``'s ``test_scores.csv``.
@@ -36,7 +36,7 @@ TABLE_COLUMNS = ("psnr_brain", "ssim_brain", "psnr", "ssim", "mae")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m t7synth.evaluate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m t7synth.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pred", required=True, metavar="DIR", help="folder of predictions (sub-XXX anywhere in each name)")
     parser.add_argument("--data", required=True, metavar="DATASET", help="dataset folder with the 7T targets")
     parser.add_argument("--split", choices=["train", "val", "test"], help="score exactly this split (default: every subject with a prediction)")

@@ -26,14 +26,14 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from t7synth.cli import console_entry, run_main
+from t7synth.cli import ArgumentParser, console_entry, run_main
 # RUN_DIR_ENV lives in environment.py (launch logic) and stays importable from here.
 from t7synth.environment import RUN_DIR_ENV, Launch, detect_launch
 from t7synth.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m t7synth.fit", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m t7synth.fit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model name (unet, gan_unet, vnet, watnet)")
     parser.add_argument("--config", help="experiment YAML file (experiments/*.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted), repeatable")

@@ -27,6 +27,13 @@ def _views(volume: np.ndarray, centre) -> list[np.ndarray]:
     return [volume[:, :, k].T, volume[:, j, :].T, volume[i, :, :].T]
 
 
+def _as_array(x) -> np.ndarray | None:
+    if x is None:
+        return None
+    x = x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float32)
+    return np.squeeze(x)
+
+
 def save_montage(
     path: str | Path,
     source,
@@ -44,6 +51,24 @@ def save_montage(
         mask: optional brain mask; the slices go through the brain's centre.
         title: figure title (subject, epoch, scores).
     """
+    source, prediction, target = map(_as_array, (source, prediction, target))
+    shown = prediction if prediction is not None else source
+    columns = [("3T input", source, "gray", 1.0), ("synthetic 7T", prediction, "gray", 1.0), ("7T target", target, "gray", 1.0),
+               ("|synthetic − 7T|", np.abs(np.clip(shown, 0, 1) - target), "magma", ERROR_MAX)]
+    return save_panels(path, [c for c in columns if c[1] is not None], mask, title)
+
+
+def save_panels(path: str | Path, columns, mask=None, title: str = "") -> Path:
+    """Write a PNG of axial, coronal and sagittal slices (rows) of several volumes
+    (columns) atomically and return its path; :func:`save_montage` is one use of it.
+
+    Args:
+        path: output file (``.png``).
+        columns: ``(label, volume, cmap, vmax)`` per column; volumes are (I, J, K)
+            arrays or tensors on one grid, shown from 0 to ``vmax``.
+        mask: optional brain mask; the slices go through the brain's centre.
+        title: figure title.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -51,18 +76,8 @@ def save_montage(
 
     from t7synth.io import atomic_path
 
-    def as_array(x):
-        if x is None:
-            return None
-        x = x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float32)
-        return np.squeeze(x)
-
-    source, prediction, target, mask = map(as_array, (source, prediction, target, mask))
-    centre = _centre(mask, source.shape)
-    shown = prediction if prediction is not None else source
-    columns = [("3T input", source, "gray", 1.0), ("synthetic 7T", prediction, "gray", 1.0), ("7T target", target, "gray", 1.0),
-               ("|synthetic − 7T|", np.abs(np.clip(shown, 0, 1) - target), "magma", ERROR_MAX)]
-    columns = [c for c in columns if c[1] is not None]
+    columns = [(label, _as_array(volume), cmap, vmax) for label, volume, cmap, vmax in columns]
+    centre = _centre(_as_array(mask), columns[0][1].shape)
     figure, axes = plt.subplots(3, len(columns), figsize=(2.6 * len(columns), 7.8), squeeze=False)
     for col, (label, volume, cmap, vmax) in enumerate(columns):
         for row, view in enumerate(_views(volume, centre)):

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from t7synth.cli import console_entry, run_main
+from t7synth.cli import ArgumentParser, console_entry, run_main
 from t7synth.errors import UserError
 
 #: Exit status when some volumes of a folder failed (the others were written).
@@ -28,7 +28,7 @@ PARTIAL_FAILURE_EXIT = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m t7synth.predict", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m t7synth.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="checkpoint file (runs/<exp>/<version>/checkpoints/best.ckpt)")
     parser.add_argument("--input", required=True, metavar="FILE|DIR", help="a NIfTI file, a folder of them, or a dataset folder")
     parser.add_argument("--output", required=True, metavar="FILE|DIR", help="output file (for a file input) or folder")

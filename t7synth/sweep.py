@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from t7synth.cli import console_entry, run_main
+from t7synth.cli import ArgumentParser, console_entry, run_main
 from t7synth.errors import UserError
 
 #: Consecutive failed trials after which the sweep stops: the cause is then the setup.
@@ -39,7 +39,7 @@ MAX_CONSECUTIVE_FAILURES = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m t7synth.sweep", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m t7synth.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", help="sweep file (sweeps/*.yaml)")
     parser.add_argument("--n-trials", type=int, help="finished trials the study should hold (default: the sweep file's)")
     parser.add_argument("--storage", help="Optuna storage: a database URL or a journal file path (default: <runs_dir>/<study>/optuna.journal)")
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = time.monotonic()
             state, value, detail = run_trial(study, trial, command, run_dir, sweep.metric, args.poll)
             minutes = (time.monotonic() - started) / 60
-            chosen = ", ".join(f"{k}={format_value(v)}" for k, v in values.items())
+            chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
             bar.write(f"trial {trial.number}: {chosen} -> {state}{detail} ({minutes:.1f} min)")
             if state == "failed":
                 failures += 1
@@ -232,12 +232,15 @@ def write_summary(study, sweep, root: Path, wandb_mode_setting: str | None, base
     for key, value in best.params.items():
         print(f"  {key}: {value}")
     print(f"  run: {best.user_attrs.get('run_dir')}")
-    print(f"compare the trials: python -m t7synth.compare {root}/trial-*/version_0")
+    # Only complete trials reached their test; compare refuses runs without one.
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(complete, key=lambda trial: trial.value, reverse=reverse)[:5]
+    print(f"compare the best {len(ranked)}: python -m t7synth.compare " + " ".join(t.user_attrs["run_dir"] for t in ranked))
     log_summary_to_wandb(frame, images, sweep, root, wandb_mode_setting, base)
 
 
 def plot_study(study, root: Path) -> list[Path]:
-    """Optuna's optimisation history and parameter importances as PNGs (where defined)."""
+    """Optuna's optimisation history, validation curves and parameter importances as PNGs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -250,7 +253,14 @@ def plot_study(study, root: Path) -> list[Path]:
     written = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for name, plot in (("history", plots.plot_optimization_history), ("importances", plots.plot_param_importances)):
+        # History: complete trials' objectives; curves: every trial's validations,
+        # pruned ones included (where they stopped is the pruner's decision, visible);
+        # importances: Optuna's fANOVA estimate, defined from two complete trials on.
+        for name, plot in (
+            ("history", plots.plot_optimization_history),
+            ("curves", plots.plot_intermediate_values),
+            ("importances", plots.plot_param_importances),
+        ):
             try:
                 axes = plot(study)
             except (ValueError, RuntimeError):

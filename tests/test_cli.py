@@ -29,3 +29,26 @@ def test_console_script_user_error_is_one_line(monkeypatch, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "optim.learning_rate" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ("fit", ["--gpus", "two"]),
+        ("sweep", ["sweeps/demo_unet.yaml", "--n-trials", "many"]),
+        ("demo", ["--subjects", "ten"]),
+        ("prepare", []),
+        ("predict", []),
+        ("evaluate", ["--bogus"]),
+        ("compare", []),
+    ],
+)
+def test_bad_arguments_are_one_line(command, argv, capsys):
+    from t7synth.cli import run_main
+
+    module = importlib.import_module(f"t7synth.{command}")
+    assert run_main(module.main, argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: python -m t7synth.{command}:")
+    assert "usage:" not in captured.err

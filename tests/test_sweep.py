@@ -164,7 +164,8 @@ def test_two_trial_study_end_to_end(tmp_path, capsys, monkeypatch):
     path.write_text(yaml.safe_dump(spec))
     assert run_main(sweep.main, [str(path), "--data", str(data), "--poll", "0.5", "--seed", "3"]) == 0
     out = capsys.readouterr().out
-    assert "best: trial" in out and "t7synth.compare" in out
+    assert "best: trial" in out
+    assert "t7synth.compare " + str(runs / "tiny" / "trial-000") in out  # complete runs, named
 
     storage = JournalStorage(JournalFileBackend(str(runs / "tiny" / "optuna.journal")))
     study = optuna.load_study(study_name="tiny", storage=storage)
@@ -182,7 +183,8 @@ def test_two_trial_study_end_to_end(tmp_path, capsys, monkeypatch):
         assert len(history) == 2 and trial.value == pytest.approx(history.max())
     table = (runs / "tiny" / "trials.csv").read_text().splitlines()
     assert len(table) == 3  # header + two trials
-    assert (runs / "tiny" / "history.png").stat().st_size > 0
+    for plot in ("history", "curves", "importances"):
+        assert (runs / "tiny" / f"{plot}.png").stat().st_size > 0
 
     # Running the command again continues the study: it already holds two trials.
     assert run_main(sweep.main, [str(path), "--data", str(data), "--poll", "0.5"]) == 0

@@ -54,7 +54,7 @@ def discover(root: str | Path) -> list[SubjectRecord]:
     if not root.is_dir():
         raise UserError(f"dataset folder not found: {root}")
     table = root / naming.PARTICIPANTS
-    rows = _read_participants(table) if table.is_file() else [
+    rows = read_participants(table) if table.is_file() else [
         {"participant_id": p.name} for p in sorted(root.glob("sub-*")) if p.is_dir()
     ]
     records = []
@@ -66,15 +66,16 @@ def discover(root: str | Path) -> list[SubjectRecord]:
             if not path.is_file():
                 raise UserError(f"missing file {path} (the partner of {partner.name} for {subject})")
         mask = naming.mask_path(root, subject)
+        age, sex, split = parse_participant(row, table, subject)
         records.append(
             SubjectRecord(
                 subject=subject,
                 source=source,
                 target=target,
                 mask=mask if mask.is_file() else None,
-                age=_parse_age(row.get("age"), table, subject),
-                sex=_parse_sex(row.get("sex"), table, subject),
-                split=_parse_split(row.get("split"), table, subject),
+                age=age,
+                sex=sex,
+                split=split,
             )
         )
     if not records:
@@ -82,7 +83,13 @@ def discover(root: str | Path) -> list[SubjectRecord]:
     return records
 
 
-def _read_participants(table: Path) -> list[dict[str, str]]:
+def read_participants(table: Path) -> list[dict[str, str]]:
+    """The rows of a ``participants.tsv`` (all columns, as strings), checked for a
+    ``participant_id`` column of unique ``sub-<label>`` values.
+
+    Raises:
+        UserError: naming the table and the bad column or value.
+    """
     with open(table, newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
         if not reader.fieldnames or "participant_id" not in reader.fieldnames:
@@ -98,6 +105,21 @@ def _read_participants(table: Path) -> list[dict[str, str]]:
         seen.add(subject)
         row["participant_id"] = subject
     return rows
+
+
+def parse_participant(row: dict[str, str | None], table: Path, subject: str) -> tuple[float, float, str | None]:
+    """``(age, sex, split)`` of one ``participants.tsv`` row, as :class:`SubjectRecord`
+    holds them (``prepare`` checks its input tables with this too).
+
+    Raises:
+        UserError: an age that is not a non-negative number, a sex other than M/F (or
+            unknown), a split other than train/val/test.
+    """
+    return (
+        _parse_age(row.get("age"), table, subject),
+        _parse_sex(row.get("sex"), table, subject),
+        _parse_split(row.get("split"), table, subject),
+    )
 
 
 def _parse_age(value: str | None, table: Path, subject: str) -> float:
