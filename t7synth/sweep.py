@@ -60,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from t7synth.sweep_config import SweepConfig, format_value
 
     sweep = SweepConfig.load(args.sweep, args.set)
-    n_trials = args.n_trials or sweep.n_trials
+    n_trials = sweep.n_trials if args.n_trials is None else args.n_trials
+    if n_trials < 1:
+        raise UserError(f"--n-trials {n_trials}: must be at least 1")
     extra = {"data": {"root": str(Path(args.data).expanduser().resolve())}} if args.data else None
     base = sweep.resolve({}, extra)
     root = Path(base.runs_dir) / sweep.study

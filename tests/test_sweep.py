@@ -189,3 +189,27 @@ def test_two_trial_study_end_to_end(tmp_path, capsys, monkeypatch):
     # Running the command again continues the study: it already holds two trials.
     assert run_main(sweep.main, [str(path), "--data", str(data), "--poll", "0.5"]) == 0
     assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 2
+
+
+def test_sweep_summary_is_a_wandb_run(tmp_path):
+    """The study's table and plots go to a W&B run (offline here: files on disk)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    root = tmp_path / "study"
+    root.mkdir()
+    image = root / "history.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
+    frame = pd.DataFrame({"number": [0, 1], "value": [20.5, 21.0], "state": ["COMPLETE", "PRUNED"]})
+    spec = SimpleNamespace(study="study", path=tmp_path / "study.yaml")
+    base = SimpleNamespace(wandb=SimpleNamespace(project="t7synth-test", entity=None))
+    sweep.log_summary_to_wandb(frame, [image], spec, root, "offline", base)
+    runs = list((root / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    media = runs[0] / "files" / "media"
+    assert list(media.glob("images/sweep/history_*.png"))
+    tables = list(media.glob("table/sweep/trials_*.table.json"))
+    assert tables and '"PRUNED"' in tables[0].read_text()
