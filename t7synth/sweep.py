@@ -70,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import optuna
 
+    from t7synth.trial_process import owner_tag
+
+    for line in fail_orphaned_trials(study):
+        print(line)
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished_states))
     print(f"study {sweep.study}: {done} of {n_trials} trials finished; runs in {root}")
@@ -82,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             values = dict(trial.params)
             run_dir = root / f"trial-{trial.number:04d}" / "version_0"
             trial.set_user_attr("run_dir", str(run_dir))
+            trial.set_user_attr("owner", owner_tag())
             overrides = {**values, "runs_dir": str(root), "name": f"trial-{trial.number:04d}",
                          "wandb.group": sweep.study, "wandb.job_type": "trial"}
             command = fit_command(sweep, args, {key: format_value(value) for key, value in overrides.items()})
@@ -136,6 +141,33 @@ def open_study(sweep, storage: str | None, root: Path, seed: int):
     return study
 
 
+def fail_orphaned_trials(study) -> list[str]:
+    """Mark failed the running trials whose sweep process on this machine has died.
+
+    Their ``fit`` is stopped too if it still runs (see :mod:`t7synth.trial_process`).
+    Trials run by live sweeps, and by other machines, are left alone.
+
+    Returns:
+        One line per trial dealt with, for the user.
+    """
+    import optuna
+
+    from t7synth.trial_process import owner_is_gone, stop_orphaned_fit
+
+    lines = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = trial.user_attrs.get("owner")
+        if not owner or not owner_is_gone(owner):
+            continue
+        stopped = "pid" in trial.user_attrs and stop_orphaned_fit(trial.user_attrs["pid"], Path(trial.user_attrs["run_dir"]))
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        lines.append(
+            f"trial {trial.number}: its sweep ({owner}) ended without finishing it; marked failed"
+            + ("; its fit process was stopped" if stopped else "")
+        )
+    return lines
+
+
 def fit_command(sweep, args: argparse.Namespace, overrides: dict[str, str]) -> list[str]:
     """The ``python -m t7synth.fit`` command line of one trial."""
     from t7synth.sweep_config import format_value
@@ -183,6 +215,7 @@ def run_trial(study, trial, command: list[str], run_dir: Path, metric: str, poll
         return False
 
     process.start()
+    trial.set_user_attr("pid", process.process.pid)
     try:
         status = process.wait(timeout=poll)
         while status is None:
@@ -257,12 +290,16 @@ def plot_study(study, root: Path) -> list[Path]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # History: complete trials' objectives; curves: every trial's validations,
         # pruned ones included (where they stopped is the pruner's decision, visible);
-        # importances: Optuna's fANOVA estimate, defined from two complete trials on.
+        # importances: Optuna's default estimate, which needs two complete trials
+        # (with fewer it draws equal bars, which would mislead).
+        complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         for name, plot in (
             ("history", plots.plot_optimization_history),
             ("curves", plots.plot_intermediate_values),
             ("importances", plots.plot_param_importances),
         ):
+            if name == "importances" and complete < 2:
+                continue
             try:
                 axes = plot(study)
             except (ValueError, RuntimeError):

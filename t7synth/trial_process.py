@@ -12,6 +12,12 @@ A trial runs as a subprocess rather than inside the sweep's Python process becau
 
 The run folder is fixed in advance through :data:`t7synth.environment.RUN_DIR_ENV`,
 so the sweep knows where to look before the trial has written anything.
+
+A sweep killed outright (SIGKILL, the out-of-memory killer, a closed terminal) cannot
+tell the study: its trial stays ``RUNNING`` and its ``fit`` process, in a session of
+its own, goes on. Each trial therefore records its sweep process (:func:`owner_tag`)
+and its ``fit`` process id, so the next sweep on the same machine can recognise the
+orphan (:func:`owner_is_gone`) and stop it (:func:`stop_orphaned_fit`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import csv
 import math
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -101,3 +108,67 @@ class TrialProcess:
             return ""
         kept = [line.split("\r")[-1] for line in text.splitlines() if line.strip()]
         return "\n".join(kept[-lines:])
+
+
+def owner_tag() -> str:
+    """``host:pid`` of this sweep process, stored with every trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_gone(owner: str) -> bool:
+    """True when ``owner`` (an :func:`owner_tag`) names a process of this machine that has ended.
+
+    Trials of other machines are never judged: their processes cannot be seen from here.
+    """
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def stop_orphaned_fit(pid: int, run_dir: Path, grace: float = 30.0) -> bool:
+    """Stop the process group of an orphaned trial's ``fit``, if it still runs.
+
+    Only a process whose environment names the trial's run folder is signalled
+    (read from ``/proc``), so a recycled process id is never hit; where ``/proc`` does
+    not exist nothing is stopped.
+
+    Returns:
+        True when a process was found and stopped.
+    """
+    import time
+
+    from t7synth.environment import RUN_DIR_ENV
+
+    try:
+        environment = Path(f"/proc/{int(pid)}/environ").read_bytes().split(b"\0")
+    except (OSError, ValueError, TypeError):
+        return False
+    if f"{RUN_DIR_ENV}={run_dir}".encode() not in environment:
+        return False
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(int(pid), sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _running(int(pid)):
+                return True
+            time.sleep(0.2)
+    return True
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs; a zombie (ended, not yet reaped) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"

@@ -213,3 +213,51 @@ def test_sweep_summary_is_a_wandb_run(tmp_path):
     assert list(media.glob("images/sweep/history_*.png"))
     tables = list(media.glob("table/sweep/trials_*.table.json"))
     assert tables and '"PRUNED"' in tables[0].read_text()
+
+
+def test_orphans_of_a_killed_sweep_are_failed_and_their_fit_stopped(tmp_path):
+    """A sweep killed outright leaves RUNNING trials and running fits; the next sweep ends them."""
+    import os
+    import socket
+    import subprocess
+
+    import optuna
+
+    from t7synth.environment import RUN_DIR_ENV
+    from t7synth.trial_process import owner_tag
+
+    study = optuna.create_study(direction="maximize")
+    dead_sweep = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_sweep.wait()
+    gone = f"{socket.gethostname()}:{dead_sweep.pid}"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+    def trial_with(owner: str, name: str, environment: dict | None):
+        trial = study.ask()
+        run_dir = tmp_path / name / "version_0"
+        trial.set_user_attr("owner", owner)
+        trial.set_user_attr("run_dir", str(run_dir))
+        process = None
+        if environment is not None:
+            env = dict(os.environ, **({RUN_DIR_ENV: str(run_dir)} if environment else {}))
+            process = subprocess.Popen(sleeper, env=env, start_new_session=True)
+            trial.set_user_attr("pid", process.pid)
+        return process
+
+    orphan_fit = trial_with(gone, "trial-0000", environment={"own": True})
+    stranger = trial_with(gone, "trial-0001", environment={})  # pid of a process that is not this trial's fit
+    trial_with(owner_tag(), "trial-0002", environment=None)  # this (live) process
+    trial_with("another-host:1", "trial-0003", environment=None)  # cannot be judged from here
+    try:
+        lines = sweep.fail_orphaned_trials(study)
+        assert len(lines) == 2 and "trial 0" in lines[0] and "stopped" in lines[0]
+        assert "trial 1" in lines[1] and "stopped" not in lines[1]
+        assert orphan_fit.wait(timeout=40) is not None
+        assert stranger.poll() is None  # never signal a process that is not the trial's
+        states = [trial.state for trial in study.get_trials()]
+        running, failed = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL
+        assert states == [failed, failed, running, running]
+    finally:
+        for process in (orphan_fit, stranger):
+            if process.poll() is None:
+                process.kill()
