@@ -212,8 +212,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_override(text: str) -> dict[str, Any]:
-    """Turn ``a.b.c=value`` into ``{"a": {"b": {"c": value}}}``; the value is read as YAML."""
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Split ``a.b.c=value`` into the dotted key and the value, read as YAML."""
     import yaml
 
     key, sep, raw = text.partition("=")
@@ -223,9 +223,15 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    return key.strip(), value
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``a.b.c=value`` into ``{"a": {"b": {"c": value}}}``; the value is read as YAML."""
+    key, value = parse_assignment(text)
     nested: dict[str, Any] = {}
     cursor = nested
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         cursor = cursor.setdefault(part, {})
     cursor[parts[-1]] = value

@@ -58,8 +58,8 @@ def wandb_run_id(run_dir: Path) -> str:
 def build_loggers(config: Config, run_dir: Path, mode: str) -> list:
     """CSV logger writing ``run_dir/metrics.csv``, plus a W&B logger unless disabled.
 
-    The W&B run is grouped by experiment (or ``wandb.group``, a sweep's study) and tagged with the model so runs line up on a
-    dashboard; it carries the resolved config.
+    The W&B run is grouped by experiment (or ``wandb.group``, a sweep's study) and
+    tagged with the model so runs line up on a dashboard; it carries the resolved config.
     """
     from pytorch_lightning.loggers import CSVLogger
 

@@ -230,10 +230,10 @@ def run_trial(study, trial, command: list[str], run_dir: Path, metric: str, poll
         raise
     # A trial that ended before its last validations were read ran in full: it counts
     # as complete whatever the pruner would have said (pruning only saves time).
-    for epoch, value in sorted(process.validations().items()):
+    history = process.validations()
+    for epoch, value in sorted(history.items()):
         if epoch not in reported:
             trial.report(value, step=epoch)
-    history = process.validations()
     if status != 0 or not history:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         why = f"exit {status}" if status != 0 else f"no {metric} in metrics.csv"
@@ -257,8 +257,8 @@ def write_summary(study, sweep, root: Path, wandb_mode_setting: str | None, base
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
     with atomic_path(root / "trials.csv") as tmp:
         frame.to_csv(tmp, index=False)
-    images = plot_study(study, root)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    images = plot_study(study, root, len(complete))
     if not complete:
         print(f"no trial completed; see {root / 'trials.csv'}")
         return
@@ -274,8 +274,11 @@ def write_summary(study, sweep, root: Path, wandb_mode_setting: str | None, base
     log_summary_to_wandb(frame, images, sweep, root, wandb_mode_setting, base)
 
 
-def plot_study(study, root: Path) -> list[Path]:
-    """Optuna's optimisation history, validation curves and parameter importances as PNGs."""
+def plot_study(study, root: Path, complete: int) -> list[Path]:
+    """Optuna's optimisation history, validation curves and parameter importances as PNGs.
+
+    ``complete`` is the number of complete trials (importances need two).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -292,7 +295,6 @@ def plot_study(study, root: Path) -> list[Path]:
         # pruned ones included (where they stopped is the pruner's decision, visible);
         # importances: Optuna's default estimate, which needs two complete trials
         # (with fewer it draws equal bars, which would mislead).
-        complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         for name, plot in (
             ("history", plots.plot_optimization_history),
             ("curves", plots.plot_intermediate_values),

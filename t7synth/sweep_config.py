@@ -84,9 +84,7 @@ class SweepConfig:
         Raises:
             UserError: a missing file, an unknown key, or a bad value (named).
         """
-        import yaml
-
-        from t7synth.config import load_yaml
+        from t7synth.config import load_yaml, parse_assignment
 
         path = Path(path)
         data = load_yaml(path)
@@ -104,13 +102,8 @@ class SweepConfig:
             raise UserError(f"{path}: set must be a mapping of dotted keys to values")
         sweep = cls(path=path, **data)
         for text in overrides:
-            key, sep, value = text.partition("=")
-            if not sep or not key.strip():
-                raise UserError(f"--set expects key=value with a dotted key, got {text!r}")
-            try:
-                sweep.set[key.strip()] = yaml.safe_load(value) if value.strip() else None
-            except yaml.YAMLError:
-                sweep.set[key.strip()] = value
+            key, value = parse_assignment(text)
+            sweep.set[key] = value
         sweep.check()
         return sweep
 

@@ -70,13 +70,7 @@ class TrialProcess:
         """SIGTERM the whole process group, then SIGKILL whatever is left after ``grace``."""
         if self.process is None or self.process.poll() is not None:
             return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            if self.wait(wait) is not None:
-                return
+        stop_group(self.process.pid, grace, lambda: self.process.poll() is None)
 
     def validations(self) -> dict[int, float]:
         """``{epoch: value}`` of every validation of ``metric`` in ``metrics.csv`` so far.
@@ -142,8 +136,6 @@ def stop_orphaned_fit(pid: int, run_dir: Path, grace: float = 30.0) -> bool:
     Returns:
         True when a process was found and stopped.
     """
-    import time
-
     from t7synth.environment import RUN_DIR_ENV
 
     try:
@@ -152,17 +144,31 @@ def stop_orphaned_fit(pid: int, run_dir: Path, grace: float = 30.0) -> bool:
         return False
     if f"{RUN_DIR_ENV}={run_dir}".encode() not in environment:
         return False
+    stop_group(int(pid), grace, lambda: _running(int(pid)))
+    return True
+
+
+def stop_group(pgid: int, grace: float, running) -> None:
+    """SIGTERM the process group ``pgid``, then SIGKILL it if ``running()`` after ``grace`` s.
+
+    Args:
+        pgid: the group's id (its leader's pid: trials start in a session of their own).
+        grace: seconds a trial gets to end cleanly (Lightning stops at the next batch).
+        running: whether the leader still runs; for a child of this process,
+            ``Popen.poll`` (which also reaps it), else :func:`_running`.
+    """
+    import time
+
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
         try:
-            os.killpg(int(pid), sig)
+            os.killpg(pgid, sig)
         except ProcessLookupError:
-            return True
+            return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not _running(int(pid)):
-                return True
+            if not running():
+                return
             time.sleep(0.2)
-    return True
 
 
 def _running(pid: int) -> bool:
