@@ -206,7 +206,14 @@ def test_sweep_summary_is_a_wandb_run(tmp_path):
     frame = pd.DataFrame({"number": [0, 1], "value": [20.5, 21.0], "state": ["COMPLETE", "PRUNED"]})
     spec = SimpleNamespace(study="study", path=tmp_path / "study.yaml")
     base = SimpleNamespace(wandb=SimpleNamespace(project="t7synth-test", entity=None))
-    sweep.log_summary_to_wandb(frame, [image], spec, root, "offline", base)
+    import wandb
+
+    try:
+        sweep.log_summary_to_wandb(frame, [image], spec, root, "offline", base)
+    finally:
+        # wandb keeps process-wide settings (read from the environment, where the
+        # tests set WANDB_MODE=disabled) until torn down; later tests start afresh.
+        wandb.teardown()
     runs = list((root / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     media = runs[0] / "files" / "media"
