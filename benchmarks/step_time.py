@@ -14,7 +14,7 @@ import time
 import torch
 
 from t7synth import registry
-from t7synth.config import resolve
+from t7synth.registry import resolve
 
 
 def step_time(model, batch, bf16: bool, repeats: int) -> float:

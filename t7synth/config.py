@@ -7,7 +7,8 @@ A configuration is resolved in four layers, each overriding the one before:
 3. an experiment YAML file (``--config experiments/demo_unet.yaml``);
 4. ``--set data.batch_size=4`` overrides from the command line.
 
-The resolved configuration is what runs: it is written to the run directory as
+:func:`t7synth.registry.resolve` layers them (it alone knows the models, so this module
+imports none of them). The resolved configuration is what runs: it is written to the run directory as
 ``config.yaml`` and stored in every checkpoint, so ``predict`` needs nothing else.
 Unknown keys are an error that lists the valid ones, at any depth.
 """
@@ -242,7 +243,7 @@ def save_yaml(data: dict[str, Any], path: str | Path) -> None:
     """Write ``data`` as YAML atomically, keys in the order given."""
     import yaml
 
-    from t7synth.io import atomic_path
+    from t7synth.files import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -309,47 +310,6 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise UserError(f"config key {key} must be {hint.__name__}, got {value!r}")
     return value
-
-
-def resolve(
-    model: str | None = None,
-    config_file: str | Path | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-    extra: dict[str, Any] | None = None,
-) -> Config:
-    """Resolve the four layers into a :class:`Config` (see the module docstring).
-
-    Args:
-        model: registry name from ``--model``; else the file's ``model.name``; else ``unet``.
-        config_file: an experiment YAML file, or ``None``.
-        overrides: ``key=value`` strings from ``--set``.
-        extra: overrides from dedicated flags (``--data``, ``--max-epochs``), applied last.
-
-    Raises:
-        UserError: unknown model or key, a bad value, or a missing/malformed file.
-    """
-    from t7synth import registry
-
-    file_data = load_yaml(config_file) if config_file else {}
-    override_data: dict[str, Any] = {}
-    for text in overrides:
-        override_data = deep_merge(override_data, parse_override(text))
-    override_data = deep_merge(override_data, extra or {})
-    file_model = (file_data.get("model") or {}).get("name") if isinstance(file_data.get("model"), dict) else None
-    set_model = (override_data.get("model") or {}).get("name") if isinstance(override_data.get("model"), dict) else None
-    name = set_model or model or file_model or "unet"
-    if model and file_model and model != file_model:
-        raise UserError(f"--model {model} contradicts model.name: {file_model} in {config_file}")
-    module_class = registry.get(name)
-    layered = deep_merge(Config().to_dict(), module_class.DEFAULTS)
-    layered = deep_merge(layered, file_data)
-    layered = deep_merge(layered, override_data)
-    layered["model"]["name"] = name
-    if not layered.get("name"):
-        layered["name"] = Path(config_file).stem if config_file else name
-    config = Config.from_dict(layered)
-    validate(config)
-    return config
 
 
 def validate(config: Config) -> None:

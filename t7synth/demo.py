@@ -1,167 +1,21 @@
 """``python -m t7synth.demo``: make (once) and locate the simulated demo dataset.
 
-Every command falls back to this dataset when no ``--data`` is given, so a newcomer can
-run the whole loop on a laptop. The dataset is generated deterministically from its
-settings by :mod:`t7synth.data.simulate` and cached under
-``cache_root()/demo/demo-n<N>-s<SEED>-v<MM>-<FORMAT_VERSION>`` (``$T7SYNTH_CACHE``
-moves the cache root); later calls return the cached folder without touching it.
-
 ::
 
     python -m t7synth.demo [--out DIR] [--subjects N] [--seed S] [--voxel-size MM]
 
 prints the dataset folder on the first line (for scripts) and a one-line summary on
-the second.
+the second. The dataset itself: :mod:`t7synth.data.demo`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import sys
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from t7synth.cli import ArgumentParser, console_entry, run_main
-from t7synth.data import naming
-from t7synth.data.simulate import (
-    DESCRIPTION_JSON,
-    FORMAT_VERSION,
-    check_parameters,
-    read_description,
-    simulate_dataset,
-    subject_labels,
-)
-from t7synth.errors import UserError
-from t7synth.io import cache_root
-
-
-def default_demo_dir(n_subjects: int = 20, seed: int = 0, voxel_size: float = 1.5) -> Path:
-    """The cache folder of the demo dataset with these settings.
-
-    The name carries every setting and the format version, so different settings
-    never share a folder and a changed forward model never reuses a stale one.
-    """
-    return cache_root() / "demo" / f"demo-n{n_subjects}-s{seed}-v{voxel_size:g}-{FORMAT_VERSION}"
-
-
-def ensure_demo_dataset(
-    n_subjects: int = 20,
-    seed: int = 0,
-    out: Path | None = None,
-    voxel_size: float = 1.5,
-    progress: bool = True,
-) -> Path:
-    """Return the demo dataset folder, generating it first if it is not there yet.
-
-    A folder counts as present when its ``dataset_description.json`` records these
-    exact settings and every subject's files exist; then nothing is read or written
-    beyond that check. Otherwise the folder is (re)generated atomically under a file
-    lock, so that processes started together (DDP ranks, parallel sweep trials) make
-    it once and never see half of it.
-
-    Args:
-        n_subjects: how many subjects, at least 3.
-        seed: non-negative integer; same seed, byte-identical dataset.
-        out: where to put it; default :func:`default_demo_dir`. An existing folder is
-            reused if it holds this dataset, replaced if it holds a demo dataset with
-            other settings, and refused if it holds anything else.
-        voxel_size: isotropic spacing in mm, 1 to 6.
-        progress: show a progress bar while generating.
-
-    Returns:
-        The dataset folder.
-
-    Raises:
-        UserError: for a bad setting, an ``out`` that is a file or a non-empty folder
-            of something else, or a folder that cannot be written.
-    """
-    check_parameters(n_subjects, seed, voxel_size)
-    folder = Path(out).expanduser() if out is not None else default_demo_dir(n_subjects, seed, voxel_size)
-    settings = {
-        "format_version": FORMAT_VERSION,
-        "n_subjects": n_subjects,
-        "seed": seed,
-        "voxel_size": float(voxel_size),
-    }
-    if is_complete(folder, settings):
-        return folder
-    _check_replaceable(folder)
-    try:
-        with _generation_lock(folder):
-            # Another process may have finished it while we waited for the lock.
-            if not is_complete(folder, settings):
-                simulate_dataset(folder, n_subjects=n_subjects, seed=seed, voxel_size=voxel_size, progress=progress)
-    except OSError as error:
-        raise UserError(f"cannot write the demo dataset to {folder}: {error.strerror or error}") from error
-    return folder
-
-
-def is_complete(folder: Path, settings: dict) -> bool:
-    """Whether ``folder`` holds the demo dataset made with ``settings``, all files present."""
-    recorded = read_description(folder)
-    if recorded is None or any(recorded.get(key) != value for key, value in settings.items()):
-        return False
-    if not (folder / naming.PARTICIPANTS).is_file():
-        return False
-    for label in subject_labels(settings["n_subjects"]):
-        for path in (naming.source_path, naming.target_path, naming.mask_path):
-            if not path(folder, label).is_file():
-                return False
-    return True
-
-
-def _check_replaceable(folder: Path) -> None:
-    """Refuse to generate over anything that is not ours: generating replaces the folder."""
-    for parent in [folder, *folder.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                what = "output path" if parent == folder else "a parent of the output path"
-                raise UserError(f"{what} {parent} exists and is not a folder")
-            break
-    if folder.is_dir() and any(folder.iterdir()) and read_description(folder) is None:
-        raise UserError(
-            f"{folder} exists and is not a t7synth demo dataset (no {DESCRIPTION_JSON}); "
-            "choose a new or empty folder"
-        )
-
-
-@contextlib.contextmanager
-def _generation_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on a hidden file beside ``folder`` (POSIX ``flock``).
-
-    Without ``fcntl`` (Windows) this is a no-op: concurrent first runs there may
-    generate twice, which wastes time but, thanks to the atomic rename, never
-    produces a mixed folder.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def summarize(folder: Path) -> str:
-    """One line: subjects per split, volume shape, spacing and seed of a demo dataset."""
-    settings = read_description(folder) or {}
-    with open(folder / naming.PARTICIPANTS, newline="", encoding="utf-8") as handle:
-        splits = Counter(row.get("split", "?") for row in csv.DictReader(handle, delimiter="\t"))
-    n = sum(splits.values())
-    split_text = ", ".join(f"{name} {splits[name]}" for name in naming.SPLITS if splits[name])
-    shape = "x".join(str(size) for size in settings.get("shape", [])) or "?"
-    return (
-        f"{n} subjects ({split_text}), shape {shape}, spacing {settings.get('voxel_size', 0):g} mm, "
-        f"seed {settings.get('seed', '?')}"
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: print the dataset folder and a summary; 0 on success."""
     args = build_parser().parse_args(argv)
+    from t7synth.data.demo.cache import describe_demo, ensure_demo_dataset
+
     folder = ensure_demo_dataset(
         n_subjects=args.subjects,
         seed=args.seed,
@@ -192,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     print(folder)
-    print(summarize(folder))
+    print(describe_demo(folder))
     return 0
 
 

@@ -74,7 +74,7 @@ def save_panels(path: str | Path, columns, mask=None, title: str = "") -> Path:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from t7synth.io import atomic_path
+    from t7synth.files import atomic_path
 
     columns = [(label, _as_array(volume), cmap, vmax) for label, volume, cmap, vmax in columns]
     centre = _centre(_as_array(mask), columns[0][1].shape)

@@ -9,7 +9,7 @@ Examples::
 
 The checkpoint alone defines the model, its geometry and its preprocessing; the
 output lies on the input's grid (same affine, float32, [0, 1], zero outside the
-brain). See :mod:`t7synth.synthesis` for the steps. Folder inputs continue past
+brain). See :mod:`t7synth.inference.synthesiser` for the steps. Folder inputs continue past
 unreadable files, report each on one line, and exit non-zero at the end.
 """
 
@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from t7synth.cli import ArgumentParser, console_entry, run_main
-from t7synth.errors import UserError
 
 #: Exit status when some volumes of a folder failed (the others were written).
 PARTIAL_FAILURE_EXIT = 1
@@ -42,36 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def device_for(gpus: int) -> str:
-    """``cpu`` or ``cuda`` for ``--gpus``; one GPU at most (one volume at a time)."""
-    if gpus == 0:
-        return "cpu"
-    if gpus != 1:
-        raise UserError(f"--gpus {gpus}: predict uses one GPU; run one predict per GPU on separate folders")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UserError("--gpus 1: no CUDA GPU is visible on this machine (use --gpus 0 for the CPU)")
-    return "cuda"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from t7synth.synthesis import Synthesiser, plan_jobs, run_jobs
+    from t7synth.inference.jobs import predict
 
     args = build_parser().parse_args(argv)
-    device = device_for(args.gpus)
-    synthesiser = Synthesiser.from_checkpoint(args.ckpt, device=device, batch_size=args.batch_size)
-    sex = {"F": 1.0, "M": 0.0}.get(args.sex)
-    jobs = plan_jobs(args.input, args.output, args.mask, args.split, synthesiser.config, age=args.age, sex=sex)
-    if Path(args.input).expanduser().is_file():
-        # A single file: its error is the command's error (one line, exit 2).
-        print(synthesiser.write(jobs[0]))
-        return 0
-    failures = run_jobs(synthesiser, jobs, progress=not args.no_progress)
-    written = len(jobs) - len(failures)
-    print(f"{written} of {len(jobs)} volumes written to {args.output}")
-    if failures:
-        print(f"error: {len(failures)} of {len(jobs)} volumes failed (see the lines above)", file=sys.stderr)
+    outcome = predict(
+        args.ckpt,
+        args.input,
+        args.output,
+        mask=args.mask,
+        split=args.split,
+        age=args.age,
+        sex={"F": 1.0, "M": 0.0}.get(args.sex),
+        gpus=args.gpus,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    print(outcome.summary)
+    if outcome.failures:
+        print(f"error: {len(outcome.failures)} of {outcome.total} volumes failed (see the lines above)", file=sys.stderr)
         return PARTIAL_FAILURE_EXIT
     return 0
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from t7synth import registry
-from t7synth.config import Config, parse_override, resolve
+from t7synth.config import Config, parse_override
+from t7synth.registry import resolve
 from t7synth.errors import UserError
 
 EXPERIMENTS = sorted(Path(__file__).resolve().parents[1].joinpath("experiments").glob("*.yaml"))

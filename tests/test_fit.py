@@ -7,7 +7,7 @@ import csv
 import pytest
 import torch
 
-from conftest import TINY_UNET, make_dataset
+from conftest import TINY_UNET
 from t7synth import fit
 from t7synth.cli import run_main
 

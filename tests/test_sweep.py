@@ -13,7 +13,8 @@ from conftest import TINY_UNET, make_dataset
 
 from t7synth import sweep
 from t7synth.cli import run_main
-from t7synth.sweep_config import SweepConfig
+from t7synth.tuning.sweep_file import SweepConfig
+from t7synth.tuning import study as study_module
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -97,7 +98,7 @@ def fake_trial(tmp_path, pruner, values: str, linger: float, status: int, direct
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     run_dir = tmp_path / "study" / "trial-0000" / "version_0"
     command = [sys.executable, str(script), values, str(linger), str(status)]
-    return study, sweep.run_trial(study, trial, command, run_dir, "val/psnr_brain", poll=0.2)
+    return study, study_module.run_trial(study, trial, command, run_dir, "val/psnr_brain", poll=0.2)
 
 
 def test_complete_trial_scores_its_best_validation(tmp_path):
@@ -209,7 +210,7 @@ def test_sweep_summary_is_a_wandb_run(tmp_path):
     import wandb
 
     try:
-        sweep.log_summary_to_wandb(frame, [image], spec, root, "offline", base)
+        study_module.log_summary_to_wandb(frame, [image], spec, root, "offline", base)
     finally:
         # wandb keeps process-wide settings (read from the environment, where the
         # tests set WANDB_MODE=disabled) until torn down; later tests start afresh.
@@ -230,8 +231,8 @@ def test_orphans_of_a_killed_sweep_are_failed_and_their_fit_stopped(tmp_path):
 
     import optuna
 
-    from t7synth.environment import RUN_DIR_ENV
-    from t7synth.trial_process import owner_tag
+    from t7synth.training.launch import RUN_DIR_ENV
+    from t7synth.tuning.trial import owner_tag
 
     study = optuna.create_study(direction="maximize")
     dead_sweep = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -256,7 +257,7 @@ def test_orphans_of_a_killed_sweep_are_failed_and_their_fit_stopped(tmp_path):
     trial_with(owner_tag(), "trial-0002", environment=None)  # this (live) process
     trial_with("another-host:1", "trial-0003", environment=None)  # cannot be judged from here
     try:
-        lines = sweep.fail_orphaned_trials(study)
+        lines = study_module.fail_orphaned_trials(study)
         assert len(lines) == 2 and "trial 0" in lines[0] and "stopped" in lines[0]
         assert "trial 1" in lines[1] and "stopped" not in lines[1]
         assert orphan_fit.wait(timeout=40) is not None

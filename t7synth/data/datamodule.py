@@ -23,7 +23,6 @@ Under DDP, subjects (not patches) are sharded:
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -33,9 +32,9 @@ from torch.utils.data import DataLoader
 from t7synth.config import Config
 from t7synth.data import batches
 from t7synth.data.intensity_lut import fit_lut
-from t7synth.data.layout import SubjectRecord, discover
+from t7synth.data.layout import SubjectRecord, assign_splits, discover
 from t7synth.data.preprocess import Preprocessing, load_or_preprocess
-from t7synth.environment import seed_all, training_seed
+from t7synth.data.seeds import seed_all, training_seed
 from t7synth.errors import UserError
 
 
@@ -68,31 +67,10 @@ def resolve_root(config: Config) -> Path:
     """The dataset folder: ``data.root``, or the demo dataset (generated once, cached)."""
     if config.data.root:
         return Path(config.data.root).expanduser()
-    from t7synth.demo import ensure_demo_dataset
+    from t7synth.data.demo.cache import ensure_demo_dataset
 
     data = config.data
     return ensure_demo_dataset(n_subjects=data.demo_subjects, seed=data.demo_seed, voxel_size=data.demo_voxel_size)
-
-
-def assign_splits(records: list[SubjectRecord], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[SubjectRecord]]:
-    """Split by subject: ``participants.tsv``'s ``split`` column if every row has one,
-    else a seeded shuffle into test, val and train (at least one training subject)."""
-    if all(r.split for r in records):
-        splits = {name: [r for r in records if r.split == name] for name in ("train", "val", "test")}
-    else:
-        shuffled = sorted(records, key=lambda r: r.subject)
-        random.Random(seed).shuffle(shuffled)
-        n = len(shuffled)
-        n_test = max(1, round(test_fraction * n)) if n >= 3 and test_fraction > 0 else 0
-        n_val = max(1, round(val_fraction * n)) if n - n_test >= 2 and val_fraction > 0 else 0
-        splits = {
-            "test": shuffled[:n_test],
-            "val": shuffled[n_test : n_test + n_val],
-            "train": shuffled[n_test + n_val :],
-        }
-    if not splits["train"]:
-        raise UserError("the dataset has no training subjects (check the split column of participants.tsv)")
-    return splits
 
 
 class PairedDataModule(pl.LightningDataModule):
@@ -118,7 +96,7 @@ class PairedDataModule(pl.LightningDataModule):
             shape=tuple(config.data.shape) if config.data.shape else None,
         )
         if cache_dir is None:
-            from t7synth.io import cache_root
+            from t7synth.files import cache_root
 
             cache_dir = cache_root() / "preprocessed"
         self.cache_dir = Path(cache_dir)

@@ -1,4 +1,4 @@
-"""Find the paired subjects of a dataset folder and check every file before it is used.
+"""Find the paired subjects of a dataset folder, read ``participants.tsv``, split by subject.
 
 A dataset is trusted only after each volume has been read in full: a truncated
 ``.nii.gz`` fails only when its data is decompressed, so checking headers is not
@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from t7synth.data import naming
 from t7synth.errors import UserError
-
-#: Source and target must share their affine to this many millimetres per element.
-AFFINE_TOLERANCE = 1e-3
-
 
 @dataclass(frozen=True)
 class SubjectRecord:
@@ -154,70 +150,22 @@ def _parse_split(value: str | None, table: Path, subject: str) -> str | None:
     return text
 
 
-def load_volume(path: str | Path):
-    """Read a 3D NIfTI volume in full, in RAS+ orientation, and check its values.
-
-    Returns:
-        ``(array, affine)``: float32 array of shape (I, J, K) and its 4×4 affine.
-
-    Raises:
-        UserError: unreadable or truncated file, not 3D, NaN/Inf voxels, or a volume
-            whose voxels are all equal (empty).
-    """
-    import nibabel as nib
-
-    path = Path(path)
-    try:
-        image = nib.load(str(path))
-        image = nib.as_closest_canonical(image)
-        # Reorienting can leave negative strides, which torch cannot wrap.
-        array = np.ascontiguousarray(np.asarray(image.dataobj, dtype=np.float32))
-    except FileNotFoundError:
-        raise UserError(f"file not found: {path}") from None
-    except Exception as error:  # nibabel, gzip and zlib raise many types for bad files
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"cannot read {path}: {reason}") from None
-    if array.ndim == 4 and array.shape[3] == 1:
-        array = array[..., 0]
-    if array.ndim != 3:
-        raise UserError(f"{path} has shape {array.shape}; a 3D volume is expected")
-    if not np.isfinite(array).all():
-        raise UserError(f"{path} contains NaN or infinite voxels")
-    if float(array.max()) == float(array.min()):
-        raise UserError(f"{path} is empty: every voxel is {float(array.min())}")
-    return array, image.affine
-
-
-def check_pair(first: Path, first_shape, first_affine, second: Path, second_shape, second_affine) -> None:
-    """Check that two volumes share a grid: the same shape and, within tolerance, affine.
-
-    Raises:
-        UserError: naming both files and what differs.
-    """
-    if tuple(first_shape) != tuple(second_shape):
-        raise UserError(f"{second} has shape {tuple(second_shape)} but {first} has {tuple(first_shape)}")
-    if not np.allclose(first_affine, second_affine, atol=AFFINE_TOLERANCE):
-        raise UserError(f"{second} and {first} have different affines (not on the same grid)")
-
-
-
-def brain_mask(source: Path, array: np.ndarray, affine, mask: Path | None = None) -> np.ndarray:
-    """The brain mask of the 3T ``array`` read from ``source``: ``mask`` (checked to be
-    on the scan's grid), else the scan's voxels above 0 (a skull-stripped scan is its own
-    mask).
-
-    Returns:
-        Boolean array of ``array.shape``.
-
-    Raises:
-        UserError: an unreadable mask, a mask on another grid, or an empty mask.
-    """
-    if mask is not None:
-        mask_array, mask_affine = load_volume(mask)
-        check_pair(Path(source), array.shape, affine, Path(mask), mask_array.shape, mask_affine)
-        inside = mask_array > 0
+def assign_splits(records: list[SubjectRecord], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[SubjectRecord]]:
+    """Split by subject: ``participants.tsv``'s ``split`` column if every row has one,
+    else a seeded shuffle into test, val and train (at least one training subject)."""
+    if all(r.split for r in records):
+        splits = {name: [r for r in records if r.split == name] for name in ("train", "val", "test")}
     else:
-        inside = array > 0
-    if not inside.any():
-        raise UserError(f"the brain mask of {source} is empty ({mask or 'no voxel of the scan is above 0'})")
-    return inside
+        shuffled = sorted(records, key=lambda r: r.subject)
+        random.Random(seed).shuffle(shuffled)
+        n = len(shuffled)
+        n_test = max(1, round(test_fraction * n)) if n >= 3 and test_fraction > 0 else 0
+        n_val = max(1, round(val_fraction * n)) if n - n_test >= 2 and val_fraction > 0 else 0
+        splits = {
+            "test": shuffled[:n_test],
+            "val": shuffled[n_test : n_test + n_val],
+            "train": shuffled[n_test + n_val :],
+        }
+    if not splits["train"]:
+        raise UserError("the dataset has no training subjects (check the split column of participants.tsv)")
+    return splits

@@ -7,8 +7,8 @@
     DATASET/sub-XXX/anat/sub-XXX_acq-7T_T1w.nii.gz         target
     DATASET/sub-XXX/anat/sub-XXX_desc-brain_mask.nii.gz    optional brain mask
 
-These names are the contract between ``prepare``/``demo`` (which write them) and the
-data module (which reads them); nothing else should spell them out.
+These names are the contract between ``prepare``/``demo`` (which write them), the
+data module (which reads them) and ``predict``/``evaluate``; nothing else spells them out.
 """
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ import re
 from pathlib import Path
 
 PARTICIPANTS = "participants.tsv"
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: Output name of a dataset subject's prediction; ``evaluate`` finds it by the label.
+SYNTHETIC_SUFFIX = "_desc-synth7T_T1w.nii.gz"
+#: Appended to the stem of a plain NIfTI file's name for its prediction.
+PLAIN_SUFFIX = "_synth7T.nii.gz"
 SUBJECT_PATTERN = re.compile(r"sub-[A-Za-z0-9]+")
 SPLITS = ("train", "val", "test")
 
@@ -45,3 +50,22 @@ def subject_label(text: str) -> str | None:
     """The first ``sub-XXX`` label inside a file name or path, or ``None``."""
     match = SUBJECT_PATTERN.search(str(text))
     return match.group(0) if match else None
+
+
+def synthetic_name(subject: str) -> str:
+    """``sub-XXX_desc-synth7T_T1w.nii.gz``: the prediction of a dataset subject."""
+    return f"{subject}{SYNTHETIC_SUFFIX}"
+
+
+def is_nifti(path: Path) -> bool:
+    """Whether ``path`` names a NIfTI file (``.nii`` or ``.nii.gz``)."""
+    return Path(path).name.endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: Path) -> str:
+    """The file name without ``.nii``/``.nii.gz``."""
+    path = Path(path)
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from t7synth.data.layout import SubjectRecord, brain_mask, check_pair, load_volume
+from t7synth.data.layout import SubjectRecord
+from t7synth.data.volumes import brain_mask, check_pair, load_volume
 from t7synth.errors import UserError
 
 #: Bump when the preprocessing code changes what it produces.
@@ -118,7 +119,7 @@ def load_or_preprocess(record: SubjectRecord, settings: Preprocessing, cache_dir
     The cache file is a plain tensor dict, written atomically and read with
     ``weights_only=True`` (no pickled code).
     """
-    from t7synth.io import atomic_path
+    from t7synth.files import atomic_path
 
     path = Path(cache_dir) / f"{record.subject}-{cache_key(record, settings)}.pt"
     if path.is_file():

@@ -14,7 +14,6 @@ scored as the prediction) and the intensity-mapping baseline.
 
 from __future__ import annotations
 
-import csv
 import inspect
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,14 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from t7synth import metrics
 from t7synth.config import Config
 from t7synth.data import batches
 from t7synth.data.intensity_lut import DEFAULT_BINS, apply_lut
 from t7synth.errors import UserError
-from t7synth.inference import predict_volume
+from t7synth.evaluation import metrics
+from t7synth.evaluation.scores import HEADLINE, MODEL, REFERENCES, ROW_KINDS, metric_key, sort_rows, write_rows
+from t7synth.inference.tiling import predict_volume
 
-BASELINES = ("identity", "lut")
 
 
 def build_net(net_class: type, kwargs: dict[str, Any], **fixed: Any) -> nn.Module:
@@ -127,7 +126,7 @@ class SynthesisModule(pl.LightningModule):
     # -- training ---------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if stage == "fit" and self._perceptual is None:
-            from t7synth.losses import build_perceptual
+            from t7synth.models.losses import build_perceptual
 
             # Kept out of the module tree: its frozen weights do not belong in checkpoints.
             self._perceptual = build_perceptual(self.config.loss.perceptual, self.config.loss.perceptual_weights)
@@ -200,9 +199,9 @@ class SynthesisModule(pl.LightningModule):
         source, target, mask = batch["source"][0], batch["target"][0], batch["mask"][0]
         meta = {key: float(batch[key][0]) for key in batches.SUBJECT_KEYS}
         prediction = self.predict_subject(source, meta, mask)
-        row = {"subject": subject, "model": "model", **metrics.volume_scores(prediction, target, mask)}
+        row = {"subject": subject, "model": MODEL, **metrics.volume_scores(prediction, target, mask)}
         self._rows.append(row)
-        for baseline in BASELINES:
+        for baseline in REFERENCES:
             key = (baseline, subject)
             if key not in self._baseline_scores:
                 guess = source if baseline == "identity" else apply_lut(self.lut, source, mask)
@@ -249,7 +248,7 @@ class SynthesisModule(pl.LightningModule):
         self._log_means("test", rows)
         self.test_rows = rows
         if self.trainer.is_global_zero and rows:
-            self._write_rows(self.run_dir() / "test_scores.csv", rows)
+            write_rows(self.run_dir() / "test_scores.csv", rows)
 
     def _gather_rows(self) -> list[dict[str, Any]]:
         """Every rank's score rows, on every rank, one per (model, subject).
@@ -264,25 +263,14 @@ class SynthesisModule(pl.LightningModule):
             torch.distributed.all_gather_object(gathered, rows)
             rows = [row for part in gathered for row in part]
         unique = {(row["model"], row["subject"]): row for row in reversed(rows)}
-        return sorted(unique.values(), key=lambda r: (r["model"] != "model", r["model"], r["subject"]))
+        return sort_rows(unique.values())
 
     def _log_means(self, stage: str, rows: list[dict[str, Any]]) -> None:
         # Every rank holds the gathered rows, so each logs the same mean: no sync needed.
-        for model in ("model",) + BASELINES:
-            selected = [r for r in rows if r["model"] == model]
+        for kind in ROW_KINDS:
+            selected = [r for r in rows if r["model"] == kind]
             if not selected:
                 continue
-            prefix = f"{stage}/" if model == "model" else f"{stage}/{model}/"
             for name in metrics.NAMES:
                 value = sum(r[name] for r in selected) / len(selected)
-                self.log(prefix + name, value, prog_bar=(model == "model" and name == "psnr_brain"), sync_dist=False)
-
-    @staticmethod
-    def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-        from t7synth.io import atomic_path
-
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["model", "subject", *metrics.NAMES])
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+                self.log(metric_key(stage, kind, name), value, prog_bar=(kind == MODEL and name == HEADLINE), sync_dist=False)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from conftest import make_dataset
-from t7synth.config import resolve
+from t7synth.registry import resolve
 from t7synth.data import batches
-from t7synth.data.datamodule import PairedDataModule, assign_splits
+from t7synth.data.datamodule import PairedDataModule
+from t7synth.data.layout import assign_splits
 from t7synth.data.layout import discover
 
 
@@ -70,7 +71,7 @@ def test_lut_undoes_a_monotone_remap(tmp_path):
     from conftest import write_nifti
     from t7synth.data import naming
     from t7synth.data.intensity_lut import apply_lut
-    from t7synth.metrics import psnr
+    from t7synth.evaluation.metrics import psnr
 
     root = make_dataset(tmp_path / "data", n_subjects=4)
     for subject in ("sub-001", "sub-002", "sub-003", "sub-004"):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +9,8 @@ import pytest
 from conftest import make_dataset, write_nifti
 from t7synth.cli import run_main
 from t7synth.data import naming
-from t7synth.data.layout import discover, load_volume
+from t7synth.data.layout import discover
+from t7synth.data.volumes import load_volume
 from t7synth.errors import UserError
 
 

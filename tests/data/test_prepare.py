@@ -20,7 +20,9 @@ from conftest import write_nifti
 from t7synth import prepare
 from t7synth.cli import run_main
 from t7synth.data import naming
-from t7synth.data.layout import discover, load_volume
+from t7synth.data.layout import discover
+from t7synth.data.volumes import load_volume
+from t7synth.data.pairing import QC_TABLE
 
 TARGET_SHAPE = (28, 28, 28)
 TARGET_AFFINE = np.array([[1.0, 0, 0, -13.5], [0, 1.0, 0, -13.0], [0, 0, 1.0, -14.0], [0, 0, 0, 1]])
@@ -140,7 +142,7 @@ def test_registers_raw_folder_onto_the_7t_grid(tmp_path, capsys):
         np.testing.assert_allclose(target_affine, TARGET_AFFINE, atol=1e-6)
         assert corr(source, truth, head) > 0.99
 
-    rows = read_tsv(out / prepare.QC_TABLE)
+    rows = read_tsv(out / QC_TABLE)
     assert [row["subject"] for row in rows] == ["sub-001", "sub-002"]
     for row in rows:
         assert row["registration"].startswith("rigid") and row["qc"] == "ok"
@@ -172,7 +174,7 @@ def test_no_register_resamples_by_scanner_coordinates(tmp_path, capsys):
     np.testing.assert_allclose(affine, TARGET_AFFINE, atol=1e-6)
     head = anatomy(world(TARGET_SHAPE, TARGET_AFFINE)) > 0.3
     assert corr(source, ideal_source(), head) > 0.99
-    (row,) = read_tsv(out / prepare.QC_TABLE)
+    (row,) = read_tsv(out / QC_TABLE)
     assert row["registration"].startswith("none") and float(row["rotation_deg"]) == 0.0
     assert read_tsv(out / naming.PARTICIPANTS) == [{"participant_id": "sub-01", "age": "n/a", "sex": "n/a"}]
 
@@ -185,7 +187,7 @@ def test_rerun_skips_complete_subjects(tmp_path, capsys):
     status, stdout, _ = run(capsys, "--raw", raw, "--out", out)
     assert status == 0 and "0 prepared, 2 already complete and skipped" in stdout
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == written
-    assert len(read_tsv(out / prepare.QC_TABLE)) == 2
+    assert len(read_tsv(out / QC_TABLE)) == 2
 
     # A changed input is prepared again; so is everything with --overwrite.
     changed = naming.source_path(raw, "sub-002")
@@ -221,7 +223,7 @@ def test_pairs_table(tmp_path, capsys):
 
 
 def test_interrupted_run_leaves_no_half_subject(tmp_path, capsys, monkeypatch):
-    from t7synth.data import simulate
+    from t7synth.data import volumes as simulate
 
     raw, out = write_raw(tmp_path / "raw"), tmp_path / "dataset"
     write = simulate.write_nifti

@@ -20,8 +20,9 @@ from scipy import ndimage
 from t7synth import demo
 from t7synth.cli import run_main
 from t7synth.data import naming
-from t7synth.data import simulate as sim
+from t7synth.data.demo import simulate as sim
 from t7synth.errors import UserError
+from t7synth.data.demo import cache
 
 VOXEL = 3.0
 N = 3
@@ -271,16 +272,16 @@ def _mtimes(root: Path) -> dict[str, int]:
 
 def test_ensure_demo_dataset_generates_once_then_reuses(tmp_path, monkeypatch):
     monkeypatch.setenv("T7SYNTH_CACHE", str(tmp_path / "cache"))
-    folder = demo.ensure_demo_dataset(n_subjects=N, voxel_size=VOXEL, progress=False)
+    folder = cache.ensure_demo_dataset(n_subjects=N, voxel_size=VOXEL, progress=False)
     assert folder == tmp_path / "cache" / "demo" / f"demo-n3-s0-v3-{sim.FORMAT_VERSION}"
     before = _mtimes(folder)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("regenerated a complete dataset")
 
-    monkeypatch.setattr(demo, "simulate_dataset", must_not_run)
+    monkeypatch.setattr(cache, "simulate_dataset", must_not_run)
     start = time.perf_counter()
-    again = demo.ensure_demo_dataset(n_subjects=N, voxel_size=VOXEL, progress=False)
+    again = cache.ensure_demo_dataset(n_subjects=N, voxel_size=VOXEL, progress=False)
     assert time.perf_counter() - start < 0.5
     assert again == folder
     assert _mtimes(folder) == before
@@ -299,25 +300,25 @@ def test_interrupted_generation_leaves_no_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(sim, "simulate_subject", fail_after_first)
     out = tmp_path / "demo"
     with pytest.raises(RuntimeError, match="interrupted"):
-        demo.ensure_demo_dataset(n_subjects=N, voxel_size=VOXEL, out=out, progress=False)
+        cache.ensure_demo_dataset(n_subjects=N, voxel_size=VOXEL, out=out, progress=False)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == [".demo.lock"]  # no temporary folder left
 
 
 def test_concurrent_first_calls_generate_once(tmp_path, monkeypatch):
-    real = demo.simulate_dataset
+    real = cache.simulate_dataset
     calls = []
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "simulate_dataset", counting)
+    monkeypatch.setattr(cache, "simulate_dataset", counting)
     out = tmp_path / "demo"
     results: list[Path] = []
 
     def first_call():
-        results.append(demo.ensure_demo_dataset(n_subjects=N, voxel_size=VOXEL, out=out, progress=False))
+        results.append(cache.ensure_demo_dataset(n_subjects=N, voxel_size=VOXEL, out=out, progress=False))
 
     threads = [threading.Thread(target=first_call) for _ in range(2)]
     for thread in threads:
@@ -332,7 +333,7 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
     with pytest.raises(UserError, match="not a t7synth demo dataset"):
-        demo.ensure_demo_dataset(n_subjects=N, voxel_size=VOXEL, out=foreign, progress=False)
+        cache.ensure_demo_dataset(n_subjects=N, voxel_size=VOXEL, out=foreign, progress=False)
     assert (foreign / "precious.txt").read_text() == "keep me"
 
 
@@ -345,7 +346,7 @@ def test_cli_generates_and_prints_the_folder(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == str(out)
     assert lines[1].startswith("3 subjects (train 1, val 1, test 1), shape 64x72x72, spacing 3 mm")
-    assert demo.is_complete(out, {"n_subjects": 3, "seed": 0, "voxel_size": 3.0})
+    assert cache.demo_is_complete(out, {"n_subjects": 3, "seed": 0, "voxel_size": 3.0})
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """A few U-Net updates on fixed batches, on one process or as DDP ranks.
 
 ``python ddp_equivalence_script.py OUT`` trains on two CPU ranks with the strategy
-:func:`t7synth.fit.trainer_hardware` returns for ``--cpus 2`` (Lightning relaunches
+:func:`t7synth.training.hardware.trainer_hardware` returns for ``--cpus 2`` (Lightning relaunches
 this script for rank 1) and writes each rank's final parameters to
 ``OUT/rank<r>.pt``. The test imports :func:`train` to run the single-process
 reference in its own process.
@@ -25,8 +25,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from t7synth.config import resolve
-from t7synth.fit import trainer_hardware
+from t7synth.registry import resolve
+from t7synth.training.hardware import trainer_hardware
 from t7synth.models.unet import UNetModule
 
 STEPS = 3

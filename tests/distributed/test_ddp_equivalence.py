@@ -4,7 +4,7 @@ This is what makes "per-GPU batch = ``data.batch_size``, effective batch = batch
 true: DDP averages the ranks' gradients, and each rank's loss is a mean over its own
 samples, so the average equals the gradient of the mean over all samples. The two-rank
 run uses the real ``UNetModule.training_step`` under the DDP strategy that
-``t7synth.fit.trainer_hardware`` builds for ``--cpus 2`` (gloo).
+``t7synth.training.hardware.trainer_hardware`` builds for ``--cpus 2`` (gloo).
 """
 
 from __future__ import annotations

@@ -10,10 +10,13 @@ import pytest
 import torch
 import yaml
 
-from t7synth import fit
-from t7synth.config import resolve
-from t7synth.environment import Launch, detect_launch, git_revision, write_environment
+from t7synth.registry import resolve
+from t7synth.training.launch import Launch, detect_launch
+from t7synth.training.record import git_revision, write_environment
 from t7synth.errors import UserError
+from t7synth.training.launch import RUN_DIR_ENV
+from t7synth.training.run_dir import resolve_run_dir
+from t7synth.training.hardware import trainer_hardware
 
 pytestmark = pytest.mark.ddp
 
@@ -48,7 +51,7 @@ def test_run_name_only_for_multi_process_launches():
 
 @pytest.fixture
 def config(tmp_path, monkeypatch):
-    monkeypatch.delenv(fit.RUN_DIR_ENV, raising=False)
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
     return resolve("unet", None, [f"runs_dir={tmp_path / 'runs'}"])
 
 
@@ -56,18 +59,18 @@ def test_rank_zero_numbers_versions_and_later_ranks_inherit(config, tmp_path, mo
     base = tmp_path / "runs" / "unet"
     (base / "version_0").mkdir(parents=True)
     (base / "slurm_12").mkdir()  # launcher-named folders do not take part in numbering
-    assert fit.resolve_run_dir(config, None, Launch("lightning", True, 1, None)) == (base / "version_1", None)
-    monkeypatch.setenv(fit.RUN_DIR_ENV, str(base / "version_1"))
-    assert fit.resolve_run_dir(config, None, Launch("lightning", False, 1, None)) == (base / "version_1", None)
+    assert resolve_run_dir(config, None, Launch("lightning", True, 1, None)) == (base / "version_1", None)
+    monkeypatch.setenv(RUN_DIR_ENV, str(base / "version_1"))
+    assert resolve_run_dir(config, None, Launch("lightning", False, 1, None)) == (base / "version_1", None)
 
 
 def test_a_rank_that_cannot_know_the_folder_refuses_to_guess(config):
-    with pytest.raises(UserError, match=fit.RUN_DIR_ENV):
-        fit.resolve_run_dir(config, None, Launch("torchrun", False, 4, None))
+    with pytest.raises(UserError, match=RUN_DIR_ENV):
+        resolve_run_dir(config, None, Launch("torchrun", False, 4, None))
 
 
 def test_torchrun_ranks_agree_on_the_run_folder(config, tmp_path):
-    folders = {fit.resolve_run_dir(config, None, Launch("torchrun", rank == 0, 4, "exp1"))[0] for rank in range(4)}
+    folders = {resolve_run_dir(config, None, Launch("torchrun", rank == 0, 4, "exp1"))[0] for rank in range(4)}
     assert folders == {tmp_path / "runs" / "unet" / "torchrun_exp1"}
 
 
@@ -81,7 +84,7 @@ def test_resume_last_takes_the_most_recently_written_checkpoint(config, tmp_path
         last.write_bytes(b"")
         os.utime(last, ns=(10**18 + index * 10**9, 10**18 + index * 10**9))
     os.utime(base / "slurm_9" / "checkpoints" / "last.ckpt", ns=(2 * 10**18, 2 * 10**18))
-    run_dir, checkpoint = fit.resolve_run_dir(config, "last", Launch("slurm", True, 8, "500"))
+    run_dir, checkpoint = resolve_run_dir(config, "last", Launch("slurm", True, 8, "500"))
     assert run_dir == base / "slurm_9" and checkpoint == run_dir / "checkpoints" / "last.ckpt"
 
 
@@ -123,22 +126,22 @@ def test_environment_yaml_keeps_every_launch(tmp_path):
 def test_gpus_default_to_bf16_and_fall_back_to_fp16_without_native_bf16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert fit.trainer_hardware(1, 1, 1, None, False)["precision"] == "bf16-mixed"
-    assert "strategy" not in fit.trainer_hardware(1, 1, 1, None, False)  # one GPU: no DDP
+    assert trainer_hardware(1, 1, 1, None, False)["precision"] == "bf16-mixed"
+    assert "strategy" not in trainer_hardware(1, 1, 1, None, False)  # one GPU: no DDP
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
-    assert fit.trainer_hardware(2, 1, 1, None, False)["precision"] == "16-mixed"
-    assert fit.trainer_hardware(2, 1, 1, "32-true", False)["precision"] == "32-true"  # --precision wins
+    assert trainer_hardware(2, 1, 1, None, False)["precision"] == "16-mixed"
+    assert trainer_hardware(2, 1, 1, "32-true", False)["precision"] == "32-true"  # --precision wins
 
 
 def test_cpu_defaults_to_fp32_and_several_processes_use_gloo():
-    hardware = fit.trainer_hardware(0, 1, 2, None, True)
+    hardware = trainer_hardware(0, 1, 2, None, True)
     assert hardware["precision"] == "32-true" and hardware["devices"] == 2
     assert hardware["strategy"].process_group_backend == "gloo"
-    assert fit.trainer_hardware(0, 1, 1, "bf16-mixed", False)["precision"] == "bf16-mixed"
+    assert trainer_hardware(0, 1, 1, "bf16-mixed", False)["precision"] == "bf16-mixed"
 
 
 def test_resuming_with_another_seed_or_world_size_warns():
-    from t7synth.callbacks import DataStreamCheck
+    from t7synth.training.callbacks import DataStreamCheck
 
     check = DataStreamCheck(seed=2)
     check._world_size = 4  # what setup() reads from the Trainer before the checkpoint loads

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import TINY_UNET, make_dataset
-from t7synth.config import resolve
+from t7synth.registry import resolve
 from t7synth.data.datamodule import PairedDataModule
-from t7synth.environment import training_seed
+from t7synth.data.seeds import training_seed
 from t7synth.errors import UserError
 
 pytestmark = pytest.mark.ddp

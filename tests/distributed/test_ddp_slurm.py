@@ -6,7 +6,7 @@ that can be checked honestly:
 1. the script is run by bash for real, with the variables sbatch would set and a fake
    ``srun`` on ``PATH`` that records its arguments: that is the exact command every
    task would run;
-2. those arguments go through t7synth's own parser and :func:`t7synth.fit.trainer_hardware`
+2. those arguments go through t7synth's own parser and :func:`t7synth.trainer_hardware`
    (CUDA reported available, so the GPU branch runs), and a Trainer is built from the
    result inside the environment srun gives task 5 of 8. The accelerator is then
    swapped to ``cpu``, since Lightning would otherwise look for four real GPUs; the
@@ -26,6 +26,9 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DDPStrategy
 
 from t7synth import fit
+from t7synth.training.launch import RUN_DIR_ENV
+from t7synth.training.run_dir import resolve_run_dir
+from t7synth.training.hardware import trainer_hardware
 
 pytestmark = pytest.mark.ddp
 
@@ -91,7 +94,7 @@ def test_srun_line_resumes_when_asked(tmp_path):
 
 def test_slurm_task_builds_a_ddp_trainer_over_all_nodes(tmp_path, monkeypatch):
     args = fit.build_parser().parse_args(_srun_command(tmp_path)[4:])
-    for name in ("LOCAL_RANK", "RANK", "NODE_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", fit.RUN_DIR_ENV):
+    for name in ("LOCAL_RANK", "RANK", "NODE_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", RUN_DIR_ENV):
         monkeypatch.delenv(name, raising=False)
     for name, value in TASK_5_OF_8.items():
         monkeypatch.setenv(name, value)
@@ -99,7 +102,7 @@ def test_slurm_task_builds_a_ddp_trainer_over_all_nodes(tmp_path, monkeypatch):
     with monkeypatch.context() as cuda:
         cuda.setattr(torch.cuda, "is_available", lambda: True)
         cuda.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-        hardware = fit.trainer_hardware(args.gpus, args.nodes, args.cpus, None, find_unused=False)
+        hardware = trainer_hardware(args.gpus, args.nodes, args.cpus, None, find_unused=False)
     assert hardware["accelerator"] == "gpu" and hardware["precision"] == "bf16-mixed"
     assert (hardware["devices"], hardware["num_nodes"]) == (4, 2)
     assert isinstance(hardware["strategy"], DDPStrategy)
@@ -131,9 +134,9 @@ def test_slurm_task_builds_a_ddp_trainer_over_all_nodes(tmp_path, monkeypatch):
 
 
 def test_slurm_ranks_agree_on_the_run_folder(tmp_path, monkeypatch):
-    from t7synth.config import resolve
+    from t7synth.registry import resolve
 
-    for name in ("LOCAL_RANK", "RANK", "NODE_RANK", fit.RUN_DIR_ENV, "TORCHELASTIC_RUN_ID"):
+    for name in ("LOCAL_RANK", "RANK", "NODE_RANK", RUN_DIR_ENV, "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
     config = resolve("unet", None, [f"runs_dir={tmp_path / 'runs'}"])
     folders = []
@@ -142,11 +145,11 @@ def test_slurm_ranks_agree_on_the_run_folder(tmp_path, monkeypatch):
         for name, value in TASK_5_OF_8.items():
             if name != "SLURM_PROCID":
                 monkeypatch.setenv(name, value)
-        folders.append(fit.resolve_run_dir(config, None))
+        folders.append(resolve_run_dir(config, None))
     assert folders[0] == folders[1] == (tmp_path / "runs" / "unet" / "slurm_4242", None)
 
     # A requeued job (same id) finds its checkpoint and continues instead of restarting.
     last = tmp_path / "runs" / "unet" / "slurm_4242" / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
     last.write_bytes(b"")
-    assert fit.resolve_run_dir(config, None) == (last.parent.parent, last)
+    assert resolve_run_dir(config, None) == (last.parent.parent, last)

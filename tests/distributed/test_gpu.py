@@ -15,6 +15,7 @@ import ddp_helpers as helpers
 from conftest import TINY_UNET
 from t7synth import fit
 from t7synth.cli import run_main
+from t7synth.training.hardware import default_gpu_precision
 
 pytestmark = [
     pytest.mark.gpu,
@@ -47,7 +48,7 @@ def test_one_gpu_fast_dev_run_uses_bf16_with_fp32_losses(dataset, tmp_path):
     argv = ["--model", "unet", "--data", str(dataset), "--set", f"runs_dir={tmp_path / 'runs'}", *sets]
     argv += ["--gpus", "1", "--fast-dev-run", "--wandb", "disabled"]
     assert run_main(lambda a: fit.main(a, callbacks=[probe]), argv) == 0
-    expected = fit.default_gpu_precision()
+    expected = default_gpu_precision()
     assert probe.seen["precision"] == expected and probe.seen["device"] == "cuda"
     assert probe.seen["net_dtype"] == (torch.bfloat16 if expected == "bf16-mixed" else torch.float16)
     assert probe.seen["loss_dtype"] == torch.float32  # losses are computed in fp32

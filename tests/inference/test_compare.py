@@ -10,7 +10,8 @@ import pytest
 from t7synth import compare
 from t7synth.cli import run_main
 from t7synth.config import Config, save_yaml
-from t7synth.metrics import NAMES
+from t7synth.evaluation.metrics import NAMES
+from t7synth.evaluation import runs as runs_module
 
 BASELINES = {"identity": 20.0, "lut": 22.0}
 
@@ -91,7 +92,7 @@ def test_wandb_table_and_chart(runs, tmp_path, monkeypatch):
     assert calls["init"]["mode"] == "offline" and calls["init"]["job_type"] == "compare" and calls["finished"]
     table, chart = calls["log"]["comparison/table"], calls["log"]["comparison/chart"]
     assert isinstance(table, wandb.Table) and isinstance(chart, wandb.Image)
-    assert table.columns == compare.table_columns() and len(table.data) == 4
+    assert table.columns == runs_module.table_columns() and len(table.data) == 4
 
 
 class WandbLogger:
@@ -109,7 +110,7 @@ class WandbLogger:
 
 
 def test_log_test_results_fills_summary_table_and_montages(runs, tmp_path):
-    from t7synth.loggers import log_test_results
+    from t7synth.training.loggers import log_test_results
 
     run_dir = runs[0]
     (run_dir / "samples").mkdir()

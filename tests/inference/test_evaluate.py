@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_UNET, make_pair, write_nifti
 from t7synth import evaluate, fit, predict
 from t7synth.cli import run_main
-from t7synth.metrics import NAMES
+from t7synth.evaluation.metrics import NAMES
 
 
 def _read(path):

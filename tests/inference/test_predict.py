@@ -182,7 +182,7 @@ def test_identity_on_gpu(identity_checkpoint, tmp_path, mode):
 
 def test_plan_refuses_unsafe_or_contradictory_requests(tmp_path, dataset):
     from t7synth.errors import UserError
-    from t7synth.synthesis import plan_jobs
+    from t7synth.inference.jobs import plan_jobs
 
     scan = write_nifti(tmp_path / "scans" / "a.nii.gz", make_pair((8, 8, 8))[0])
     with pytest.raises(UserError, match="overwrite an input"):

@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_UNET
 from t7synth import fit
 from t7synth.cli import run_main
-from t7synth.config import resolve
+from t7synth.registry import resolve
 from t7synth.models.gan_unet import GANUNetModule
 
 #: A tiny generator (conftest's U-Net) and a two-layer discriminator, which fits the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from t7synth import registry
-from t7synth.config import resolve
+from t7synth.registry import resolve
 from t7synth.models.base import SynthesisModule
 
 

@@ -6,7 +6,7 @@ import torch
 
 from t7synth import fit
 from t7synth.cli import run_main
-from t7synth.config import resolve
+from t7synth.registry import resolve
 from t7synth.models.vnet import VNetModule
 
 #: 16^3 patches fit the fixture's 20x24x18 volumes; the narrowest widths keep it fast.

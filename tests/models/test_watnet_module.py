@@ -6,7 +6,7 @@ import torch
 
 from t7synth import fit
 from t7synth.cli import run_main
-from t7synth.config import resolve
+from t7synth.registry import resolve
 from t7synth.models.watnet import WATNetModule
 from t7synth.nets.watnet import WATNet
 

@@ -117,22 +117,16 @@ def log_test_results(loggers: list, rows: list[dict], run_dir: Path) -> None:
     wandb_loggers = [logger for logger in loggers if type(logger).__name__ == "WandbLogger"]
     if rank_zero_only.rank != 0 or not wandb_loggers or not rows:
         return
-    from t7synth.metrics import NAMES
-    from t7synth.report import mean_sd
+    from t7synth.evaluation.scores import score_names, summary_values
 
-    summary = {}
-    for model in dict.fromkeys(row["model"] for row in rows):
-        prefix = "test/" if model == "model" else f"test/{model}/"
-        selected = [row for row in rows if row["model"] == model]
-        for name in NAMES:
-            mean, sd = mean_sd([float(row[name]) for row in selected])
-            summary[prefix + name], summary[f"{prefix}{name}_sd"] = mean, sd
-    data = [[row["model"], row["subject"], *(float(row[name]) for name in NAMES)] for row in rows]
+    summary = summary_values(rows, "test")
+    names = score_names(rows)
+    data = [[row["model"], row["subject"], *(float(row[name]) for name in names)] for row in rows]
     subjects = sorted({row["subject"] for row in rows})
     montages = [(s, Path(run_dir) / "samples" / f"test_{s}.png") for s in subjects]
     montages = [(s, path) for s, path in montages if path.is_file()]
     for logger in wandb_loggers:
         logger.experiment.summary.update(summary)
-        logger.log_table(key="test/scores", columns=["model", "subject", *NAMES], data=data)
+        logger.log_table(key="test/scores", columns=["model", "subject", *names], data=data)
         if montages:
             logger.log_image(key="test/montages", images=[str(p) for _, p in montages], caption=[s for s, _ in montages])

@@ -27,7 +27,6 @@ change the last bits) and the gzip streams carry no timestamp or file name.
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import math
 import os
@@ -38,8 +37,9 @@ from typing import NamedTuple
 import numpy as np
 
 from t7synth.data import naming
+from t7synth.data.volumes import write_nifti
 from t7synth.errors import UserError
-from t7synth.io import atomic_dir
+from t7synth.files import atomic_dir
 
 #: Bump whenever the generated files would change; it is part of the cache folder name,
 #: so an old cache is never mistaken for the current forward model.
@@ -635,23 +635,6 @@ def add_rician_noise(image: np.ndarray, brain: np.ndarray, sigma: float, rng: np
 
 # ---------------------------------------------------------------------------------------
 # writing
-
-
-def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write ``array`` as a gzipped NIfTI-1 with ``affine`` (qform and sform, code 1).
-
-    The gzip stream is written here rather than by nibabel so that its header holds
-    neither a timestamp nor a file name: identical arrays give identical bytes.
-    """
-    import nibabel as nib
-
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
-        gz.write(image.to_bytes())
 
 
 def _write_tsv(path: Path, rows: list[dict]) -> None:

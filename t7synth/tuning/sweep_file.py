@@ -128,7 +128,7 @@ class SweepConfig:
         # Every trial is one of these configs with other values: resolving the
         # extremes, and building their model on the meta device (no memory, no
         # time), catches unknown keys and impossible values before any trial runs.
-        from t7synth.fit import summary
+        from t7synth.models.summary import model_summary as summary
 
         for values in self._corners():
             config = self.resolve(values)
@@ -139,7 +139,7 @@ class SweepConfig:
 
     def resolve(self, values: dict[str, Any], extra: dict[str, Any] | None = None):
         """The experiment config of one trial: the base, ``set``, then ``values``."""
-        from t7synth.config import resolve
+        from t7synth.registry import resolve
 
         overrides = [f"{key}={format_value(value)}" for key, value in {**self.set, **values}.items()]
         try:

@@ -50,7 +50,7 @@ class TrialProcess:
 
     def start(self) -> None:
         """Start the trial in a new process group (so stopping it stops every rank)."""
-        from t7synth.environment import RUN_DIR_ENV
+        from t7synth.training.launch import RUN_DIR_ENV
 
         env = dict(os.environ, **{RUN_DIR_ENV: str(self.run_dir)})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,7 @@ def stop_orphaned_fit(pid: int, run_dir: Path, grace: float = 30.0) -> bool:
     Returns:
         True when a process was found and stopped.
     """
-    from t7synth.environment import RUN_DIR_ENV
+    from t7synth.training.launch import RUN_DIR_ENV
 
     try:
         environment = Path(f"/proc/{int(pid)}/environ").read_bytes().split(b"\0")

@@ -1,0 +1,1 @@
+"""Evaluation: image scores, the score-table vocabulary, evaluating predictions, comparing runs."""

@@ -1,0 +1,187 @@
+"""The vocabulary of a score table, written once: rows, columns, cells, tables, gains.
+
+Every table t7synth prints, writes or logs (``fit``'s test report and ``test_scores.csv``,
+``evaluate``'s summary, ``compare``'s comparison, the W&B summary and tables) is built
+from per-subject *rows*::
+
+    {"model": "model" | "identity" | "lut", "subject": "sub-001", "psnr_brain": 23.1, ...}
+
+``model`` is the row's kind: the model's synthetic 7T, or one of the two references
+scored beside it on the same subjects (the 3T input itself, and the intensity LUT
+fitted on the training subjects). Columns are described once in :data:`COLUMNS` (heading,
+direction, decimals), so a new measure added there shows up in every table.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Row kinds, in table order: the model, then the references.
+MODEL = "model"
+REFERENCES = ("identity", "lut")
+ROW_KINDS = (MODEL, *REFERENCES)
+#: How a reference row is labelled in every table.
+LABELS = {"identity": "identity (3T input)", "lut": "intensity LUT"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One score: its heading, whether higher is better, and the decimals it is shown with."""
+
+    name: str
+    heading: str
+    higher_is_better: bool
+    decimals: int
+
+
+#: Every score column t7synth knows, in file order (the order of per-subject CSV files).
+COLUMNS: dict[str, Column] = {
+    column.name: column
+    for column in (
+        Column("psnr", "PSNR (dB)", True, 2),
+        Column("ssim", "SSIM", True, 4),
+        Column("psnr_brain", "PSNR brain (dB)", True, 2),
+        Column("ssim_brain", "SSIM brain", True, 4),
+        Column("mae", "MAE", False, 4),
+        Column("perceptual", "perceptual (MedicalNet)", False, 4),
+    )
+}
+#: The order tables show columns in: in-brain scores first (the paper's), then the rest.
+DISPLAY_ORDER = ("psnr_brain", "ssim_brain", "psnr", "ssim", "mae")
+#: The columns ``fit``'s test report prints (the rest are in ``test_scores.csv``).
+REPORT_COLUMNS = DISPLAY_ORDER[:4]
+#: The headline score: best checkpoint, gain lines, sweep objective by default.
+HEADLINE = "psnr_brain"
+
+Summary = dict[str, dict[str, tuple[float, float]]]
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = [float(v) for v in values]
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def format_cell(name: str, mean: float, sd: float) -> str:
+    """``mean ± sd`` with the column's decimals (2 for dB, 4 otherwise)."""
+    decimals = COLUMNS[name].decimals if name in COLUMNS else 4
+    return f"{mean:.{decimals}f} ± {sd:.{decimals}f}"
+
+
+def score_names(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The known score columns the rows carry, in display order."""
+    rows = list(rows)
+    present = set(rows[0]) if rows else set()
+    return [name for name in COLUMNS if name in present]
+
+
+def display_names(names: Iterable[str]) -> list[str]:
+    """``names`` in table order: :data:`DISPLAY_ORDER` first, the others after, as given."""
+    names = list(names)
+    return [n for n in DISPLAY_ORDER if n in names] + [n for n in names if n not in DISPLAY_ORDER]
+
+
+def row_label(kind: str, model_label: str) -> str:
+    """The label of a row kind: ``model_label`` for the model, else the reference's."""
+    return model_label if kind == MODEL else LABELS[kind]
+
+
+def metric_key(stage: str, kind: str, name: str) -> str:
+    """The logged key of a score: ``val/psnr`` for the model, ``val/identity/psnr`` for a reference."""
+    return f"{stage}/{name}" if kind == MODEL else f"{stage}/{kind}/{name}"
+
+
+def sort_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows grouped by kind (model first, then the references), subjects in order."""
+    return sorted((dict(r) for r in rows), key=lambda r: (ROW_KINDS.index(r["model"]), r["subject"]))
+
+
+def summarise(rows: Iterable[Mapping[str, Any]], names: Sequence[str] | None = None) -> Summary:
+    """``{kind: {score: (mean, sd)}}`` over subjects, kinds in table order."""
+    rows = list(rows)
+    names = list(names) if names is not None else score_names(rows)
+    table: Summary = {}
+    for kind in ROW_KINDS:
+        selected = [r for r in rows if r["model"] == kind]
+        if selected:
+            table[kind] = {name: mean_sd([float(r[name]) for r in selected]) for name in names}
+    return table
+
+
+def gain_line(table: Summary) -> str | None:
+    """``In-brain PSNR gain: +x dB over identity (3T input), +y dB over intensity LUT``."""
+    if MODEL not in table:
+        return None
+    gains = [
+        f"{table[MODEL][HEADLINE][0] - table[kind][HEADLINE][0]:+.2f} dB over {LABELS[kind]}" for kind in REFERENCES if kind in table
+    ]
+    return "In-brain PSNR gain: " + ", ".join(gains) if gains else None
+
+
+def format_table(table: Summary, model_label: str, columns: Sequence[str], width: int = 24) -> list[str]:
+    """Header and one line per row kind: ``mean ± SD`` per column, right-aligned."""
+    lines = [f"{'':{width}}" + "".join(f"{c:>18}" for c in columns)]
+    for kind, scores in table.items():
+        cells = "".join(f"{format_cell(c, *scores[c]):>18}" for c in columns)
+        lines.append(f"{row_label(kind, model_label):{width}}{cells}")
+    return lines
+
+
+def format_report(rows: Sequence[Mapping[str, Any]], model_label: str, columns: Sequence[str], heading: str) -> str:
+    """A summary table of ``rows`` under ``heading``, then the gain line."""
+    table = summarise(rows)
+    lines = [heading, *format_table(table, model_label, [c for c in columns if c in next(iter(table.values()), {})])]
+    gain = gain_line(table)
+    if gain:
+        lines.append(gain)
+    return "\n".join(lines)
+
+
+def format_test_report(rows: Sequence[Mapping[str, Any]], model_name: str, checkpoint: str | None, run_dir: Path) -> str:
+    """The table ``fit`` prints: the model's test scores next to both references."""
+    subjects = sorted({r["subject"] for r in rows})
+    heading = f"Test split: {len(subjects)} held-out subjects, checkpoint {checkpoint or 'final weights'}"
+    report = format_report(rows, f"{model_name} (synthetic 7T)", REPORT_COLUMNS, heading)
+    return report + f"\nPer-subject scores: {run_dir / 'test_scores.csv'}\nMontages: {run_dir / 'samples'}/test_<subject>.png"
+
+
+def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write per-subject rows as CSV (``model, subject, <scores>``), atomically.
+
+    This is the one per-subject format: ``fit``'s ``test_scores.csv`` and ``evaluate``'s
+    ``scores.csv``, and what ``compare`` reads.
+    """
+    from t7synth.files import atomic_path
+
+    names = score_names(rows)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["model", "subject", *names], extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return path
+
+
+def summary_values(rows: Sequence[Mapping[str, Any]], stage: str = "test") -> dict[str, float]:
+    """Flat ``{key: value}`` of means and SDs (``test/psnr_brain``, ``test/psnr_brain_sd``,
+    ``test/identity/psnr_brain``, ...): a W&B summary a runs table sorts by."""
+    values: dict[str, float] = {}
+    for kind, scores in summarise(rows).items():
+        for name, (mean, sd) in scores.items():
+            key = metric_key(stage, kind, name)
+            values[key], values[f"{key}_sd"] = mean, sd
+    return values
+
+
+def is_number(text: Any) -> bool:
+    """Whether ``text`` reads as a finite float."""
+    try:
+        return math.isfinite(float(text))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,1 @@
+"""Inference: checkpoints, whole-volume tiling, grids and synthesising new scans."""

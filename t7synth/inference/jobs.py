@@ -1,0 +1,213 @@
+"""The volumes a ``predict`` command asks for (files, folders, dataset splits), and
+running a :class:`~t7synth.inference.synthesiser.Synthesiser` over them with a progress bar."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from t7synth.data.naming import PLAIN_SUFFIX, is_nifti, nifti_stem, synthetic_name
+from t7synth.errors import UserError
+
+
+@dataclass(frozen=True)
+class Job:
+    """One volume to synthesise.
+
+    ``age`` (years) and ``sex`` (1 female, 0 male, 0.5 unknown) feed the conditioning
+    tokens of models that use them; unknown values are what training used for them.
+    """
+
+    source: Path
+    output: Path
+    mask: Path | None = None
+    age: float = 0.0
+    sex: float = 0.5
+
+
+def is_dataset(folder: Path) -> bool:
+    """A t7synth dataset folder: ``participants.tsv`` or ``sub-*/anat`` folders."""
+    from t7synth.data import naming
+
+    return (folder / naming.PARTICIPANTS).is_file() or any(p.is_dir() for p in folder.glob("sub-*/anat"))
+
+
+def plan_jobs(
+    input: str | Path,
+    output: str | Path,
+    mask: str | Path | None = None,
+    split: str | None = None,
+    config=None,
+    age: float | None = None,
+    sex: float | None = None,
+) -> list[Job]:
+    """The volumes a ``predict`` command line asks for, checked before anything runs.
+
+    Args:
+        input: a NIfTI file, a folder of NIfTI files, or a dataset folder (every
+            subject's 3T input, with its mask, age and sex).
+        output: a file for a file input (a folder otherwise, or when it does not end
+            in ``.nii``/``.nii.gz``).
+        mask: a mask file for a file input; for folders a folder holding a mask with
+            the same file name or the same ``sub-XXX`` label as each input.
+        split: ``train``/``val``/``test``: only that split of a dataset folder, split
+            as the model's training did (``participants.tsv`` or the config's seed).
+        config: the model's :class:`~t7synth.config.Config` (for ``split``).
+        age, sex: conditioning values of a file input (years; 1 female, 0 male).
+            Folders of files get the unknown values; a dataset folder's come from
+            its ``participants.tsv``.
+
+    Raises:
+        UserError: missing paths, a folder with no NIfTI files, a missing mask, an
+            output that would overwrite an input, ``split`` on a plain folder, or
+            ``age``/``sex`` with a folder.
+    """
+    input, output = Path(input).expanduser(), Path(output).expanduser()
+    mask = Path(mask).expanduser() if mask is not None else None
+    if mask is not None and not mask.exists():
+        raise UserError(f"mask not found: {mask}")
+    if input.is_file():
+        if split:
+            raise UserError("--split needs a dataset folder as --input")
+        if mask is not None and not mask.is_file():
+            raise UserError(f"--mask must be a file when --input is a file: {mask}")
+        target = output if is_nifti(output) and not output.is_dir() else output / f"{nifti_stem(input)}{PLAIN_SUFFIX}"
+        jobs = [Job(source=input, output=target, mask=mask, age=0.0 if age is None else float(age), sex=0.5 if sex is None else float(sex))]
+    elif input.is_dir():
+        if age is not None or sex is not None:
+            raise UserError("--age and --sex apply to a single file; a dataset folder takes them from participants.tsv")
+        if is_nifti(output) and not output.is_dir():
+            raise UserError(f"--output must be a folder when --input is a folder: {output}")
+        if output.is_file():
+            raise UserError(f"--output is a file, not a folder: {output}")
+        if mask is not None and not mask.is_dir():
+            raise UserError(f"--mask must be a folder when --input is a folder: {mask}")
+        jobs = _dataset_jobs(input, output, mask, split, config) if is_dataset(input) else _folder_jobs(input, output, mask, split)
+    else:
+        raise UserError(f"input not found: {input}")
+    sources = {job.source.resolve() for job in jobs}
+    outputs: dict[Path, Path] = {}
+    for job in jobs:
+        resolved = job.output.resolve()
+        if resolved in sources:
+            raise UserError(f"output {job.output} would overwrite an input; choose another --output")
+        if resolved in outputs:
+            raise UserError(f"{job.source} and {outputs[resolved]} would both be written to {job.output}")
+        outputs[resolved] = job.source
+    return jobs
+
+
+def _dataset_jobs(root: Path, output: Path, mask_dir: Path | None, split: str | None, config) -> list[Job]:
+    from t7synth.data.layout import assign_splits, discover
+
+    records = discover(root)
+    if split:
+        if config is None:
+            raise UserError("--split needs the model's config to split the dataset as training did")
+        data = config.data
+        records = assign_splits(records, data.val_fraction, data.test_fraction, data.split_seed)[split]
+        if not records:
+            raise UserError(f"the {split} split of {root} has no subjects")
+    jobs = []
+    for record in records:
+        mask = _match_mask(record.source, mask_dir) if mask_dir is not None else record.mask
+        jobs.append(Job(source=record.source, output=output / synthetic_name(record.subject), mask=mask, age=record.age, sex=record.sex))
+    return jobs
+
+
+def _folder_jobs(folder: Path, output: Path, mask_dir: Path | None, split: str | None) -> list[Job]:
+    if split:
+        raise UserError(f"--split needs a dataset folder (participants.tsv or sub-*/anat), not {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+    if not files:
+        raise UserError(f"no NIfTI files (.nii, .nii.gz) in {folder}")
+    return [
+        Job(source=path, output=output / f"{nifti_stem(path)}{PLAIN_SUFFIX}", mask=_match_mask(path, mask_dir) if mask_dir else None)
+        for path in files
+    ]
+
+
+def _match_mask(source: Path, mask_dir: Path) -> Path:
+    """The mask of ``source`` in ``mask_dir``: the same file name, else the one file
+    with the same ``sub-XXX`` label."""
+    from t7synth.data.naming import subject_label
+
+    same = mask_dir / source.name
+    if same.is_file():
+        return same
+    label = subject_label(source.name)
+    if label:
+        candidates = [p for p in sorted(mask_dir.iterdir()) if p.is_file() and is_nifti(p) and subject_label(p.name) == label]
+        if len(candidates) == 1:
+            return candidates[0]
+        if len(candidates) > 1:
+            raise UserError(f"several masks for {label} in {mask_dir}: {', '.join(p.name for p in candidates)}")
+    raise UserError(f"no mask for {source.name} in {mask_dir} (same file name or same sub-XXX label)")
+
+
+def run_jobs(synthesiser, jobs: Sequence[Job], report: Callable[[str], None] | None = None, progress: bool = True) -> list[str]:
+    """Synthesise every job, carrying on past volumes that fail.
+
+    Args:
+        report: called with the message of each failure as it happens (default: one
+            ``error: ...`` line on stderr, printed above the progress bar).
+        progress: show a tqdm bar over volumes (only on a terminal).
+
+    Returns:
+        The failure messages (each names its file); empty when all succeeded.
+    """
+    from tqdm.auto import tqdm
+
+    failures: list[str] = []
+    bar = tqdm(jobs, desc="predict", unit="volume", disable=None if progress else True)
+    for job in bar:
+        try:
+            synthesiser.write(job)
+        except UserError as error:
+            message = str(error)
+            failures.append(message)
+            if report is not None:
+                report(message)
+            else:
+                tqdm.write(f"error: {message}", file=sys.stderr)
+    return failures
+
+
+@dataclass
+class PredictOutcome:
+    """What ``predict`` did: the line to print and the failures (one message each)."""
+
+    summary: str
+    total: int
+    failures: list[str]
+
+
+def predict(
+    ckpt: str | Path,
+    input: str | Path,
+    output: str | Path,
+    mask: str | Path | None = None,
+    split: str | None = None,
+    age: float | None = None,
+    sex: float | None = None,
+    gpus: int = 0,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> PredictOutcome:
+    """Synthesise what a ``predict`` command line asks for (see :func:`plan_jobs`).
+
+    A single file's error is the command's error (one line, exit 2); a folder keeps
+    going past volumes that fail, and their messages come back in ``failures``.
+    """
+    from t7synth.inference.synthesiser import Synthesiser, device_for
+
+    if age is not None and not (0.0 <= age <= 150.0):
+        raise UserError(f"--age {age}: expected years between 0 and 150")
+    synthesiser = Synthesiser.from_checkpoint(ckpt, device=device_for(gpus), batch_size=batch_size)
+    jobs = plan_jobs(input, output, mask, split, synthesiser.config, age=age, sex=sex)
+    if Path(input).expanduser().is_file():
+        return PredictOutcome(str(synthesiser.write(jobs[0])), 1, [])
+    failures = run_jobs(synthesiser, jobs, progress=progress)
+    return PredictOutcome(f"{len(jobs) - len(failures)} of {len(jobs)} volumes written to {output}", len(jobs), failures)

@@ -1,0 +1,209 @@
+"""Synthesise 7T-like volumes from new 3T scans with a trained checkpoint.
+
+A new scan can come in any orientation, voxel size and shape. :class:`Synthesiser`
+brings it to what the model was trained on and the prediction back to the scan's own
+grid, so the output overlays the input voxel for voxel in any viewer:
+
+1. Read the scan (:func:`~t7synth.data.volumes.load_volume` checks it) in RAS+ array
+   order, as training did. Reorienting only permutes and flips axes, so it is exact
+   and exactly undone at the end, even for oblique (rotated) affines.
+2. Normalise intensities on the scan's own grid exactly as training did
+   (:func:`~t7synth.data.preprocess.normalise`: percentiles from the checkpoint's
+   config, inside the brain mask: the given mask, else the voxels above 0).
+3. Resample to the training voxel size (the checkpoint's ``voxel_size`` buffer) when
+   it is known and differs, keeping the scan's axes and its first voxel centre; for
+   an integer ratio of spacings every input voxel centre is also a model-grid centre,
+   so going there and back is lossless for linear interpolation.
+4. Crop or pad to the config's ``data.shape`` when training used one (centred on the
+   brain, as training did), so the 2.5D models' slice-position token means the same.
+5. Predict the whole volume (:meth:`~t7synth.models.base.SynthesisModule.predict_subject`:
+   a sliding k-slice window for 2.5D models, Hann-blended patches for 3D models), in
+   the precision the model was tested in.
+6. Undo 4, 3 and 1; zero outside the brain mask; clip to the model's [0, 1] scale;
+   write float32 with the scan's affine and header (sform/qform codes kept).
+
+Steps 2 to 4 reproduce :func:`~t7synth.data.preprocess.preprocess_record`, so a
+dataset subject predicted here scores what ``fit`` reported for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from t7synth.errors import UserError
+from t7synth.inference.grids import resample, resampled_grid, shift_to_grid, spacing
+from t7synth.inference.jobs import Job
+
+#: Voxel sizes closer than this (relative) count as equal: no resampling.
+VOXEL_SIZE_TOLERANCE = 1e-3
+
+
+def device_for(gpus: int) -> str:
+    """``cpu`` or ``cuda`` for ``--gpus``; one GPU at most (one volume at a time)."""
+    if gpus == 0:
+        return "cpu"
+    if gpus != 1:
+        raise UserError(f"--gpus {gpus}: predict uses one GPU; run one predict per GPU on separate folders")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("--gpus 1: no CUDA GPU is visible on this machine (use --gpus 0 for the CPU)")
+    return "cuda"
+
+
+def autocast_dtype(precision: str | None, device: str) -> torch.dtype | None:
+    """The autocast dtype of Lightning's ``precision`` on ``device``, ``None`` for fp32.
+
+    ``None`` precision means what ``fit`` picks: bf16 on GPUs, fp32 on the CPU.
+    Predicting in the precision the model was tested in makes ``evaluate`` reproduce
+    ``fit``'s test scores.
+    """
+    on_gpu = device.startswith("cuda")
+    precision = precision or ("bf16-mixed" if on_gpu else "32-true")
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16") and on_gpu:
+        return torch.float16
+    return None
+
+
+class Synthesiser:
+    """A trained model plus everything needed to apply it to new scans.
+
+    Args:
+        model: a :class:`~t7synth.models.base.SynthesisModule` (eval mode).
+        device: ``"cpu"`` or ``"cuda"``.
+        batch_size: windows or patches per forward pass; default the config's
+            ``data.inference_batch_size``.
+    """
+
+    def __init__(self, model, device: str = "cpu", batch_size: int | None = None):
+        self.model = model.eval().to(device)
+        self.device = device
+        self.config = model.config
+        if batch_size is not None:
+            if batch_size < 1:
+                raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+            self.config.data.inference_batch_size = batch_size
+        self.percentiles = tuple(self.config.data.percentiles)
+        self.shape = tuple(self.config.data.shape) if self.config.data.shape else None
+        voxel = model.voxel_size.detach().cpu().double().numpy()
+        # 0 means the model never saw training data (a hand-built test model): keep the grid.
+        self.voxel_size = tuple(float(v) for v in voxel) if bool((voxel > 0).all()) else None
+        self.dtype = autocast_dtype(self.config.trainer.precision, device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", batch_size: int | None = None) -> Synthesiser:
+        """Load the model of ``path`` (see :func:`t7synth.inference.checkpoint.load_model`)."""
+        from t7synth.inference.checkpoint import load_model
+
+        return cls(load_model(path), device=device, batch_size=batch_size)
+
+    def synthesise(self, source: str | Path, mask: str | Path | None = None, age: float = 0.0, sex: float = 0.5):
+        """Synthesise one scan; returns a ``nibabel.Nifti1Image`` on the scan's grid.
+
+        Raises:
+            UserError: an unreadable or invalid scan or mask, a mask on another grid,
+                or an empty brain mask.
+        """
+        import nibabel as nib
+
+        from t7synth.data.volumes import brain_mask, load_volume
+        from t7synth.data.preprocess import normalise
+
+        source = Path(source)
+        array, affine = load_volume(source)
+        # Reorienting flips by negative strides, which torch.from_numpy refuses.
+        array = np.ascontiguousarray(array)
+        inside = brain_mask(source, array, affine, Path(mask) if mask is not None else None)
+        mask_t = torch.from_numpy(inside[None].astype(np.uint8))
+        normalised = normalise(torch.from_numpy(array[None]), mask_t, self.percentiles)[0].numpy()
+
+        # Step 3: the training voxel size.
+        grid_shape, grid_affine = array.shape, affine
+        grid_image, grid_mask = normalised, inside.astype(np.float32)
+        resampled = self.voxel_size is not None and not np.allclose(spacing(affine), self.voxel_size, rtol=VOXEL_SIZE_TOLERANCE)
+        if resampled:
+            grid_shape, grid_affine = resampled_grid(array.shape, affine, self.voxel_size)
+            grid_image = resample(normalised, affine, grid_shape, grid_affine, order=1)
+            grid_mask = resample(inside.astype(np.float32), affine, grid_shape, grid_affine, order=0)
+            if not (grid_mask > 0).any():
+                raise UserError(f"the brain mask of {source} vanishes at the training voxel size {self.voxel_size}")
+
+        # Step 4: the training shape, then the prediction.
+        model_source, model_mask, model_affine = self._crop_or_pad(grid_image, grid_mask, grid_affine)
+        prediction = self._predict(model_source, model_mask, age, sex)
+
+        # Step 6: back to the scan's grid and orientation.
+        out = shift_to_grid(prediction[0].numpy(), model_affine, grid_shape, grid_affine)
+        if resampled:
+            out = resample(out, grid_affine, array.shape, affine, order=1)
+        out = np.clip(out, 0.0, 1.0) * inside
+        return self._as_input_image(out.astype(np.float32), affine, nib.load(str(source)))
+
+    def write(self, job: Job) -> Path:
+        """Synthesise ``job.source`` and write ``job.output`` atomically."""
+        import nibabel as nib
+
+        from t7synth.files import atomic_path
+
+        image = self.synthesise(job.source, job.mask, job.age, job.sex)
+        with atomic_path(job.output) as tmp:
+            nib.save(image, str(tmp))
+        return job.output
+
+    # -- steps ------------------------------------------------------------------
+    def _crop_or_pad(self, image: np.ndarray, mask: np.ndarray, affine: np.ndarray):
+        """Tensors (1, I, J, K) on the training shape and their affine (step 4)."""
+        image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)[None])
+        mask_t = torch.from_numpy((mask > 0).astype(np.uint8)[None])
+        if self.shape is None:
+            return image_t, mask_t, np.asarray(affine, dtype=np.float64)
+        import torchio as tio
+
+        from t7synth.data.preprocess import crop_or_pad
+
+        subject = tio.Subject(source=tio.ScalarImage(tensor=image_t, affine=affine), mask=tio.LabelMap(tensor=mask_t, affine=affine))
+        subject = crop_or_pad(subject, self.shape)
+        return subject["source"].data.float(), subject["mask"].data.to(torch.uint8), np.asarray(subject["source"].affine, dtype=np.float64)
+
+    def _predict(self, source: torch.Tensor, mask: torch.Tensor, age: float, sex: float) -> torch.Tensor:
+        from t7synth.data import batches
+
+        geometry = self.config.geometry
+        # The same tokens the data module gives a test subject (datamodule._subject).
+        axis = geometry.axis if geometry.mode == "slab" else 0
+        meta = {"age": float(age), "sex": float(sex), "brain_mid": batches.brain_middle(mask, axis), "n_slices": float(mask.shape[axis + 1])}
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        with torch.no_grad(), torch.autocast(device_type=device_type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+            return self.model.predict_subject(source, meta, mask).float().cpu()
+
+    @staticmethod
+    def _as_input_image(canonical: np.ndarray, canonical_affine: np.ndarray, original):
+        """A float32 image in the original file's orientation, affine and header."""
+        import nibabel as nib
+        from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+        # load_volume reoriented with as_closest_canonical; apply the inverse flips/permutation.
+        back = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(original.affine))
+        image = nib.Nifti1Image(canonical, canonical_affine).as_reoriented(back)
+        if not np.allclose(image.affine, original.affine, atol=1e-4):
+            raise RuntimeError("reorientation to the input's axes did not restore its affine")
+        header = nib.Nifti1Header.from_header(original.header)
+        result = nib.Nifti1Image(np.asarray(image.dataobj, dtype=np.float32), original.affine, header=header)
+        result.set_data_dtype(np.float32)
+        # Keep the input's exact sform and qform (and their codes), so every viewer,
+        # whichever of the two it reads, places the voxels where the input's were.
+        sform, sform_code = original.header.get_sform(coded=True) if hasattr(original.header, "get_sform") else (None, 0)
+        qform, qform_code = original.header.get_qform(coded=True) if hasattr(original.header, "get_qform") else (None, 0)
+        result.set_sform(sform if sform_code else original.affine, int(sform_code) if sform_code else 2)
+        if qform_code:
+            result.set_qform(qform, int(qform_code))
+        result.header.set_slope_inter(1.0, 0.0)
+        # The input's display window (3T intensities) would make the output look black.
+        result.header["cal_min"], result.header["cal_max"] = 0.0, 1.0
+        result.header["descrip"] = b"t7synth synthetic 7T"
+        return result

@@ -1,0 +1,1 @@
+"""Training: the Lightning Trainer, run folders, hardware, launchers, callbacks and loggers."""

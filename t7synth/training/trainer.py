@@ -1,0 +1,214 @@
+"""Train a model, then score a checkpoint on the test split: what ``fit`` runs.
+
+Under DDP this runs once per rank (Lightning re-runs the command for ``--gpus N`` /
+``--cpus N``; srun and torchrun start every rank themselves), so everything created
+before ``Trainer.fit`` is either deterministic or handed from rank 0 to the others: the
+run directory (:mod:`t7synth.training.run_dir`). Only rank 0 writes to it before
+training starts (``config.yaml``, ``environment.yaml``) and only rank 0 talks to W&B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from t7synth.training.launch import RUN_DIR_ENV, detect_launch
+from t7synth.training.run_dir import resolve_run_dir
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How to run a resolved config: the hardware and run controls of the command line.
+
+    Attributes:
+        gpus: GPUs per node (0: the CPU).
+        nodes: number of nodes.
+        cpus: CPU processes when ``gpus`` is 0 (more than one: DDP over gloo, for tests).
+        resume: ``None``, ``"last"`` or a checkpoint path.
+        wandb: ``online``/``offline``/``disabled``, or ``None`` for the config's mode.
+        fast_dev_run: one training and one validation batch, then stop.
+        deterministic: deterministic GPU kernels where they exist.
+    """
+
+    gpus: int = 0
+    nodes: int = 1
+    cpus: int = 1
+    resume: str | None = None
+    wandb: str | None = None
+    fast_dev_run: bool = False
+    deterministic: bool = False
+
+
+@dataclass
+class FitResult:
+    """What a finished ``fit`` reports. ``report`` is the text to print (rank 0 only)."""
+
+    run_dir: Path
+    report: str | None = None
+
+
+def fit(config, options: FitOptions = FitOptions(), callbacks: Sequence = ()) -> FitResult:
+    """Fit ``config``, then test its best checkpoint; see the module docstring.
+
+    Args:
+        config: the resolved :class:`~t7synth.config.Config`.
+        options: hardware, resume, W&B and fast-dev-run settings.
+        callbacks: extra Lightning callbacks (sweeps, tests), after t7synth's own.
+    """
+    inherited = os.environ.get(RUN_DIR_ENV)
+    try:
+        return _fit(config, options, callbacks)
+    finally:
+        # Only the processes this run launches may inherit its folder, not a later
+        # run in the same Python process (tests, sweeps).
+        if inherited is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
+def checkpoint_callbacks(run_dir: Path) -> tuple:
+    """``best.ckpt`` (highest in-brain validation PSNR) and ``last.ckpt`` (every epoch).
+
+    Two callbacks, because Lightning's ``save_last`` only refreshes ``last.ckpt`` when
+    the monitored metric improved: after a crash, ``--resume last`` would go back to
+    the best epoch rather than the latest. ``last`` is saved at the end of every
+    training epoch, after validation and the epoch's scheduler steps, so a resumed run
+    starts the next epoch exactly where the checkpointed one ended. Both are written
+    through :class:`~t7synth.training.callbacks.AtomicCheckpointIO`.
+    """
+    import pytorch_lightning as pl
+
+    folder = run_dir / "checkpoints"
+    best = pl.callbacks.ModelCheckpoint(
+        dirpath=folder,
+        filename="best",
+        monitor="val/psnr_brain",
+        mode="max",
+        save_top_k=1,
+        save_on_train_epoch_end=False,
+        enable_version_counter=False,
+    )
+    # monitor=None and top-1 with a fixed name: overwrite last.ckpt every epoch.
+    last = pl.callbacks.ModelCheckpoint(
+        dirpath=folder,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+    return best, last
+
+
+def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
+    import pytorch_lightning as pl
+    import torch
+
+    from t7synth import registry
+    from t7synth.config import save_yaml
+    from t7synth.data.datamodule import PairedDataModule
+    from t7synth.training.callbacks import AtomicCheckpointIO, DataStreamCheck
+    from t7synth.training.hardware import trainer_hardware
+    from t7synth.training.loggers import build_loggers, log_test_results, wandb_mode
+    from t7synth.training.record import environment_record, write_environment
+
+    module_class = registry.get(config.model.name)
+    launch = detect_launch()
+    run_dir, checkpoint = resolve_run_dir(config, options.resume, launch)
+    # Not "did not inherit RUN_DIR_ENV": a user may set it on every node, rank 0's
+    # included. Ranks that Lightning starts carry LOCAL_RANK/NODE_RANK, srun's and
+    # torchrun's carry SLURM_PROCID/RANK.
+    rank_zero = launch.rank_zero
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    hardware = trainer_hardware(options.gpus, options.nodes, options.cpus, config.trainer.precision, module_class.FIND_UNUSED_PARAMETERS)
+    if rank_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(config.to_dict(), run_dir / "config.yaml")
+        write_environment(run_dir, environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None))
+    # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
+    # Each epoch's training stream is then reseeded per rank by the data module.
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+
+    datamodule = PairedDataModule(config)
+    model = module_class(config.to_dict())
+    # W&B exists on rank 0 only: Lightning would create the run there anyway, and
+    # ranks that srun/torchrun start together must not race to create wandb_id.txt.
+    mode = wandb_mode(options.wandb or config.wandb.mode) if rank_zero else "disabled"
+    best, last = checkpoint_callbacks(run_dir)
+    result = FitResult(run_dir)
+    with _quiet_known_warnings():
+        trainer = pl.Trainer(
+            **hardware,
+            max_epochs=config.trainer.max_epochs,
+            logger=build_loggers(config, run_dir, mode),
+            callbacks=[
+                best,
+                last,
+                DataStreamCheck(config.seed),
+                pl.callbacks.LearningRateMonitor("epoch"),
+                # tqdm, not rich: it also reads well in log files and CI output.
+                pl.callbacks.TQDMProgressBar(refresh_rate=max(1, config.trainer.log_every_n_steps // 2)),
+                *callbacks,
+            ],
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=run_dir,
+            check_val_every_n_epoch=config.trainer.val_every,
+            log_every_n_steps=config.trainer.log_every_n_steps,
+            num_sanity_val_steps=0,
+            # The data module shards subjects itself (see PairedDataModule).
+            use_distributed_sampler=False,
+            # A fresh Queue every epoch: nothing (leftover patches, a half-read subject
+            # loader) carries from one epoch into the next, so epoch k draws the same
+            # samples whether or not the run was resumed before it.
+            reload_dataloaders_every_n_epochs=1,
+            deterministic="warn" if options.deterministic else None,
+            fast_dev_run=options.fast_dev_run,
+            enable_model_summary=False,
+        )
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        if options.fast_dev_run:
+            if trainer.is_global_zero:
+                result.report = f"fast dev run finished: {run_dir}"
+            return result
+        if not datamodule.subjects.get("test"):
+            return result
+        best_path = best.best_model_path or last.best_model_path or None
+        trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+        if trainer.is_global_zero:
+            from t7synth.evaluation.scores import format_test_report
+
+            result.report = format_test_report(model.test_rows, config.model.name, best_path, run_dir)
+        log_test_results(trainer.loggers, model.test_rows, run_dir)
+        _finish_wandb(trainer)
+        return result
+
+
+@contextlib.contextmanager
+def _quiet_known_warnings():
+    """Silence Lightning warnings that are wrong for t7synth runs, and only those.
+
+    * "Experiment logs directory … exists and is not empty … will be deleted": the run
+      folder always holds ``config.yaml`` before the CSV logger starts, and the CSV
+      logger appends to ``metrics.csv`` (it deletes nothing).
+    * "It is recommended to use ``self.log(…, sync_dist=True)``": validation and test
+      scores are gathered from every rank before they are logged, so every rank logs
+      the same value; under DDP this would print once per metric and epoch.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True\)`")
+        yield
+
+
+def _finish_wandb(trainer) -> None:
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()

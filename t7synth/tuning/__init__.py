@@ -1,0 +1,1 @@
+"""Tuning: Optuna sweeps over ``fit`` runs (sweep files, studies, trial processes)."""
