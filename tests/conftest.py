@@ -12,6 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+#: The repository root: tests find ``experiments/``, ``sweeps/`` and ``pyproject.toml``
+#: from here, never from the working directory, so pytest runs from any folder.
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    """The repository root (see :data:`REPO`)."""
+    return REPO
+
+
 # Keep W&B quiet and local unless a test asks otherwise; one thread per process keeps
 # two-core machines responsive while DDP tests run two processes.
 os.environ.setdefault("WANDB_MODE", "disabled")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import REPO
 
 from t7synth import registry
 from t7synth.config import Config, parse_override
-from t7synth.registry import resolve
 from t7synth.errors import UserError
+from t7synth.registry import resolve
 
-EXPERIMENTS = sorted(Path(__file__).resolve().parents[1].joinpath("experiments").glob("*.yaml"))
+EXPERIMENTS = sorted(REPO.joinpath("experiments").glob("*.yaml"))
 
 
 def test_layers_apply_in_order(tmp_path):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_dataset
-from t7synth.registry import resolve
+
 from t7synth.data import batches
 from t7synth.data.datamodule import PairedDataModule
-from t7synth.data.layout import assign_splits
-from t7synth.data.layout import discover
+from t7synth.data.layout import assign_splits, discover
+from t7synth.registry import resolve
 
 
 def _datamodule(root, *overrides):
@@ -67,8 +66,8 @@ def test_whole_volumes_for_validation(dataset):
 def test_lut_undoes_a_monotone_remap(tmp_path):
     """On data where 3T is a pure intensity remap of 7T, the LUT baseline recovers 7T."""
     import numpy as np
-
     from conftest import write_nifti
+
     from t7synth.data import naming
     from t7synth.data.intensity_lut import apply_lut
     from t7synth.evaluation.metrics import psnr

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
 from conftest import make_dataset, write_nifti
+
 from t7synth.cli import run_main
 from t7synth.data import naming
 from t7synth.data.layout import discover

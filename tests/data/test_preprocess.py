@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import torch
-
 from conftest import make_dataset
+
 from t7synth.data.layout import discover
 from t7synth.data.preprocess import Preprocessing, load_or_preprocess, normalise
 

@@ -6,12 +6,12 @@ import csv
 
 import pytest
 import torch
+from conftest import REPO, TINY_UNET
 
-from conftest import TINY_UNET
 from t7synth import fit
 from t7synth.cli import run_main
-from t7synth.registry import resolve
 from t7synth.models.gan_unet import GANUNetModule
+from t7synth.registry import resolve
 
 #: A tiny generator (conftest's U-Net) and a two-layer discriminator, which fits the
 #: fixture's 20x18 slices (three layers would shrink them to a 1x1 map).
@@ -27,7 +27,7 @@ def _cli(root, runs, *extra):
 
 
 def test_paper_summary_counts_the_generator_only(capsys):
-    args = ["--model", "gan_unet", "--config", "experiments/paper_gan_unet.yaml", "--summary"]
+    args = ["--model", "gan_unet", "--config", str(REPO / "experiments/paper_gan_unet.yaml"), "--summary"]
     assert run_main(fit.main, args) == 0
     assert "parameters: 222326589" in capsys.readouterr().out.splitlines()
 

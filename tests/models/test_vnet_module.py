@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
+from conftest import REPO
 
 from t7synth import fit
 from t7synth.cli import run_main
-from t7synth.registry import resolve
 from t7synth.models.vnet import VNetModule
+from t7synth.registry import resolve
 
 #: 16^3 patches fit the fixture's 20x24x18 volumes; the narrowest widths keep it fast.
 TINY_VNET = [
@@ -23,7 +24,7 @@ TINY_VNET = [
 
 
 def test_paper_summary(capsys):
-    assert run_main(fit.main, ["--model", "vnet", "--config", "experiments/paper_vnet.yaml", "--summary"]) == 0
+    assert run_main(fit.main, ["--model", "vnet", "--config", str(REPO / "experiments/paper_vnet.yaml"), "--summary"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "parameters: 15734497" in out
     assert "geometry: 3D patch: 64x64x64, inference overlap 8" in out

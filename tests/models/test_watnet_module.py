@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import torch
+from conftest import REPO
 
 from t7synth import fit
 from t7synth.cli import run_main
-from t7synth.registry import resolve
 from t7synth.models.watnet import WATNetModule
 from t7synth.nets.watnet import WATNet
+from t7synth.registry import resolve
 
 REFERENCE_PARAMS = 1_219_139  # reference/baselines.md §5a
 
@@ -30,7 +31,7 @@ def _cli(root, runs, *extra):
 
 
 def test_paper_summary(capsys):
-    assert run_main(fit.main, ["--model", "watnet", "--config", "experiments/paper_watnet.yaml", "--summary"]) == 0
+    assert run_main(fit.main, ["--model", "watnet", "--config", str(REPO / "experiments/paper_watnet.yaml"), "--summary"]) == 0
     out = capsys.readouterr().out.splitlines()
     count = int(next(line for line in out if line.startswith("parameters:")).split()[1])
     assert abs(count - REFERENCE_PARAMS) <= 0.02 * REFERENCE_PARAMS
@@ -38,7 +39,7 @@ def test_paper_summary(capsys):
 
 
 def test_paper_optimiser_uses_the_caffe_multipliers():
-    config = resolve("watnet", "experiments/paper_watnet.yaml", ["model.net.features=16"])
+    config = resolve("watnet", str(REPO / "experiments/paper_watnet.yaml"), ["model.net.features=16"])
     module = WATNetModule(config.to_dict())
     optimizers = module.configure_optimizers()
     groups = {group["name"]: group for group in optimizers["optimizer"].param_groups}

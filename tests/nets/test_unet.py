@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from t7synth.nets.unet import ConditionedUNet, _ResBlock, _SpatialTransformer, pad_to_multiple
+from t7synth.nets.unet import (
+    ConditionedUNet,
+    _ResBlock,
+    _SpatialTransformer,
+    pad_to_multiple,
+)
 
 # Small enough for CPU tests: 2 levels (multiple of 2), attention on the low-resolution level.
 TINY = dict(channels=8, norm_groups=4, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,))

@@ -10,13 +10,12 @@ import pytest
 import torch
 import yaml
 
-from t7synth.registry import resolve
-from t7synth.training.launch import Launch, detect_launch
-from t7synth.training.record import git_revision, write_environment
 from t7synth.errors import UserError
-from t7synth.training.launch import RUN_DIR_ENV
-from t7synth.training.run_dir import resolve_run_dir
+from t7synth.registry import resolve
 from t7synth.training.hardware import trainer_hardware
+from t7synth.training.launch import RUN_DIR_ENV, Launch, detect_launch
+from t7synth.training.record import git_revision, write_environment
+from t7synth.training.run_dir import resolve_run_dir
 
 pytestmark = pytest.mark.ddp
 

@@ -7,9 +7,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import make_pair, write_nifti
 from torch import nn
 
-from conftest import make_pair, write_nifti
 from t7synth import predict, registry
 from t7synth.cli import run_main
 from t7synth.config import Config

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_UNET, make_dataset
+from conftest import REPO, TINY_UNET, make_dataset
 
 from t7synth import sweep
 from t7synth.cli import run_main
-from t7synth.tuning.sweep_file import SweepConfig
 from t7synth.tuning import study as study_module
+from t7synth.tuning.sweep_file import SweepConfig
 
-REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 
 

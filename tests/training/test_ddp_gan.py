@@ -8,11 +8,11 @@ real epoch on two gloo ranks and checks both networks trained and stayed in sync
 
 from __future__ import annotations
 
+import ddp_helpers as helpers
 import pytest
 import torch
-
-import ddp_helpers as helpers
 from conftest import make_dataset
+
 from t7synth import registry
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]

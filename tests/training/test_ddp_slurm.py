@@ -22,17 +22,17 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import REPO
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DDPStrategy
 
 from t7synth import fit
+from t7synth.training.hardware import trainer_hardware
 from t7synth.training.launch import RUN_DIR_ENV
 from t7synth.training.run_dir import resolve_run_dir
-from t7synth.training.hardware import trainer_hardware
 
 pytestmark = pytest.mark.ddp
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((REPO / "experiments" / "slurm").glob("*.sbatch"))
 
 #: What srun sets for task 5 of a 2-node x 4-task job (the second node's second GPU).
@@ -111,7 +111,9 @@ def test_slurm_task_builds_a_ddp_trainer_over_all_nodes(tmp_path, monkeypatch):
     # Building a DDP Trainer sets Lightning's process-wide rank (rank_zero_only.rank) to
     # this task's 5; put it back afterwards, or later tests in this process would log
     # nothing, believing they are not rank 0.
-    from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
+    from lightning_utilities.core.rank_zero import (
+        rank_zero_only as utils_rank_zero_only,
+    )
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     for holder in (rank_zero_only, utils_rank_zero_only):

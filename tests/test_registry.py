@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO
 
 from t7synth import registry
-from t7synth.registry import resolve
 from t7synth.models.base import SynthesisModule
+from t7synth.registry import resolve
 
 
 def test_all_four_models_are_registered():
@@ -24,7 +25,7 @@ def test_defaults_resolve_to_the_registered_class(name):
 @pytest.mark.parametrize("name", ["gan_unet", "vnet", "watnet"])
 def test_experiment_files_name_their_model(name):
     for kind in ("paper", "demo"):
-        config = resolve(None, f"experiments/{kind}_{name}.yaml")
+        config = resolve(None, REPO / f"experiments/{kind}_{name}.yaml")
         assert config.model.name == name
 
 

@@ -15,14 +15,14 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import write_nifti
+
 from t7synth import prepare
 from t7synth.cli import run_main
 from t7synth.data import naming
 from t7synth.data.layout import discover
-from t7synth.data.volumes import load_volume
 from t7synth.data.pairing import QC_TABLE
+from t7synth.data.volumes import load_volume
 
 TARGET_SHAPE = (28, 28, 28)
 TARGET_AFFINE = np.array([[1.0, 0, 0, -13.5], [0, 1.0, 0, -13.0], [0, 0, 1.0, -14.0], [0, 0, 0, 1]])

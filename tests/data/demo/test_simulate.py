@@ -20,9 +20,9 @@ from scipy import ndimage
 from t7synth import demo
 from t7synth.cli import run_main
 from t7synth.data import naming
+from t7synth.data.demo import cache
 from t7synth.data.demo import simulate as sim
 from t7synth.errors import UserError
-from t7synth.data.demo import cache
 
 VOXEL = 3.0
 N = 3

@@ -6,8 +6,8 @@ import csv
 
 import numpy as np
 import pytest
-
 from conftest import TINY_UNET, make_pair, write_nifti
+
 from t7synth import evaluate, fit, predict
 from t7synth.cli import run_main
 from t7synth.evaluation.metrics import NAMES

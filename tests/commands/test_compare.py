@@ -10,8 +10,8 @@ import pytest
 from t7synth import compare
 from t7synth.cli import run_main
 from t7synth.config import Config, save_yaml
-from t7synth.evaluation.metrics import NAMES
 from t7synth.evaluation import runs as runs_module
+from t7synth.evaluation.metrics import NAMES
 
 BASELINES = {"identity": 20.0, "lut": 22.0}
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import TINY_UNET, make_dataset
-from t7synth.registry import resolve
+
 from t7synth.data.datamodule import PairedDataModule
 from t7synth.data.seeds import training_seed
 from t7synth.errors import UserError
+from t7synth.registry import resolve
 
 pytestmark = pytest.mark.ddp
 

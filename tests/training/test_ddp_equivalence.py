@@ -13,11 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
 import ddp_equivalence_script as script
 import ddp_helpers as helpers
+import pytest
+import torch
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 

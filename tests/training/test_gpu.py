@@ -7,12 +7,12 @@ autocast, and the NCCL backend.
 
 from __future__ import annotations
 
+import ddp_helpers as helpers
 import pytest
 import pytorch_lightning as pl
 import torch
-
-import ddp_helpers as helpers
 from conftest import TINY_UNET
+
 from t7synth import fit
 from t7synth.cli import run_main
 from t7synth.training.hardware import default_gpu_precision

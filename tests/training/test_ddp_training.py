@@ -18,11 +18,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import ddp_helpers as helpers
 import pytest
 import torch
 import yaml
-
-import ddp_helpers as helpers
 from conftest import make_dataset
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]

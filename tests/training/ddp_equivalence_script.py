@@ -25,9 +25,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from t7synth.models.unet import UNetModule
 from t7synth.registry import resolve
 from t7synth.training.hardware import trainer_hardware
-from t7synth.models.unet import UNetModule
 
 STEPS = 3
 PER_RANK = 2

@@ -6,8 +6,8 @@ import csv
 
 import pytest
 import torch
-
 from conftest import TINY_UNET
+
 from t7synth import fit
 from t7synth.cli import run_main
 

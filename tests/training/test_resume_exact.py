@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY_UNET
+
 from t7synth import fit, registry
 from t7synth.cli import run_main
 

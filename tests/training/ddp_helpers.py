@@ -18,10 +18,8 @@ import time
 from pathlib import Path
 
 import torch
+from conftest import REPO, TINY_UNET
 
-from conftest import TINY_UNET
-
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("ddp_fit_script.py")
 #: Generous: two ranks on a shared two-core machine; a hang fails instead of blocking.
 TIMEOUT_S = 300
