@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.t7synth-installed
 
-.PHONY: install demo test test-fast test-ddp benchmark clean
+.PHONY: install demo test test-fast test-ddp bench bench-gpu benchmark clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,15 @@ test-fast: $(STAMP)
 test-ddp: $(STAMP)
 	$(BIN)/python -m pytest -q -m ddp
 
-benchmark: $(STAMP)
-	$(BIN)/python benchmarks/step_time.py
+## Side-by-side performance comparisons (docs/performance.md); the last line holds the ratios.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py
+
+## The paper U-Net on the visible GPUs (bf16): samples/s, MFU, peak memory, DDP scaling.
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu.py
+
+benchmark: bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

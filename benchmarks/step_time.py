@@ -1,27 +1,26 @@
 """Training-step time of each registered model's demo network, fp32 against bf16-mixed.
 
-Prints, per model, the mean time of a training step (forward, L1, backward, Adam step)
-on a batch shaped like the demo's, in float32 and under bf16 autocast, measured side by
-side in this one process, and their ratio. Run: ``python benchmarks/step_time.py``.
-Numbers depend on the machine; the ratio is the portable part.
+Prints, per model, the median time of a training step (forward, L1, backward, Adam
+step) on a batch shaped like the demo's, in float32 and under bf16 autocast, measured
+side by side (interleaved) in this one process, and their ratio (``bf16_speedup`` of
+``make bench`` is the U-Net's). Run: ``python benchmarks/step_time.py``. Numbers depend
+on the machine; the ratio is the portable part.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from t7synth import registry
-from t7synth.registry import resolve
+import common
 
 
-def step_time(model, batch, bf16: bool, repeats: int) -> float:
+def make_step(model, batch, bf16: bool):
+    """One training step of ``model`` on ``batch`` as a callable (its own Adam)."""
     optimizer = torch.optim.Adam(model.generator().parameters(), lr=1e-4)
-    times = []
-    for index in range(repeats + 1):
-        start = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             x, context = model.net_input(batch)
             prediction = model(x, context)
@@ -29,12 +28,12 @@ def step_time(model, batch, bf16: bool, repeats: int) -> float:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if index:  # the first step warms up allocators and kernels
-            times.append(time.perf_counter() - start)
-    return sum(times) / len(times)
+
+    return step
 
 
 def demo_batch(config, shape=(120, 144, 128)) -> dict:
+    """A random batch shaped like the demo's (``data.batch_size`` samples)."""
     geometry = config.geometry
     size = config.data.batch_size
     if geometry.mode == "slab":
@@ -58,22 +57,37 @@ def demo_batch(config, shape=(120, 144, 128)) -> dict:
     }
 
 
+def bf16_speedup(name: str = "unet", repeats: int = 3) -> dict:
+    """fp32 and bf16 step times of ``name``'s demo network, interleaved; their ratio."""
+    from t7synth import registry
+
+    torch.manual_seed(0)
+    config = common.demo_config(name)
+    model = registry.get(name)(config.to_dict())
+    batch = demo_batch(config)
+    timings = common.interleaved({"fp32": make_step(model, batch, False), "bf16": make_step(model, batch, True)}, repeats)
+    shape = "x".join(map(str, batch["source"].shape[2:]))
+    return {
+        "model": name,
+        "batch": f"{config.data.batch_size} x {shape}",
+        "fp32_s": timings["fp32"].median,
+        "bf16_s": timings["bf16"].median,
+        "ratio": common.ratio(timings["fp32"], timings["bf16"]),
+    }
+
+
 def main() -> None:
+    from t7synth import registry
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="*", default=registry.names())
     args = parser.parse_args()
-    torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'model':10} {'batch':>12} {'fp32 s/step':>12} {'bf16 s/step':>12} {'fp32/bf16':>10}")
+    print(f"{'model':10} {'batch':>16} {'fp32 s/step':>12} {'bf16 s/step':>12} {'fp32/bf16':>10}")
     for name in args.models:
-        config = resolve(name, f"experiments/demo_{name}.yaml")
-        model = registry.get(name)(config.to_dict())
-        batch = demo_batch(config)
-        fp32 = step_time(model, batch, bf16=False, repeats=args.repeats)
-        bf16 = step_time(model, batch, bf16=True, repeats=args.repeats)
-        shape = "x".join(map(str, batch["source"].shape[2:]))
-        print(f"{name:10} {config.data.batch_size:>3} x {shape:>8} {fp32:12.3f} {bf16:12.3f} {fp32 / bf16:10.2f}")
+        result = bf16_speedup(name, args.repeats)
+        print(f"{name:10} {result['batch']:>16} {result['fp32_s']:12.3f} {result['bf16_s']:12.3f} {result['ratio']:10.2f}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Examples::
 
     python -m t7synth.compare runs/demo_unet/version_0 runs/demo_vnet/version_0
+    python -m t7synth.compare runs/demo_unet/version_0 synth/evaluation runs/demo_unet_lr --trials 2
     python -m t7synth.compare runs/*/version_0 --out comparison/ --wandb offline
 
 What is read and written: :mod:`t7synth.evaluation.runs`.
@@ -19,7 +20,9 @@ from t7synth.cli import ArgumentParser, console_entry, run_main
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m t7synth.compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (runs/<experiment>/<version>)")
+    parser.add_argument("runs", nargs="+", metavar="FOLDER",
+                        help="fit run folders (runs/<experiment>/<version>), evaluate outputs, sweep study folders (runs/<study>)")
+    parser.add_argument("--trials", type=int, default=3, metavar="K", help="from each sweep study folder, its K best complete trials (default 3)")
     parser.add_argument("--out", default="comparison", metavar="DIR", help="output folder (default: comparison)")
     parser.add_argument("--wandb", choices=["online", "offline", "disabled"], default="disabled", help="also log to W&B (default: disabled)")
     return parser
@@ -29,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from t7synth.evaluation.runs import compare
 
     args = build_parser().parse_args(argv)
-    print(compare(args.runs, args.out, args.wandb, warn=lambda message: print(f"warning: {message}", file=sys.stderr)))
+    print(compare(args.runs, args.out, args.wandb, warn=lambda message: print(f"warning: {message}", file=sys.stderr), trials=args.trials))
     return 0
 
 

@@ -19,7 +19,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from t7synth.errors import UserError
 
@@ -35,10 +35,10 @@ class GeometryConfig:
     ``overlap`` voxels and a Hann window at inference.
     """
 
-    mode: str = "slab"
+    mode: Literal["slab", "patch"] = "slab"
     slices: int = 3
-    axis: int = 1
-    target: str = "center"
+    axis: Literal[0, 1, 2] = 1
+    target: Literal["center", "all"] = "center"
     inplane: list[int] | None = None
     patch: list[int] = field(default_factory=lambda: [64, 64, 64])
     overlap: int = 8
@@ -66,6 +66,28 @@ class DataConfig:
     ``root: null`` means the embedded demo dataset (``demo_subjects`` subjects from
     ``demo_seed`` at ``demo_voxel_size`` mm). ``shape`` is the fixed array shape every preprocessed volume is
     cropped or padded to, centred on the brain; ``null`` keeps the input shape.
+
+    ``batch_size`` is the batch of one optimiser step of one process (one GPU) when
+    ``batch_scope`` is ``per_gpu``, and of all processes together when it is
+    ``global`` (a published batch: the paper configs), which splits it evenly over
+    the GPUs; ``trainer.accumulate_grad_batches`` splits a GPU's share further
+    (:mod:`t7synth.training.memory`).
+
+    ``normalisation`` scales each volume by its brain's ``percentiles`` p1, p99:
+    ``clip`` clips to [p1, p99], scales to [0, 1] and zeroes the background; ``authors``
+    is the official ``pickling.py``, ``(x - p1) / (p99 - p1)`` unclipped, background
+    negative (``docs/data.md``). ``slab_sampling`` picks a 2.5D training slab's centre
+    slice: ``label`` (TorchIO's ``LabelSampler``: a brain voxel under the slab's centre),
+    ``uniform`` (any slice holding brain, ``samples_per_volume`` draws per subject) or
+    ``every`` (each brain slice once per epoch, as the authors trained;
+    ``samples_per_volume`` is then unused).
+
+    ``inference`` is how ``predict`` frames a new scan: ``t7synth`` (RAS+, crop or pad
+    centred on the brain, the output zeroed outside the brain and clipped to [0, 1]) or
+    ``authors``, the official ``inferer3T.py`` exactly, which converted official
+    checkpoints use (``python -m t7synth.convert``): the scan's own array axes, the
+    brain's box cropped and end-padded to ``shape``, the script's position tokens, the
+    raw output (:mod:`t7synth.inference.official`). Training never reads it.
     """
 
     root: str | None = None
@@ -74,10 +96,14 @@ class DataConfig:
     demo_voxel_size: float = 1.5
     shape: list[int] | None = None
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
+    normalisation: Literal["clip", "authors"] = "clip"
+    slab_sampling: Literal["label", "uniform", "every"] = "label"
+    inference: Literal["t7synth", "authors"] = "t7synth"
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     split_seed: int = 0
     batch_size: int = 8
+    batch_scope: Literal["per_gpu", "global"] = "per_gpu"
     samples_per_volume: int = 16
     queue_length: int = 128
     num_workers: int = 0
@@ -93,7 +119,9 @@ class ModelConfig:
     ``conditioning`` feeds age, sex and slice position as context tokens to nets that
     take them. ``residual`` adds the input's centre slice to a 2.5D net's output, so the
     net learns the 3T-to-7T correction (the paper's U-Net has none: off by default).
-    ``discriminator`` configures the GAN's critic.
+    ``discriminator`` configures the GAN's critic. ``position_divisor`` is the ``n`` of
+    the slice-position token ``2 (j - mid) / n``: ``null`` divides by the preprocessed
+    volume's slice count along ``geometry.axis``, the paper configs by the authors' 244.
     """
 
     name: str = "unet"
@@ -101,6 +129,7 @@ class ModelConfig:
     conditioning: bool = True
     residual: bool = False
     discriminator: dict[str, Any] = field(default_factory=dict)
+    position_divisor: int | None = None
 
 
 @dataclass
@@ -130,18 +159,33 @@ class OptimConfig:
     generator_every: int = 5
 
 
+#: Lightning's precision names (``lightning_fabric.connector._PRECISION_INPUT_STR``,
+#: a test keeps the two equal); spelled out so that reading a config imports no Lightning.
+PRECISIONS = Literal[
+    "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true"
+]
+
+
 @dataclass
 class TrainerConfig:
     """Trainer settings that belong to the experiment (devices come from the CLI).
 
-    ``precision: null`` picks ``bf16-mixed`` on GPUs and ``32-true`` on the CPU.
+    ``precision: null`` picks ``bf16-mixed`` on GPUs and ``32-true`` on the CPU;
+    otherwise one of Lightning's precision names (:data:`PRECISIONS`).
+    ``test_checkpoint`` is the checkpoint ``fit`` tests after training: ``best`` (highest
+    in-brain validation PSNR) or ``last`` (the final epoch's, which the authors released).
+    ``accumulate_grad_batches``: micro-batches per optimiser step (gradient
+    accumulation); ``null`` is one on the CPU and, on GPUs, the fewest that fit in
+    memory by ``fit``'s estimate (:mod:`t7synth.training.memory`).
     """
 
     max_epochs: int = 10
-    precision: str | None = None
+    precision: PRECISIONS | None = None
     val_every: int = 1
     log_every_n_steps: int = 10
     limit_val_subjects: int | None = None
+    test_checkpoint: Literal["best", "last"] = "best"
+    accumulate_grad_batches: int | None = None
 
 
 @dataclass
@@ -150,13 +194,16 @@ class WandbConfig:
 
     ``group: null`` groups runs by experiment name; a sweep sets it to the study and
     ``job_type`` to ``trial``, so a study's trials sit together on the dashboard.
+    ``log_checkpoint: true`` also saves the tested checkpoint with the run, as a W&B
+    ``model`` artifact (it can be gigabytes: off by default).
     """
 
     project: str = "t7synth"
     entity: str | None = None
-    mode: str | None = None
+    mode: Literal["online", "offline", "disabled"] | None = None
     group: str | None = None
     job_type: str = "train"
+    log_checkpoint: bool = False
 
 
 @dataclass
@@ -202,8 +249,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
+    from t7synth.files import read_text
+
+    text = read_text(path)  # UTF-8, a byte-order mark accepted; another encoding is one line
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -297,6 +347,11 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         return dict(value)
     if hint is Any:
         return value
+    if origin is Literal:
+        # Enum-like keys are typed Literal[...]: the type is the one list of valid values.
+        if isinstance(value, bool) or value not in args or type(value) is not type(next(a for a in args if a == value)):
+            raise UserError(f"config key {key} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):
@@ -312,27 +367,181 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
+#: Keys that may differ between a checkpoint and the command that resumes it. They set
+#: how long the run goes on, where and how often it is logged, and how fast data is
+#: read, not what is trained; ``--resume`` honours the new values. Every other key
+#: must equal the checkpoint's (:func:`resume_differences`). ``seed`` may change too,
+#: with a warning (see :class:`t7synth.training.callbacks.DataStreamCheck`): the run
+#: continues correctly, but no longer matches an uninterrupted one.
+RESUMABLE_KEYS = (
+    "name",
+    "runs_dir",
+    "seed",
+    "trainer.max_epochs",
+    "trainer.log_every_n_steps",
+    "data.num_workers",
+    "data.inference_batch_size",
+    "wandb.*",
+)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (nested mappings only; lists stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_differences(stored: Config, requested: Config) -> list[tuple[str, Any, Any]]:
+    """``(key, stored value, requested value)`` for every key that differs between a
+    checkpoint's config and a resumed run's, except :data:`RESUMABLE_KEYS`.
+
+    A key missing on one side (``model.net`` keys) counts as ``None`` there.
+    """
+    old, new = flatten(stored.to_dict()), flatten(requested.to_dict())
+
+    def may_change(key: str) -> bool:
+        return any(key == allowed or (allowed.endswith(".*") and key.startswith(allowed[:-1])) for allowed in RESUMABLE_KEYS)
+
+    keys = list(dict.fromkeys([*old, *new]))
+    return [(key, old.get(key), new.get(key)) for key in keys if not may_change(key) and old.get(key) != new.get(key)]
+
+
 def validate(config: Config) -> None:
-    """Checks across keys that types alone cannot express."""
-    geo = config.geometry
-    if geo.mode not in ("slab", "patch"):
-        raise UserError(f"config key geometry.mode must be slab or patch, got {geo.mode!r}")
+    """Check values that types alone cannot express, when the config is resolved.
+
+    Every number that would otherwise fail deep inside Lightning, TorchIO or torch (a
+    zero batch size, a NaN learning rate, a slab wider than the volume) or silently do
+    nothing (zero epochs, zero samples per volume) is refused here, with one line
+    naming the key and the value. Sizes against the volume are checked when
+    ``data.shape`` fixes it; otherwise the data module checks them against the data.
+    """
+    _check_finite(config, "")
+    data, geo, optim, trainer = config.data, config.geometry, config.optim, config.trainer
+    at_least_one = {
+        "data.batch_size": data.batch_size,
+        "data.inference_batch_size": data.inference_batch_size,
+        "data.samples_per_volume": data.samples_per_volume,
+        "data.queue_length": data.queue_length,
+        "optim.step_every": optim.step_every,
+        "optim.generator_every": optim.generator_every,
+        "trainer.max_epochs": trainer.max_epochs,
+        "trainer.val_every": trainer.val_every,
+        "trainer.log_every_n_steps": trainer.log_every_n_steps,
+        "data.demo_subjects": data.demo_subjects,
+    }
+    if trainer.accumulate_grad_batches is not None:
+        at_least_one["trainer.accumulate_grad_batches"] = trainer.accumulate_grad_batches
+    if trainer.limit_val_subjects is not None:
+        at_least_one["trainer.limit_val_subjects"] = trainer.limit_val_subjects
+    if config.model.position_divisor is not None:
+        at_least_one["model.position_divisor"] = config.model.position_divisor
+    for key, value in at_least_one.items():
+        if value < 1:
+            raise UserError(f"config key {key} must be at least 1, got {value}")
+    for key, value in {"optim.lr": optim.lr, "optim.d_lr": optim.d_lr, "optim.step_gamma": optim.step_gamma}.items():
+        if not value > 0:
+            raise UserError(f"config key {key} must be a positive number, got {value}")
+    non_negative = {
+        "data.num_workers": data.num_workers,
+        "optim.weight_decay": optim.weight_decay,
+        "optim.gradient_clip": optim.gradient_clip,
+        "seed": config.seed,
+        "data.split_seed": data.split_seed,
+        "data.demo_seed": data.demo_seed,
+        **{f"loss.{f.name}": getattr(config.loss, f.name) for f in dataclasses.fields(LossConfig) if f.type in ("float", float)},
+        **{f"data.augment.{f.name}": getattr(data.augment, f.name) for f in dataclasses.fields(AugmentConfig)},
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise UserError(f"config key {key} must not be negative, got {value}")
+    if data.samples_per_volume > data.queue_length:
+        raise UserError(
+            f"config key data.samples_per_volume ({data.samples_per_volume}) must not exceed data.queue_length "
+            f"({data.queue_length}): the queue holds the samples of at least one whole volume"
+        )
+    for key, betas in (("optim.betas", optim.betas), ("optim.d_betas", optim.d_betas)):
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise UserError(f"config key {key} must be two numbers in [0, 1), got {betas}")
+    if data.augment.flip > 1:
+        raise UserError(f"config key data.augment.flip is a probability (0 to 1), got {data.augment.flip}")
+    if data.augment.affine_scale >= 1:
+        raise UserError(f"config key data.augment.affine_scale must be below 1, got {data.augment.affine_scale}")
+    for key, value in (("data.val_fraction", data.val_fraction), ("data.test_fraction", data.test_fraction)):
+        if not 0 <= value < 1:
+            raise UserError(f"config key {key} must be in [0, 1), got {value}")
+    if data.val_fraction + data.test_fraction >= 1:
+        raise UserError(
+            f"config keys data.val_fraction + data.test_fraction must be below 1 (training needs subjects), "
+            f"got {data.val_fraction} + {data.test_fraction}"
+        )
+    if len(data.percentiles) != 2 or not 0 <= data.percentiles[0] < data.percentiles[1] <= 100:
+        raise UserError(f"config key data.percentiles must be [low, high] with 0 <= low < high <= 100, got {data.percentiles}")
+    if data.shape is not None and (len(data.shape) != 3 or min(data.shape) < 1):
+        raise UserError(f"config key data.shape must be three positive integers, got {data.shape}")
     if geo.mode == "slab":
         if geo.slices < 1 or geo.slices % 2 == 0:
             raise UserError(f"geometry.slices must be odd and positive (a centre slice), got {geo.slices}")
-        if geo.axis not in (0, 1, 2):
-            raise UserError(f"geometry.axis must be 0, 1 or 2, got {geo.axis}")
-        if geo.target not in ("center", "all"):
-            raise UserError(f"geometry.target must be center or all, got {geo.target!r}")
-    elif geo.overlap % 2:
-        raise UserError(f"geometry.overlap must be even (TorchIO's GridSampler), got {geo.overlap}")
-    low, high = config.data.percentiles
-    if not 0 <= low < high <= 100:
-        raise UserError(f"config key data.percentiles must satisfy 0 <= low < high <= 100, got {config.data.percentiles}")
-    if config.data.shape is not None and (len(config.data.shape) != 3 or min(config.data.shape) < 1):
-        raise UserError(f"config key data.shape must be three positive integers, got {config.data.shape}")
-    if config.loss.perceptual < 0 or config.loss.l1 < 0:
-        raise UserError("loss weights must be non-negative")
-    if config.wandb.mode not in (None, "online", "offline", "disabled"):
-        raise UserError(f"config key wandb.mode must be online, offline or disabled, got {config.wandb.mode!r}")
+        if geo.inplane is not None and (len(geo.inplane) != 2 or min(geo.inplane) < 1):
+            raise UserError(f"config key geometry.inplane must be two positive integers (or null), got {geo.inplane}")
+    else:
+        if data.slab_sampling != "label":
+            raise UserError(
+                f"config key data.slab_sampling is {data.slab_sampling!r}, which picks 2.5D slabs (geometry.mode slab); "
+                "3D patches are centred on brain voxels: use label"
+            )
+        if len(geo.patch) != 3 or min(geo.patch) < 1:
+            raise UserError(f"config key geometry.patch must be three positive integers, got {geo.patch}")
+        if geo.overlap % 2 or geo.overlap < 0:
+            raise UserError(f"geometry.overlap must be even and not negative (TorchIO's GridSampler), got {geo.overlap}")
+    if data.inference == "authors" and (geo.mode != "slab" or geo.slices != 3 or geo.target != "center" or data.shape is None):
+        raise UserError(
+            "config key data.inference authors (inferer3T.py) needs geometry.mode slab, slices 3, target center "
+            f"and a data.shape frame; got {geo.mode}, {geo.slices}, {geo.target}, data.shape {data.shape}"
+        )
+    if data.shape is not None:
+        check_sample_fits(config, tuple(data.shape), "data.shape")
 
+
+def sample_size(config: Config, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """The size of one training sample (slab or patch) cut from a volume of ``shape``."""
+    geo = config.geometry
+    if geo.mode == "patch":
+        return tuple(geo.patch)
+    from t7synth.data.batches import slab_patch_size
+
+    return slab_patch_size(shape, geo.slices, geo.axis, geo.inplane)
+
+
+def check_sample_fits(config: Config, shape: tuple[int, ...], where: str) -> None:
+    """Refuse a slab or patch larger than a volume of ``shape`` (named by ``where``).
+
+    TorchIO's samplers would otherwise fail inside a data-loader thread.
+    """
+    size = sample_size(config, shape)
+    if any(s > v for s, v in zip(size, shape)):
+        key = "geometry.patch" if config.geometry.mode == "patch" else "geometry.slices/inplane"
+        raise UserError(
+            f"a training sample of {'x'.join(map(str, size))} voxels ({key}) does not fit in the "
+            f"{'x'.join(map(str, shape))} volume of {where}"
+        )
+
+
+def _check_finite(node: Any, key: str) -> None:
+    """Refuse NaN and infinity anywhere in the config (YAML reads ``.nan`` and ``.inf``)."""
+    import math
+
+    if dataclasses.is_dataclass(node):
+        node = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
+    if isinstance(node, dict):
+        for name, value in node.items():
+            _check_finite(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            _check_finite(value, f"{key}[{index}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise UserError(f"config key {key} must be a finite number, got {node}")

@@ -7,6 +7,7 @@ Examples::
     python -m t7synth.fit --model gan_unet --gpus 4 --data /data/paired
     python -m t7synth.fit --config experiments/demo_unet.yaml --resume last
     python -m t7synth.fit --model unet --config experiments/paper_unet.yaml --summary
+    python -m t7synth.fit --config experiments/demo_unet.yaml --out /scratch/runs --print-config
 
 This module parses arguments, calls :func:`t7synth.training.trainer.fit` and prints;
 the training itself (run folders under DDP, checkpoints, loggers) lives in
@@ -36,11 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-epochs", type=int, help="number of epochs")
     parser.add_argument("--seed", type=int, help="random seed (runs with the same seed give the same metrics on the CPU)")
     parser.add_argument("--deterministic", action="store_true", help="use only deterministic GPU kernels (slower; warns where none exists)")
-    parser.add_argument("--name", help="experiment name: runs/<name>/<version> (default: config file name)")
+    parser.add_argument("--name", help="experiment name: <out>/<name>/<version> (default: config file name)")
+    parser.add_argument("--out", metavar="DIR", help="where runs go: DIR/<name>/<version> (config key runs_dir; default: runs)")
     parser.add_argument("--resume", metavar="last|PATH", help="continue from the last checkpoint of the experiment, or from a file")
     parser.add_argument("--wandb", choices=["online", "offline", "disabled"], help="W&B mode (default: online with credentials, else offline)")
     parser.add_argument("--fast-dev-run", action="store_true", help="one training and one validation batch, then exit")
-    parser.add_argument("--summary", action="store_true", help="print the parameter count and geometry, then exit")
+    parser.add_argument("--summary", action="store_true", help="print the parameter count, geometry and GPU memory plan, then exit")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config (YAML), then exit")
     return parser
 
 
@@ -57,6 +60,8 @@ def resolve_config(args: argparse.Namespace):
         extra["seed"] = args.seed
     if args.name:
         extra["name"] = args.name
+    if args.out:
+        extra["runs_dir"] = str(Path(args.out).expanduser())
     if args.precision:
         extra.setdefault("trainer", {})["precision"] = args.precision
     return resolve(args.model, args.config, args.set, extra)
@@ -66,10 +71,15 @@ def main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> int:
     """Parse ``argv`` and train; ``callbacks`` are extra Lightning callbacks (sweeps, tests)."""
     args = build_parser().parse_args(argv)
     config = resolve_config(args)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
     if args.summary:
         from t7synth.models.summary import model_summary
 
-        print(model_summary(config))
+        print(model_summary(config, args.gpus * args.nodes if args.gpus else None))
         return 0
     from t7synth.training.trainer import FitOptions, fit
 

@@ -6,6 +6,7 @@ Examples::
     python -m t7synth.prepare --pairs pairs.tsv --out /data/paired --workers 2
     python -m t7synth.prepare --raw /data/coregistered --out /data/paired --no-register
     python -m t7synth.prepare --raw /data/raw --out /data/paired --overwrite   # redo every subject
+    python -m t7synth.prepare --raw /data/bids --out /data/paired --field-strength ses-pre=3T,ses-post=7T
 
 What is read, checked and written: :mod:`t7synth.data.pairing`. The first line printed
 is the dataset folder, the second a summary.
@@ -29,8 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn raw paired 3T/7T scans (any grids) into the dataset folder that fit reads.",
     )
     inputs = parser.add_mutually_exclusive_group(required=True)
-    inputs.add_argument("--raw", type=Path, metavar="DIR", help="raw scans laid out like a dataset folder, on any grids")
+    inputs.add_argument("--raw", type=Path, metavar="DIR", help="raw BIDS folder (sub-*/anat or sub-*/ses-*/anat), scans on any grids")
     inputs.add_argument("--pairs", type=Path, metavar="FILE", help="table (.tsv/.csv): subject, source, target[, mask, age, sex, split, ...]")
+    parser.add_argument(
+        "--field-strength", metavar="ENTITY-LABEL=3T|7T,...",
+        help="--raw: which scans are 3T and 7T when neither their ses-/acq- labels nor their JSON sidecars say, "
+        "e.g. ses-pre=3T,ses-post=7T",
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="dataset folder to write (new, empty, or an earlier prepare output)")
     parser.add_argument("--no-register", action="store_true", help="only resample by the scanner affines (scans already co-registered)")
     parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="linear", help="3T resampling (default linear, as predict uses)")
@@ -54,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overwrite=args.overwrite,
         workers=args.workers,
         progress=not args.no_progress,
+        field_strength=args.field_strength,
     )
     print(args.out.expanduser())
     print(summary)

@@ -31,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", help="override the precision of every trial")
     parser.add_argument("--wandb", choices=["online", "offline", "disabled"], help="W&B mode of the trials")
     parser.add_argument("--seed", type=int, help="sampler seed (default: the experiment's seed)")
+    from t7synth.tuning.study import DEFAULT_HEARTBEAT  # light: the module imports Optuna lazily
+
+    parser.add_argument(
+        "--heartbeat", type=int, default=DEFAULT_HEARTBEAT, metavar="SECONDS",
+        help="database storages: a running trial's heartbeat interval; a trial silent for twice as long "
+        "(its worker died) is marked failed by the other workers (default %(default)s, 0 = off)",
+    )
     parser.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)  # seconds between metrics.csv reads
     return parser
 
@@ -51,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wandb=args.wandb,
         seed=args.seed,
         poll=args.poll,
+        heartbeat=args.heartbeat,
     )
     run_sweep(args.sweep, options)
     return 0

@@ -42,6 +42,23 @@ def test_model_flag_must_agree_with_file(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("model:\n  name: unet\n")
     assert resolve(None, path).model.name == "unet"
+    assert resolve("unet", path).model.name == "unet"
+    with pytest.raises(UserError, match="--model vnet contradicts model.name: unet"):
+        resolve("vnet", path)
+
+
+@pytest.mark.parametrize("key", ["data.batch_size", "trainer.max_epochs", "seed"])
+def test_booleans_are_not_integers(key):
+    # YAML reads "true" as a bool, and bool is an int subclass in Python: refuse it.
+    with pytest.raises(UserError, match=f"{key} must be int"):
+        resolve("unet", None, [f"{key}=true"])
+
+
+@pytest.mark.parametrize("key, value", [("geometry.mode", "slices"), ("geometry.axis", "3"), ("geometry.target", "middle"), ("wandb.mode", "dryrun"),
+                                        ("data.normalisation", "minmax"), ("data.slab_sampling", "all"), ("trainer.test_checkpoint", "first")])
+def test_enum_keys_list_their_values(key, value):
+    with pytest.raises(UserError, match=f"config key {key} must be one of"):
+        resolve("unet", None, [f"{key}={value}"])
 
 
 def test_even_slab_is_rejected():

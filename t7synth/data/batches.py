@@ -82,3 +82,35 @@ def brain_middle(mask: torch.Tensor, axis: int) -> float:
     if len(indices) == 0:
         return (mask.shape[axis + 1] - 1) / 2
     return float(indices[0] + indices[-1]) / 2
+
+
+def batch_share(data, world: int) -> int:
+    """Training samples per process and optimiser step, from a config's ``data`` section.
+
+    ``data.batch_scope: per_gpu``: ``data.batch_size`` itself; ``global``: the batch of
+    all ``world`` processes together (a published batch), split evenly.
+    """
+    from t7synth.errors import UserError
+
+    if data.batch_scope == "per_gpu":
+        return data.batch_size
+    if data.batch_size % world:
+        raise UserError(
+            f"config key data.batch_size {data.batch_size} is the global batch (data.batch_scope: global) "
+            f"and must be divisible by the {world} processes"
+        )
+    return data.batch_size // world
+
+
+def micro_batch(data, world: int, accumulate: int) -> int:
+    """Samples per forward pass: a process's share split into ``accumulate`` micro-batches
+    (``trainer.accumulate_grad_batches``), which must divide it."""
+    from t7synth.errors import UserError
+
+    share = batch_share(data, world)
+    if accumulate < 1 or share % accumulate:
+        raise UserError(
+            f"config key trainer.accumulate_grad_batches {accumulate} must divide the {share} samples each process "
+            f"takes per step (data.batch_size {data.batch_size}, data.batch_scope {data.batch_scope}, {world} processes)"
+        )
+    return share // accumulate

@@ -9,7 +9,9 @@ Under DDP, subjects (not patches) are sharded:
 
 * training: the Queue gets a subject-level ``DistributedSampler`` (``drop_last``, so
   every rank gets as many subjects, hence as many patches and steps, and no rank waits
-  forever at the end of an epoch). On the first sample of every epoch,
+  forever at the end of an epoch; with ``data.slab_sampling: every`` subjects differ in
+  their number of samples, so every rank draws as many as the rank with the most,
+  see :meth:`PairedDataModule.epoch_length`). On the first sample of every epoch,
   :meth:`PairedDataModule.set_epoch` reshuffles it and reseeds the rank's random stream
   from (seed, rank, epoch): Lightning calls ``set_epoch`` only on samplers it injected
   itself, which ``use_distributed_sampler=False`` switches off, and it seeds only the
@@ -23,6 +25,7 @@ Under DDP, subjects (not patches) are sharded:
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -48,14 +51,17 @@ class EpochStart(torch.utils.data.Dataset):
     Args:
         queue: the ``tio.Queue``.
         on_start: called before the first sample of every pass.
+        length: samples per pass (default the Queue's own count); past the Queue's
+            count it reloads its subjects and keeps drawing.
     """
 
-    def __init__(self, queue, on_start):
+    def __init__(self, queue, on_start, length: int | None = None):
         self.queue = queue
         self.on_start = on_start
+        self.length = length
 
     def __len__(self) -> int:
-        return len(self.queue)
+        return len(self.queue) if self.length is None else self.length
 
     def __getitem__(self, index: int):
         if index == 0:
@@ -91,10 +97,7 @@ class PairedDataModule(pl.LightningDataModule):
     def __init__(self, config: Config, cache_dir: str | Path | None = None):
         super().__init__()
         self.config = config
-        self.settings = Preprocessing(
-            percentiles=tuple(config.data.percentiles),
-            shape=tuple(config.data.shape) if config.data.shape else None,
-        )
+        self.settings = Preprocessing.from_config(config.data)
         if cache_dir is None:
             from t7synth.files import cache_root
 
@@ -105,9 +108,16 @@ class PairedDataModule(pl.LightningDataModule):
         self.voxel_size: tuple[float, float, float] | None = None
         self._queue_sampler = None
         self._passes = 0
+        self._prefetcher = None
 
     def prepare_data(self) -> None:
-        """Find, check and preprocess every subject once (rank 0 of each node)."""
+        """Find, check and preprocess every subject once (rank 0 of each node).
+
+        Nothing to do after :meth:`setup` (``fit`` sets the data up on rank 0 before
+        the Trainer starts, to check it first).
+        """
+        if self.subjects:
+            return
         records = discover(resolve_root(self.config))
         from tqdm.auto import tqdm
 
@@ -121,8 +131,77 @@ class PairedDataModule(pl.LightningDataModule):
         data = self.config.data
         splits = assign_splits(records, data.val_fraction, data.test_fraction, data.split_seed)
         self.subjects = {name: [self._subject(r) for r in recs] for name, recs in splits.items()}
+        self.check_training_subjects()
         self.lut = fit_lut((s["source"].data, s["target"].data, s["mask"].data) for s in self.subjects["train"])
         self.voxel_size = tuple(float(v) for v in self.subjects["train"][0]["source"].spacing)
+
+    def check_shardable(self, world: int) -> None:
+        """Refuse more processes than training subjects: each rank needs one.
+
+        Raises:
+            UserError: with the numbers and what to change.
+        """
+        subjects = self.subjects["train"]
+        if len(subjects) < world:
+            raise UserError(
+                f"{len(subjects)} training subjects cannot be shared by {world} processes: "
+                "each rank needs at least one subject (use fewer GPUs or more training subjects)"
+            )
+
+    def check_training_subjects(self) -> None:
+        """Refuse training subjects the sampler cannot draw from, with one line each.
+
+        TorchIO's samplers would fail inside the data loader, after the Trainer has
+        started, with a traceback: a slab or patch larger than a volume, full in-plane
+        slabs from volumes of different shapes (``data.shape: null`` keeps each
+        subject's own), or a brain mask with no voxel where a sample can be centred
+        (too small, or too close to the border). One sample is drawn from every
+        training subject to find out; the random state is restored afterwards, so the
+        check draws nothing from the training stream.
+
+        Raises:
+            UserError: naming the subject, the shapes and the setting to change.
+        """
+        import random
+
+        import numpy as np
+
+        from t7synth.config import check_sample_fits
+        from t7synth.data.sampling import slab_sampler
+
+        geometry = self.config.geometry
+        subjects = self.subjects["train"]
+        shapes = {s["subject"]: tuple(s["source"].shape[1:]) for s in subjects}
+        sizes = {name: self.patch_size(shape) for name, shape in shapes.items()}
+        if len(set(sizes.values())) > 1:
+            common = [max(shape[d] for shape in shapes.values()) for d in range(3)]
+            first_of_shape: dict[tuple, str] = {}
+            for name, shape in shapes.items():
+                first_of_shape.setdefault(shape, name)
+            (shape_a, a), (shape_b, b) = list(first_of_shape.items())[:2]
+            raise UserError(
+                f"training subjects have different shapes ({a} {'x'.join(map(str, shape_a))}, {b} "
+                f"{'x'.join(map(str, shape_b))}) and full in-plane slabs need one: set data.shape (e.g. "
+                f"--set data.shape=[{','.join(map(str, common))}]) to crop or pad every subject to it, or geometry.inplane"
+            )
+        mode = self.config.data.slab_sampling if geometry.mode == "slab" else "label"
+        state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                for subject in subjects:
+                    name, shape = subject["subject"], shapes[subject["subject"]]
+                    check_sample_fits(self.config, shape, f"training subject {name}")
+                    try:
+                        next(iter(slab_sampler(mode, sizes[name], geometry.axis)(subject, 1)))
+                    except (RuntimeError, ValueError, StopIteration):
+                        raise UserError(
+                            f"training subject {name}: its brain mask leaves no place for a "
+                            f"{'x'.join(map(str, sizes[name]))} sample (a sample is centred in the mask and must fit in "
+                            f"the {'x'.join(map(str, shape))} volume); check the mask or use smaller samples"
+                        ) from None
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
 
     def _subject(self, record: SubjectRecord):
         import torchio as tio
@@ -131,6 +210,12 @@ class PairedDataModule(pl.LightningDataModule):
         affine = data["affine"].numpy()
         geometry = self.config.geometry
         axis = geometry.axis if geometry.mode == "slab" else 0
+        extra = {}
+        if geometry.mode == "slab" and self.config.data.slab_sampling == "every":
+            from t7synth.data.sampling import brain_slices
+
+            # TorchIO's Queue takes a subject's ``num_samples`` over samples_per_volume.
+            extra["num_samples"] = len(brain_slices(data["mask"], axis, geometry.slices))
         return tio.Subject(
             source=tio.ScalarImage(tensor=data["source"], affine=affine),
             target=tio.ScalarImage(tensor=data["target"], affine=affine),
@@ -140,6 +225,7 @@ class PairedDataModule(pl.LightningDataModule):
             sex=record.sex,
             brain_mid=batches.brain_middle(data["mask"], axis),
             n_slices=data["mask"].shape[axis + 1],
+            **extra,
         )
 
     # -- training ---------------------------------------------------------------
@@ -151,7 +237,30 @@ class PairedDataModule(pl.LightningDataModule):
         return tuple(geometry.patch)
 
     def train_dataloader(self):
-        """A fresh Queue over this rank's training subjects (built again every epoch).
+        """This epoch's training batches (``t7synth.fit`` asks again every epoch).
+
+        With ``data.num_workers: 0`` the loader of :meth:`epoch_loader`, run in this
+        process. With workers, the same loaders run in a background process that works
+        ahead across epoch boundaries (:mod:`t7synth.data.prefetch`): the Queue's
+        fills, the next epoch's first one included, overlap the training steps instead
+        of stalling them. Both draw each epoch's samples from (seed, rank, epoch) alone.
+        """
+        epoch = self._upcoming_epoch()
+        if self.config.data.num_workers == 0:
+            return self.epoch_loader(epoch, self._begin_epoch)
+        from t7synth.data.prefetch import EpochPrefetcher, PrefetchedEpoch
+
+        if self._prefetcher is None:
+            self._prefetcher = EpochPrefetcher(lambda e: self.epoch_loader(e, partial(self.set_epoch, e)))
+        return PrefetchedEpoch(self._prefetcher, epoch, self.epoch_loader(epoch, self._begin_epoch), self._begin_epoch)
+
+    def teardown(self, stage: str) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
+    def epoch_loader(self, epoch: int, on_start):
+        """A fresh Queue over this rank's training subjects, for ``epoch``.
 
         The Queue starts no loader here (``start_background=False``), and the loader
         hands it over wrapped in :class:`EpochStart`: on the first sample of each pass,
@@ -164,6 +273,7 @@ class PairedDataModule(pl.LightningDataModule):
         import torchio as tio
         from torch.utils.data.distributed import DistributedSampler
 
+        from t7synth.data.sampling import EpochQueue, slab_sampler
         from t7synth.data.transforms import build_augmentation
 
         data = self.config.data
@@ -172,21 +282,22 @@ class PairedDataModule(pl.LightningDataModule):
         world, rank = self._world()
         sampler = None
         if world > 1:
-            if len(subjects) < world:
-                raise UserError(
-                    f"{len(subjects)} training subjects cannot be shared by {world} processes: "
-                    "each rank needs at least one subject (use fewer GPUs or more training subjects)"
-                )
+            self.check_shardable(world)
             # drop_last keeps every rank's epoch the same length, so DDP cannot hang.
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.config.seed, drop_last=True)
         self._queue_sampler = sampler
         shape = subjects[0]["source"].shape[1:]
         patch = self.patch_size(shape)
-        # Centres on brain voxels: slabs and patches that see only background teach nothing.
-        patch_sampler = tio.LabelSampler(patch, label_name="mask", label_probabilities={0: 0, 1: 1})
-        queue = tio.Queue(
+        geometry = self.config.geometry
+        mode = data.slab_sampling if geometry.mode == "slab" else "label"
+        patch_sampler = slab_sampler(mode, patch, geometry.axis)
+        # ``every`` must pop each planned sample; the other modes keep TorchIO's Queue
+        # (and with it the sample streams of earlier runs).
+        queue = (EpochQueue if mode == "every" else tio.Queue)(
             dataset,
-            max_length=max(data.queue_length, data.batch_size),
+            # TorchIO's Queue needs room for one whole subject's samples; with
+            # ``every`` that is the subject's number of brain slices.
+            max_length=max(data.queue_length, self.micro_batch_size(), *(s.get("num_samples", 0) for s in subjects)),
             samples_per_volume=data.samples_per_volume,
             sampler=patch_sampler,
             subject_sampler=sampler,
@@ -199,19 +310,55 @@ class PairedDataModule(pl.LightningDataModule):
         # global stream (it is unused anyway: the Queue needs num_workers=0 here).
         generator = torch.Generator().manual_seed(self.config.seed)
         return DataLoader(
-            EpochStart(queue, self._begin_epoch),
-            batch_size=data.batch_size,
+            EpochStart(queue, on_start, self.epoch_length(dataset, epoch) if mode == "every" else None),
+            batch_size=self.micro_batch_size(),
             num_workers=0,
             collate_fn=batches.collate,
             drop_last=True,
             generator=generator,
         )
 
+    def epoch_length(self, dataset, epoch: int | None = None) -> int:
+        """Samples per rank in an epoch of ``data.slab_sampling: every``.
+
+        Each training subject gives one sample per brain slice (its ``num_samples``),
+        so the ranks' shards differ in size. Every rank computes every rank's count for
+        the coming epoch (the subject shuffle depends only on seed and epoch) and draws
+        the largest, rounded up to whole batches: ranks stay in step, and no rank's
+        last slices are left in a dropped incomplete batch. A rank with fewer slices
+        draws its first subjects' slices again to fill up.
+        """
+        from torch.utils.data.distributed import DistributedSampler
+
+        world, _ = self._world()
+        counts = [subject["num_samples"] for subject in dataset.dry_iter()]
+        if world == 1:
+            largest = sum(counts)
+        else:
+            epoch = self._upcoming_epoch() if epoch is None else epoch
+            shards = []
+            for rank in range(world):
+                shard = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.config.seed, drop_last=True)
+                shard.set_epoch(epoch)
+                shards.append(sum(counts[i] for i in shard))
+            largest = max(shards)
+        batch = self.micro_batch_size()
+        return -(-largest // batch) * batch
+
+    def micro_batch_size(self) -> int:
+        """Samples per training batch of this process: its share of ``data.batch_size``
+        (``data.batch_scope``) over the trainer's ``accumulate_grad_batches``."""
+        world, _ = self._world()
+        accumulate = getattr(self.trainer, "accumulate_grad_batches", 1) if self.trainer is not None else 1
+        return batches.micro_batch(self.config.data, world, accumulate)
+
+    def _upcoming_epoch(self) -> int:
+        """The epoch the next training pass belongs to."""
+        return self.trainer.current_epoch if self.trainer is not None else self._passes
+
     def _begin_epoch(self) -> None:
-        if self.trainer is not None:
-            epoch = self.trainer.current_epoch
-        else:  # used without a Trainer: count passes
-            epoch = self._passes
+        epoch = self._upcoming_epoch()
+        if self.trainer is None:  # used without a Trainer: count passes
             self._passes += 1
         self.set_epoch(epoch)
 

@@ -24,7 +24,10 @@ class SubjectRecord:
 
     ``sex`` is 1.0 for female and 0.0 for male (the paper's token), 0.5 if unknown;
     ``age`` is in years, 0.0 if unknown; ``split`` is ``train``/``val``/``test`` or
-    ``None`` when the dataset leaves splitting to t7synth.
+    ``None`` when the dataset leaves splitting to t7synth. ``dseg`` is the subject's
+    optional tissue label map and ``dseg_table`` its look-up table (beside it, else the
+    dataset's ``dseg.tsv``; ``None`` if neither exists), which ``evaluate`` scores
+    segmentations against (:mod:`t7synth.evaluation.segmentation`).
     """
 
     subject: str
@@ -34,6 +37,8 @@ class SubjectRecord:
     age: float = 0.0
     sex: float = 0.5
     split: str | None = None
+    dseg: Path | None = None
+    dseg_table: Path | None = None
 
 
 def discover(root: str | Path) -> list[SubjectRecord]:
@@ -50,9 +55,12 @@ def discover(root: str | Path) -> list[SubjectRecord]:
     if not root.is_dir():
         raise UserError(f"dataset folder not found: {root}")
     table = root / naming.PARTICIPANTS
-    rows = read_participants(table) if table.is_file() else [
-        {"participant_id": p.name} for p in sorted(root.glob("sub-*")) if p.is_dir()
-    ]
+    folders = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
+    if table.is_file():
+        rows = read_participants(table)
+        check_listed(root, folders, {row["participant_id"] for row in rows}, table)
+    else:
+        rows = [{"participant_id": name} for name in folders]
     records = []
     for row in rows:
         subject = row["participant_id"]
@@ -62,6 +70,8 @@ def discover(root: str | Path) -> list[SubjectRecord]:
             if not path.is_file():
                 raise UserError(f"missing file {path} (the partner of {partner.name} for {subject})")
         mask = naming.mask_path(root, subject)
+        dseg = naming.dseg_path(root, subject)
+        lookup = next((p for p in naming.dseg_table_paths(root, subject) if p.is_file()), None)
         age, sex, split = parse_participant(row, table, subject)
         records.append(
             SubjectRecord(
@@ -72,11 +82,48 @@ def discover(root: str | Path) -> list[SubjectRecord]:
                 age=age,
                 sex=sex,
                 split=split,
+                dseg=dseg if dseg.is_file() else None,
+                dseg_table=lookup if dseg.is_file() else None,
             )
         )
     if not records:
         raise UserError(f"no subjects found in {root} (expected sub-*/anat/sub-*_acq-3T_T1w.nii.gz)")
+    check_split_column({r.subject: r.split for r in records}, table)
     return records
+
+
+def check_listed(root: Path, folders: list[str], listed: set[str], table: Path) -> None:
+    """Refuse subject folders that ``participants.tsv`` does not list.
+
+    ``fit`` and ``prepare`` treat such a folder alike: it is an error, not a subject
+    silently left out of training (or of the preparation).
+
+    Raises:
+        UserError: naming the first unlisted folders and the table.
+    """
+    unlisted = [name for name in folders if name not in listed]
+    if unlisted:
+        shown = ", ".join(unlisted[:3]) + (f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else "")
+        raise UserError(f"{shown} in {root} {'has' if len(unlisted) == 1 else 'have'} no row in {table}; add one or move the folder away")
+
+
+def check_split_column(splits: dict[str, str | None], table: Path) -> None:
+    """A ``split`` column is all or nothing: filled for every subject, or empty for all.
+
+    A split column with any value is the truth for the whole dataset; a subject with
+    an empty cell would otherwise be drawn into a random split, where a subject meant
+    for testing could end up trained on. An entirely empty column lets t7synth split.
+
+    Raises:
+        UserError: naming the subjects with an empty cell.
+    """
+    empty = [subject for subject, split in splits.items() if not split]
+    if empty and len(empty) < len(splits):
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise UserError(
+            f"{table}: the split column is empty for {shown}; fill in train, val or test for every subject, "
+            "or leave the whole column empty to let t7synth split by data.split_seed"
+        )
 
 
 def read_participants(table: Path) -> list[dict[str, str]]:
@@ -86,11 +133,18 @@ def read_participants(table: Path) -> list[dict[str, str]]:
     Raises:
         UserError: naming the table and the bad column or value.
     """
-    with open(table, newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
+    import io
+
+    from t7synth.files import read_text
+
+    # UTF-8, with the byte-order mark spreadsheet programs write accepted.
+    reader = csv.DictReader(io.StringIO(read_text(table), newline=""), delimiter="\t")
+    try:
         if not reader.fieldnames or "participant_id" not in reader.fieldnames:
             raise UserError(f"{table} has no participant_id column (columns: {reader.fieldnames})")
         rows = [row for row in reader if (row.get("participant_id") or "").strip()]
+    except csv.Error as error:
+        raise UserError(f"{table}, line {reader.line_num}: {error}") from None
     seen = set()
     for row in rows:
         subject = row["participant_id"].strip()
@@ -150,10 +204,17 @@ def _parse_split(value: str | None, table: Path, subject: str) -> str | None:
     return text
 
 
-def assign_splits(records: list[SubjectRecord], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[SubjectRecord]]:
-    """Split by subject: ``participants.tsv``'s ``split`` column if every row has one,
-    else a seeded shuffle into test, val and train (at least one training subject)."""
-    if all(r.split for r in records):
+def assign_splits(
+    records: list[SubjectRecord], val_fraction: float, test_fraction: float, seed: int, require_train: bool = True
+) -> dict[str, list[SubjectRecord]]:
+    """Split by subject: ``participants.tsv``'s ``split`` column if it has any value (then
+    every row must have one, see :func:`check_split_column`), else a seeded shuffle into
+    test, val and train (at least one training subject).
+
+    ``require_train=False`` accepts a dataset without training subjects (an external
+    test site that ``evaluate`` scores); training needs them."""
+    if any(r.split for r in records):
+        check_split_column({r.subject: r.split for r in records}, Path(naming.PARTICIPANTS))
         splits = {name: [r for r in records if r.split == name] for name in ("train", "val", "test")}
     else:
         shuffled = sorted(records, key=lambda r: r.subject)
@@ -166,6 +227,6 @@ def assign_splits(records: list[SubjectRecord], val_fraction: float, test_fracti
             "val": shuffled[n_test : n_test + n_val],
             "train": shuffled[n_test + n_val :],
         }
-    if not splits["train"]:
+    if require_train and not splits["train"]:
         raise UserError("the dataset has no training subjects (check the split column of participants.tsv)")
     return splits

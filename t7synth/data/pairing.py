@@ -10,9 +10,12 @@ Examples::
 Two ways to name the inputs, each scan on its own grid (resolution, field of view,
 orientation):
 
-- ``--raw DIR``, laid out like a dataset folder:
-  ``DIR/sub-XXX/anat/sub-XXX_acq-3T_T1w.nii[.gz]`` and ``sub-XXX_acq-7T_T1w.nii[.gz]``,
-  optionally ``sub-XXX_desc-brain_mask.nii[.gz]``, and optionally
+- ``--raw DIR``, a BIDS folder as it comes: laid out like a dataset folder
+  (``DIR/sub-XXX/anat/sub-XXX_acq-3T_T1w.nii[.gz]`` and ``sub-XXX_acq-7T_T1w.nii[.gz]``)
+  or with sessions (``DIR/sub-XXX/ses-YYY/anat/sub-XXX_ses-YYY_T1w.nii[.gz]``), the field
+  strength of each scan read from its ``ses-``/``acq-`` label, its JSON sidecar
+  (``MagneticFieldStrength``) or the ``--field-strength`` mapping (see
+  :mod:`t7synth.data.bids`); optionally ``*_desc-brain_mask.nii[.gz]``, and optionally
   ``DIR/participants.tsv`` (copied through with all its columns).
 - ``--pairs FILE`` (``.tsv`` or ``.csv``) with columns ``subject``, ``source`` (3T file),
   ``target`` (7T file) and optionally ``mask``, ``age``, ``sex``, ``split`` and any others,
@@ -27,6 +30,7 @@ the 7T is written unchanged apart from the reorientation; a given brain mask (on
 Output, ``--out DIR``::
 
     DIR/participants.tsv  DIR/sub-XXX/anat/...   the dataset (names: t7synth.data.naming)
+    DIR/dataset_description.json                 BIDS: a derivative dataset made by t7synth
     DIR/prepare.tsv                              one QC row per subject (motion, correlation)
     DIR/qc/sub-XXX.png                           3T before and after registration, 7T, checkerboard
     DIR/qc/sub-XXX_3Tto7T.tfm                    the rigid transform (ITK text format, LPS mm)
@@ -66,6 +70,12 @@ INTERPOLATIONS = ("linear", "bspline")
 #: A subject is flagged for a look when registration lowers the 3T-7T correlation
 #: inside the head by more than this (Pearson's r, unitless).
 CORRELATION_DROP = 0.02
+#: ... or when the registered 3T still agrees poorly with the 7T (r below this) and
+#: registration barely improved it (by less than CORRELATION_GAIN): the two scans are
+#: then unlikely to show the same head (a wrong file, a pure-noise or empty-looking 7T).
+#: Same-head 3T/7T pairs correlate well above 0.5 once aligned, whatever the contrast.
+LOW_CORRELATION = 0.5
+CORRELATION_GAIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ def prepare(
     overwrite: bool = False,
     workers: int = 1,
     progress: bool = True,
+    field_strength: str | None = None,
 ) -> str:
     """Plan, check every input, prepare the pending subjects, write the tables.
 
@@ -118,14 +129,27 @@ def prepare(
         overwrite: prepare complete subjects again.
         workers: subjects prepared in parallel processes.
         progress: progress bars.
+        field_strength: ``--raw`` only: ``ENTITY-LABEL=3T|7T,...`` for scans whose
+            names and sidecars do not say their field strength (:mod:`t7synth.data.bids`).
 
     Returns:
         The summary to print (see :func:`describe_prepared`).
     """
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
-    subjects, columns = plan_from_raw(raw) if raw is not None else plan_from_table(pairs)
+    from t7synth.files import check_writable, remove_stale_temporaries
+
+    from t7synth.data.bids import parse_field_map
+
+    if field_strength and raw is None:
+        raise UserError("--field-strength applies to --raw; a --pairs table names each file's role itself")
+    mapping = parse_field_map(field_strength)
+    subjects, columns = plan_from_raw(raw, mapping) if raw is not None else plan_from_table(pairs)
     out = check_output(out, subjects)
+    check_writable(out)
+    # What a killed run left: hidden temporary subject folders, QC files and tables.
+    for folder in (out, out / QC_DIR):
+        remove_stale_temporaries(folder)
     stamps = {s.subject: made_from(s, register, interpolation) for s in subjects}
     pending = [s for s in subjects if overwrite or not subject_is_prepared(out, s, stamps[s.subject])]
     # Nothing is written before every pending input has been read in full and checked.
@@ -137,6 +161,11 @@ def prepare(
     ]
     prepare_subjects(jobs, workers, progress)
     write_participants(out, subjects, columns)
+    from t7synth.data.bids import write_description
+
+    write_description(out, f"t7synth paired 3T/7T T1w: {out.name}",
+                      "prepare: 3T registered rigidly to the 7T and resampled onto its grid" if register
+                      else "prepare: 3T resampled onto the 7T grid by the scanner coordinates", raw)
     rows = write_qc_table(out, subjects)
     return describe_prepared(out, subjects, len(jobs), rows)
 
@@ -156,13 +185,19 @@ def describe_prepared(out: Path, subjects: list[RawSubject], prepared: int, rows
     known = {s.subject for s in subjects}
     strays = sorted(p.name for p in out.glob("sub-*") if p.is_dir() and p.name not in known)
     if strays:
-        lines.append(f"note: {', '.join(strays)} in {out} are not among the inputs and not listed in {naming.PARTICIPANTS}")
+        lines.append(
+            f"note: {', '.join(strays)} in {out} are not among the inputs and not listed in {naming.PARTICIPANTS}; "
+            "fit refuses unlisted subject folders: move them away"
+        )
     return "\n".join(lines)
 
 
 # -- inputs -------------------------------------------------------------------------------
-def plan_from_raw(raw: Path) -> tuple[list[RawSubject], list[str]]:
-    """The subjects of a raw folder laid out like a dataset, and its participant columns.
+def plan_from_raw(raw: Path, mapping: dict | None = None) -> tuple[list[RawSubject], list[str]]:
+    """The subjects of a raw BIDS folder, and its participant columns.
+
+    Each subject's scans are found by :func:`t7synth.data.bids.find_scans` (with the
+    ``--field-strength`` ``mapping``).
 
     Subjects are the ``sub-*`` folders; when ``participants.tsv`` exists, its rows and
     the folders must name the same subjects (a folder without a row, or a row without
@@ -172,7 +207,8 @@ def plan_from_raw(raw: Path) -> tuple[list[RawSubject], list[str]]:
         UserError: no folder, no subjects, a missing 3T or 7T file, an ambiguous file
             (both ``.nii`` and ``.nii.gz``), or a malformed ``participants.tsv``.
     """
-    from t7synth.data.layout import parse_participant, read_participants
+    from t7synth.data.bids import find_scans
+    from t7synth.data.layout import check_listed, check_split_column, parse_participant, read_participants
 
     raw = raw.expanduser()
     if not raw.is_dir():
@@ -184,37 +220,26 @@ def plan_from_raw(raw: Path) -> tuple[list[RawSubject], list[str]]:
     table = raw / naming.PARTICIPANTS
     rows = {row.pop("participant_id"): row for row in read_participants(table)} if table.is_file() else {}
     if table.is_file():
-        for name in folders:
-            if name not in rows:
-                raise UserError(f"{raw / name} has no row in {table}; add one or move the folder away")
+        check_listed(raw, folders, set(rows), table)  # as fit's discover does
         order = list(rows)
     else:
         order = folders
     if not order:
-        raise UserError(f"no subjects found in {raw} (expected sub-*/anat/sub-*_acq-3T_T1w.nii.gz)")
+        raise UserError(
+            f"no subjects found in {raw} (expected sub-*/anat/sub-*_acq-3T_T1w.nii.gz or sub-*/ses-*/anat/sub-*_ses-*_T1w.nii.gz; "
+            "for another layout, list the pairs in a table: --pairs)"
+        )
     subjects = []
     for subject in order:
-        source = _find_scan(raw, subject, naming.source_path)
-        target = _find_scan(raw, subject, naming.target_path)
-        for path, partner, what in ((source, target, "3T"), (target, source, "7T")):
-            if not path.is_file():
-                raise UserError(f"missing file {path} (the {what} scan of {subject}, partner of {partner})")
-        mask = _find_scan(raw, subject, naming.mask_path)
+        if not (raw / subject).is_dir():
+            raise UserError(f"{subject} is listed in {table} but {raw / subject} does not exist")
+        source, target, mask = find_scans(raw, subject, mapping)
         row = {key: (value or "").strip() for key, value in rows.get(subject, {}).items() if key}
         parse_participant(row, table, subject)  # checked now, before anything is written
-        subjects.append(RawSubject(subject, source, target, mask if mask.is_file() else None, row))
+        subjects.append(RawSubject(subject, source, target, mask, row))
+    check_split_column({s.subject: s.row.get("split") for s in subjects}, table)
     columns = [key for key in next(iter(rows.values())) if key] if rows else []
     return subjects, columns
-
-
-def _find_scan(raw: Path, subject: str, name_of) -> Path:
-    """The ``.nii.gz`` or ``.nii`` file that ``name_of`` names in ``raw`` (the ``.nii.gz``
-    name when neither exists, so that error messages show the expected file)."""
-    gz = name_of(raw, subject)
-    plain = gz.with_name(gz.name[: -len(".gz")])
-    if gz.is_file() and plain.is_file():
-        raise UserError(f"both {gz} and {plain} exist; keep one")
-    return plain if plain.is_file() else gz
 
 
 def plan_from_table(table: Path) -> tuple[list[RawSubject], list[str]]:
@@ -224,7 +249,7 @@ def plan_from_table(table: Path) -> tuple[list[RawSubject], list[str]]:
         UserError: an unknown extension, a missing column, an empty cell in a required
             column, a bad or duplicate subject label, a file that does not exist.
     """
-    from t7synth.data.layout import parse_participant
+    from t7synth.data.layout import check_split_column, parse_participant
 
     table = table.expanduser()
     if not table.is_file():
@@ -262,6 +287,7 @@ def plan_from_table(table: Path) -> tuple[list[RawSubject], list[str]]:
         subjects.append(RawSubject(subject, paths["source"], paths["target"], paths.get("mask"), participant))
     if not subjects:
         raise UserError(f"{table} lists no subjects")
+    check_split_column({s.subject: s.row.get("split") for s in subjects}, table)
     return subjects, [name for name in header if name and name not in FILE_COLUMNS]
 
 
@@ -456,9 +482,7 @@ def prepare_subject(job: PairJob) -> dict:
         "source_grid": _grid_text(source.shape, source_affine),
         "target_grid": _grid_text(target.shape, target_affine),
     }
-    row["qc"] = "ok" if row["corr_after"] >= row["corr_before"] - CORRELATION_DROP else (
-        f"registration lowered the 3T-7T correlation ({row['corr_before']} -> {row['corr_after']})"
-    )
+    row["qc"] = qc_verdict(row["corr_before"], row["corr_after"])
 
     qc = job.out / QC_DIR
     save_qc_montage(qc / f"{job.subject}.png", before, after, target, region, row, job.register)
@@ -474,6 +498,20 @@ def prepare_subject(job: PairJob) -> dict:
     with atomic_path(qc / f"{job.subject}.json") as tmp:
         tmp.write_text(json.dumps({"qc": row, "made_from": job.made_from}, indent=2) + "\n", encoding="utf-8")
     return row
+
+
+def qc_verdict(before: float, after: float) -> str:
+    """``ok``, or why a subject's registration needs a look (see :data:`LOW_CORRELATION`).
+
+    Args:
+        before, after: Pearson's r of the 3T and the 7T inside the head, by scanner
+            coordinates and after registration.
+    """
+    if after < before - CORRELATION_DROP:
+        return f"registration lowered the 3T-7T correlation ({before} -> {after})"
+    if after < LOW_CORRELATION and after - before < CORRELATION_GAIN:
+        return f"the 3T and 7T agree poorly even after registration (r {before} -> {after}): are they scans of the same head?"
+    return "ok"
 
 
 def _grid_text(shape, affine) -> str:

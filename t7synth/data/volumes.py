@@ -88,16 +88,20 @@ def brain_mask(source: Path, array: np.ndarray, affine, mask: Path | None = None
     return inside
 
 
-def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, slope: float | None = None) -> None:
     """Write ``array`` as a gzipped NIfTI-1 with ``affine`` (qform and sform, code 1).
 
     The gzip stream is written here rather than by nibabel so that its header holds
     neither a timestamp nor a file name: identical arrays give identical bytes.
+    ``slope`` sets the header's ``scl_slope``: readers see ``array * slope`` (how a
+    uint8 array stores probabilities in steps of 1/255).
     """
     import nibabel as nib
 
     image = nib.Nifti1Image(array, affine)
     image.header.set_xyzt_units("mm", "sec")
+    if slope is not None:
+        image.header.set_slope_inter(slope, 0.0)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,21 @@ Each subject's prediction is found in ``--pred`` by its ``sub-XXX`` label. Targe
 percentile normalisation, crop or pad), and the prediction is brought onto the same
 grid, so the scores equal those ``fit`` reports for the same volumes. Next to the
 predictions, two references are scored on the same subjects: the identity (the 3T
-input itself) and the intensity LUT fitted on the dataset's training subjects.
+input itself) and the intensity LUT: the one stored in ``--ckpt`` (fitted on the
+model's training subjects, whichever dataset is scored now), else one fitted on this
+dataset's training split; a dataset without training subjects (an external test
+site) and no checkpoint gets no LUT row, and a note says so.
+
+Every row carries the intensity scores (:mod:`~t7synth.evaluation.metrics`) and the
+structure scores (:mod:`~t7synth.evaluation.structure`: tissue segmentation agreement
+with the 7T's, and with the dataset's true tissue labels where it has ``dseg`` files;
+GMSD and the high-frequency energy ratio).
 
 Writes into ``--out`` (default ``<pred>/evaluation``): ``scores.csv`` (one row per
 subject and row kind, as ``fit``'s ``test_scores.csv``), ``metrics.csv`` (one row per
-subject), ``summary.csv`` (mean and SD of the predictions and both references) and
+subject), ``summary.csv`` (mean and SD of the predictions and both references),
+``config.yaml`` (the settings used, ``data.root`` the dataset scored; ``compare``
+reads it), ``spectra.png`` (the power spectra against the 7T's) and
 ``montages/<subject>.png``; prints the summary table. See ``docs/metrics.md``.
 """
 
@@ -26,18 +36,23 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.errors import UserError
-from t7synth.evaluation.scores import MODEL, display_names, format_report, score_names, sort_rows, summarise, write_rows
+from t7synth.evaluation.scores import MODEL, SECTION_COLUMNS, display_names, format_report, score_names, sort_rows, summarise, write_rows
 
 #: The per-subject file ``evaluate`` writes, in the format of ``fit``'s ``test_scores.csv``.
 SCORES_FILE = "scores.csv"
 
 
-def settings_config(config_file: str | None = None, ckpt: str | None = None):
+def settings_config(config_file: str | None = None, ckpt: str | None = None, model: str | None = None):
     """The :class:`~t7synth.config.Config` whose ``data`` settings the dataset is read with.
 
-    The checkpoint's own config when ``ckpt`` is given, else the experiment file
-    resolved as ``fit`` resolves it, else the dataclass defaults.
+    The checkpoint's own config when ``ckpt`` is given, the package's when ``model`` is
+    (:mod:`t7synth.inference.package`), else the experiment file resolved as ``fit``
+    resolves it, else the dataclass defaults.
     """
+    if model:
+        from t7synth.inference.package import package_config
+
+        return package_config(model)
     if ckpt:
         from t7synth.inference.checkpoint import checkpoint_config
 
@@ -48,24 +63,63 @@ def settings_config(config_file: str | None = None, ckpt: str | None = None):
     return resolve(None, config_file) if config_file else Config()
 
 
+def settings_and_lut(config_file: str | None = None, ckpt: str | None = None, model: str | None = None):
+    """:func:`settings_config`'s config and the intensity LUT stored with the model.
+
+    A checkpoint (or model package) holds the LUT ``fit`` fitted on the model's
+    training subjects (the ``lut`` buffer of
+    :class:`~t7synth.models.base.SynthesisModule`): that is the baseline the model is
+    to beat, whichever dataset is scored now. The file is read once for both.
+
+    Returns:
+        ``(config, lut)``; ``lut`` is ``None`` without ``ckpt`` or ``model``.
+    """
+    if ckpt:
+        from t7synth.inference.checkpoint import checkpoint_config, read_checkpoint
+
+        checkpoint = read_checkpoint(ckpt)
+        return checkpoint_config(ckpt, checkpoint), _fitted_lut(checkpoint["state_dict"])
+    if model:
+        from t7synth.inference.package import read_package
+
+        package = read_package(model)
+        return package.config, _fitted_lut(package.state_dict)
+    return settings_config(config_file), None
+
+
+def _fitted_lut(state_dict):
+    """The stored LUT if ``fit`` fitted it, else ``None`` (fit one on the dataset).
+
+    ``fit`` stores the LUT and the training voxel size together; a model that never saw
+    t7synth's training data (a converted official checkpoint) keeps voxel size 0 and
+    the identity table, which is no intensity-mapping baseline.
+    """
+    voxel_size = state_dict.get("voxel_size")
+    if voxel_size is not None and not bool((voxel_size > 0).all()):
+        return None
+    return state_dict.get("lut")
+
+
 def find_predictions(folder: str | Path) -> dict[str, Path]:
-    """``{sub-XXX: file}`` for the NIfTI files of ``folder`` (not its subfolders).
+    """``{sub-XXX: file}`` for the NIfTI files of ``folder`` and of its ``sub-*/anat``
+    folders (the BIDS derivative dataset ``predict`` writes for a dataset input).
 
     Raises:
         UserError: a missing folder, or two files with the same subject label.
     """
-    from t7synth.data.naming import is_nifti, subject_label
+    from t7synth.data.naming import is_nifti, is_uncertainty, subject_label
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise UserError(f"prediction folder not found: {folder}")
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    for path in [*sorted(folder.iterdir()), *sorted(folder.glob("sub-*/anat/*"))]:
         label = subject_label(path.name)
-        if not (path.is_file() and is_nifti(path) and label) or path.name.startswith("."):
+        # Uncertainty maps of fused predictions lie beside them and are not predictions.
+        if not (path.is_file() and is_nifti(path) and label) or path.name.startswith(".") or is_uncertainty(path.name):
             continue
         if label in found:
-            raise UserError(f"two predictions for {label} in {folder}: {found[label].name} and {path.name}")
+            raise UserError(f"two predictions for {label} in {folder}: {found[label].relative_to(folder)} and {path.relative_to(folder)}")
         found[label] = path
     return found
 
@@ -95,21 +149,48 @@ class Evaluator:
             fractions and seed) the model was trained with.
         perceptual: optional :class:`MedicalNetDistance`.
         cache_dir: preprocessed-subject cache (default: the one ``fit`` uses).
+        lut: the intensity LUT to score (a checkpoint's); ``None`` fits one on the
+            dataset's training split, or leaves the LUT row out if it has none
+            (:attr:`notes` says so).
+        ssim: ``t7synth`` (its SSIM columns only) or ``authors``, which adds the two
+            SSIM forms of the authors' evaluation
+            (:func:`~t7synth.evaluation.metrics.authors_ssim_scores`, flattened along
+            the config's slice axis).
     """
 
-    def __init__(self, data_root: str | Path, config, perceptual=None, cache_dir: str | Path | None = None):
+    #: ``--ssim`` values.
+    SSIM_FORMS = ("t7synth", "authors")
+
+    def __init__(
+        self, data_root: str | Path, config, perceptual=None, cache_dir: str | Path | None = None, ssim: str = "t7synth", lut=None
+    ):
         from t7synth.data.layout import assign_splits, discover
         from t7synth.data.preprocess import Preprocessing
         from t7synth.files import cache_root
 
         self.root = Path(data_root).expanduser()
         data = config.data
-        self.settings = Preprocessing(percentiles=tuple(data.percentiles), shape=tuple(data.shape) if data.shape else None)
+        self.settings = Preprocessing.from_config(data)
+        if data.inference == "authors":
+            import dataclasses
+
+            # A converted official model's data.shape is inferer3T.py's frame in the scan
+            # files' own axes, not a RAS+ crop: score the whole volume instead.
+            self.settings = dataclasses.replace(self.settings, shape=None)
         self.records = discover(self.root)
-        self.splits = assign_splits(self.records, data.val_fraction, data.test_fraction, data.split_seed)
+        # Scoring needs no training subjects: an external test site may have none.
+        self.splits = assign_splits(self.records, data.val_fraction, data.test_fraction, data.split_seed, require_train=False)
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "preprocessed"
         self.perceptual = perceptual
-        self._lut = None
+        if ssim not in self.SSIM_FORMS:
+            raise UserError(f"--ssim must be one of {', '.join(self.SSIM_FORMS)}, got {ssim!r}")
+        self.ssim = ssim
+        self.slice_axis = config.geometry.axis if config.geometry.mode == "slab" else 0
+        #: What was left out and why, one line each, for the report.
+        self.notes: list[str] = []
+        self._unscored: dict[str, list[str]] = {}  # why true labels were not scored: subjects
+        self._lut = lut
+        self._lut_ready = lut is not None
 
     def preprocessed(self, record) -> dict:
         """A subject as training sees it (cached exactly like ``fit``'s data module)."""
@@ -119,12 +200,66 @@ class Evaluator:
 
     @property
     def lut(self):
-        """The intensity LUT fitted on the training split (computed once)."""
-        if self._lut is None:
-            from t7synth.data.intensity_lut import fit_lut
+        """The intensity LUT given, else fitted on the training split (once), else ``None``."""
+        if not self._lut_ready:
+            self._lut_ready = True
+            if self.splits["train"]:
+                from t7synth.data.intensity_lut import fit_lut
 
-            self._lut = fit_lut((d["source"], d["target"], d["mask"]) for d in map(self.preprocessed, self.splits["train"]))
+                self._lut = fit_lut((d["source"], d["target"], d["mask"]) for d in map(self.preprocessed, self.splits["train"]))
+            else:
+                self.note("no intensity LUT row: no --ckpt to read it from, and the dataset has no training subjects to fit it on")
         return self._lut
+
+    def note(self, line: str) -> None:
+        """Add a line to :attr:`notes` (once)."""
+        if line not in self.notes:
+            self.notes.append(line)
+
+    def on_grid(self, record, path: Path, data: dict):
+        """The volume in ``path`` (float32 array) on the preprocessed grid of ``data``.
+
+        Raises:
+            UserError: unreadable file, or not on the grid of the subject's 3T input.
+        """
+        import numpy as np
+
+        from t7synth.data.volumes import check_pair, load_volume
+        from t7synth.inference.grids import shift_to_grid
+
+        volume, affine = load_volume(path)
+        source, source_affine = load_volume(record.source)
+        check_pair(record.source, source.shape, source_affine, path, volume.shape, affine)
+        # Crop/pad only moves the origin by whole voxels: repeat it without interpolation.
+        return shift_to_grid(np.ascontiguousarray(volume), affine, tuple(data["source"].shape[1:]), data["affine"].numpy())
+
+    def tissue_truth(self, record, data: dict):
+        """The subject's true tissue labels on the preprocessed grid (1 CSF, 2 GM, 3 WM,
+        0 unscored), or ``None`` without a ``dseg`` file or one whose labels name no tissue.
+
+        The look-up table beside the ``dseg`` (or the dataset's ``dseg.tsv``) says which
+        labels are CSF, GM and WM (:func:`~t7synth.evaluation.segmentation.read_lookup`);
+        without one, labels 0-3 are read in t7synth's (and FSL FAST's) convention and
+        any other label set is not scored.
+        """
+        import numpy as np
+
+        from t7synth.evaluation import segmentation
+
+        if record.dseg is None:
+            return None
+        labels = self.on_grid(record, record.dseg, data)
+        if record.dseg_table is not None:
+            lookup = segmentation.read_lookup(record.dseg_table)
+            if not lookup:
+                self._unscored.setdefault("its dseg look-up table names no CSF, GM or WM label", []).append(record.subject)
+                return None
+        elif set(np.unique(np.rint(labels)).astype(int).tolist()) <= {0, *segmentation.DEFAULT_LOOKUP}:
+            lookup = segmentation.DEFAULT_LOOKUP
+        else:
+            self._unscored.setdefault("its dseg has labels beyond 1-3 and no dseg.tsv names them", []).append(record.subject)
+            return None
+        return segmentation.tissue_truth(labels, lookup)
 
     def prediction_on_grid(self, record, path: Path, data: dict):
         """The prediction in ``path`` on the preprocessed grid of ``data`` (1, I, J, K).
@@ -132,33 +267,30 @@ class Evaluator:
         Raises:
             UserError: unreadable file, or not on the grid of the subject's 3T input.
         """
-        import numpy as np
         import torch
 
-        from t7synth.data.volumes import check_pair, load_volume
-        from t7synth.inference.grids import shift_to_grid
-
-        prediction, affine = load_volume(path)
-        source, source_affine = load_volume(record.source)
-        check_pair(record.source, source.shape, source_affine, path, prediction.shape, affine)
-        # Crop/pad only moves the origin by whole voxels: repeat it without interpolation.
-        on_grid = shift_to_grid(np.ascontiguousarray(prediction), affine, tuple(data["source"].shape[1:]), data["affine"].numpy())
-        return torch.from_numpy(on_grid)[None]
+        return torch.from_numpy(self.on_grid(record, path, data))[None]
 
     def score(self, record, path: Path, montage_dir: Path | None = None) -> list[dict[str, Any]]:
-        """Rows (``model``, ``identity``, ``lut``) of one subject; draws its montage."""
-        from t7synth.evaluation import metrics
+        """Rows (``model``, ``identity``, ``lut`` if there is one) of one subject; draws its montage."""
         from t7synth.data.intensity_lut import apply_lut
+        from t7synth.evaluation import metrics
+        from t7synth.evaluation.structure import StructureScorer
 
         data = self.preprocessed(record)
         source, target, mask = data["source"], data["target"], data["mask"]
         prediction = self.prediction_on_grid(record, path, data)
-        guesses = {"model": prediction, "identity": source, "lut": apply_lut(self.lut, source, mask)}
+        guesses = {"model": prediction, "identity": source}
+        if self.lut is not None:
+            guesses["lut"] = apply_lut(self.lut, source, mask)
+        structure = StructureScorer(target, mask, self.tissue_truth(record, data))
         rows = []
         for model, guess in guesses.items():
-            row = {"model": model, "subject": record.subject, **metrics.volume_scores(guess, target, mask)}
+            row = {"model": model, "subject": record.subject, **metrics.volume_scores(guess, target, mask), **structure(guess)}
             if self.perceptual is not None:
                 row["perceptual"] = self.perceptual(guess.clamp(0, 1), target)
+            if self.ssim == "authors":
+                row.update(metrics.authors_ssim_scores(guess, target, self.slice_axis))
             rows.append(row)
         if montage_dir is not None:
             from t7synth.plotting import save_montage
@@ -177,14 +309,30 @@ class Evaluator:
         montage_dir = out_dir / "montages" if out_dir is not None else None
         for record in tqdm(chosen, desc="evaluate", unit="subject", disable=None if progress else True):
             rows.extend(self.score(record, predictions[record.subject], montage_dir))
-        return sort_rows(rows)
+        return sort_rows(self.common_columns(rows))
+
+    def common_columns(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Drop the true-label columns unless every subject has them (a table's means
+        must cover the same subjects in every column), with a note."""
+        for reason, subjects in self._unscored.items():
+            self.note(f"true-label Dice not scored for {', '.join(subjects)}: {reason}")
+        truth = [name for name in SECTION_COLUMNS if name.startswith("dice_true_")]
+        having = {r["subject"] for r in rows if truth[0] in r}
+        subjects = {r["subject"] for r in rows}
+        if having and having != subjects:
+            self.note(f"true-label Dice left out: only {len(having)} of {len(subjects)} subjects have usable tissue labels (dseg)")
+            rows = [{k: v for k, v in r.items() if k not in truth} for r in rows]
+        return rows
 
 
 def write_results(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     """Write the per-subject rows (``scores.csv``: model and references, the format of
     ``fit``'s ``test_scores.csv``), ``metrics.csv`` (the predictions only, one row per
-    subject) and ``summary.csv`` (mean and SD per row kind)."""
+    subject), ``summary.csv`` (mean and SD per row kind) and ``spectra.png``."""
     from t7synth.files import atomic_path
+    from t7synth.plotting import save_spectra
+
+    spectra = save_spectra(out_dir / "spectra.png", rows, "synthetic 7T (--pred)")
 
     names = score_names(rows)
     scores = write_rows(out_dir / SCORES_FILE, rows)
@@ -203,7 +351,7 @@ def write_results(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
         for kind, values in table.items():
             n = sum(1 for r in rows if r["model"] == kind)
             writer.writerow([kind, n, *(f"{v:.6f}" for name in names for v in values[name])])
-    return {"scores": scores, "metrics": per_subject, "summary": summary}
+    return {"scores": scores, "metrics": per_subject, "summary": summary, "spectra": spectra}
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
@@ -222,6 +370,8 @@ def evaluate(
     config_file: str | None = None,
     perceptual_weights: str | None = None,
     progress: bool = True,
+    model: str | None = None,
+    ssim: str = "t7synth",
 ) -> str:
     """Score the predictions in ``pred`` against the dataset's 7T; write and return the report.
 
@@ -230,24 +380,89 @@ def evaluate(
         data: the dataset folder.
         split: score exactly this split (each subject needs a prediction).
         out: output folder (default ``<pred>/evaluation``).
-        ckpt, config_file: where the preprocessing settings and split come from.
-        perceptual_weights: MedicalNet ResNet-10 weights: adds a 3D perceptual distance.
+        ckpt, model, config_file: where the preprocessing settings and split come
+            from: a checkpoint, a model package or an experiment file.
+        perceptual_weights: MedicalNet ResNet-10 or -50 weights: adds a 3D perceptual distance.
         progress: a bar over subjects.
+        ssim: ``authors`` adds the authors' two SSIM forms (see :class:`Evaluator`).
     """
     pred_dir = Path(pred).expanduser()
     out_dir = Path(out).expanduser() if out else pred_dir / "evaluation"
-    config = settings_config(config_file, ckpt)
+    config, lut = settings_and_lut(config_file, ckpt, model)
     predictions = find_predictions(pred_dir)
+    from t7synth.files import check_writable, remove_stale_temporaries
+
+    check_writable(out_dir)  # a read-only --out is one line before scoring, not after
+    for folder in (out_dir, out_dir / "montages"):
+        remove_stale_temporaries(folder)
     perceptual = None
     if perceptual_weights:
         from t7synth.evaluation.perceptual import MedicalNetDistance
 
         perceptual = MedicalNetDistance(perceptual_weights)
-    evaluator = Evaluator(data, config, perceptual=perceptual)
+    evaluator = Evaluator(data, config, perceptual=perceptual, ssim=ssim, lut=lut)
     rows = evaluator.run(predictions, split, pred_dir, out_dir, progress=progress)
     files = write_results(rows, out_dir)
+    # The settings the scores were computed with, data.root the dataset scored: what
+    # compare shows as config differences. Without --ckpt/--config these are the
+    # built-in defaults, and name: null tells compare the model is unknown.
+    import dataclasses
+
+    from t7synth.config import save_yaml
+
+    settings = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(Path(data).expanduser().resolve())))
+    save_yaml(settings.to_dict(), out_dir / "config.yaml")
     return (
         format_summary(rows)
         + f"\nPer-subject scores: {files['scores']} (predictions only: {files['metrics']})\nSummary: {files['summary']}"
         + f"\nMontages: {out_dir / 'montages'}/<subject>.png"
+        + (f"\nPower spectra: {files['spectra']}" if files["spectra"] else "")
+        + "".join(f"\nNote: {line}" for line in evaluator.notes)
     )
+
+
+def zoom_montage(
+    data: str | Path,
+    subject: str,
+    predictions: list[tuple[str, str | Path]],
+    out: str | Path,
+    ckpt: str | None = None,
+    config_file: str | None = None,
+    size: int | None = None,
+) -> Path:
+    """Several models' synthetic 7T of one subject beside its 3T and 7T, one cortical region enlarged.
+
+    Every volume is brought onto the subject's preprocessed grid and intensity scale
+    exactly as ``evaluate`` scores it, then drawn by :func:`t7synth.plotting.save_zoom`
+    (columns: 3T, each prediction in the order given, 7T).
+
+    Args:
+        data: the dataset folder.
+        subject: ``sub-XXX``.
+        predictions: ``(label, folder)`` per model; each folder holds the subject's
+            prediction (``sub-XXX`` in its name, as ``predict`` writes it).
+        out: the PNG to write.
+        ckpt, config_file: where the preprocessing settings come from (as ``evaluate``).
+        size: side of the enlarged square in voxels (default: about a third of the brain).
+
+    Raises:
+        UserError: an unknown subject, a folder without its prediction, or a
+            prediction on another grid.
+    """
+    from t7synth.plotting import save_zoom
+
+    evaluator = Evaluator(data, settings_config(config_file, ckpt))
+    record = next((r for r in evaluator.records if r.subject == subject), None)
+    if record is None:
+        raise UserError(f"{subject} is not a subject of {evaluator.root}")
+    volumes = evaluator.preprocessed(record)
+    columns = [("3T input", volumes["source"])]
+    for label, folder in predictions:
+        found = find_predictions(folder)
+        if subject not in found:
+            raise UserError(f"no prediction of {subject} in {folder}")
+        columns.append((label, evaluator.prediction_on_grid(record, found[subject], volumes)))
+    columns.append(("7T target", volumes["target"]))
+    # Clamped to [0, 1] as every score sees them (authors' normalisation extends beyond).
+    columns = [(label, volume.clamp(0, 1)) for label, volume in columns]
+    return save_zoom(out, columns, volumes["mask"], title=f"{subject}: {', '.join(label for label, _ in predictions)}", size=size)

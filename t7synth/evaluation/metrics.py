@@ -1,8 +1,11 @@
 """Image scores of a synthetic volume against its 7T target: whole volume and in-brain.
 
 All scores take volumes scaled to [0, 1] as in training (``data_range`` 1) and are
-computed in float32 whatever the training precision. The prediction is clamped to
-[0, 1] first: the target lives there, and a linear output head may overshoot.
+computed in float32 whatever the training precision. Prediction and target are
+clamped to [0, 1] first: a linear output head may overshoot, and volumes normalised
+with ``data.normalisation: authors`` extend beyond [0, 1] (negative background, 1 %
+tails); clamped, they are exactly the ``clip`` volumes (``docs/data.md``), so both
+modes score on one scale.
 
 * ``psnr``: torchmetrics' PSNR over every voxel.
 * ``ssim``: 3D SSIM with a Gaussian window (sigma 1.5, 11 voxels), averaged over the
@@ -89,7 +92,7 @@ def volume_scores(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Te
         ``{"psnr", "ssim", "psnr_brain", "ssim_brain", "mae"}`` as floats.
     """
     prediction = prediction.detach().float().squeeze().clamp(0, 1).cpu()
-    target = target.detach().float().squeeze().cpu()
+    target = target.detach().float().squeeze().clamp(0, 1).cpu()
     mask = mask.detach().squeeze().cpu() > 0
     # Validation and test steps run inside Lightning's autocast: under bf16-mixed the
     # SSIM convolutions would run in bf16 (an error of ~0.01 in SSIM) despite the
@@ -109,3 +112,83 @@ def _scores(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
         "ssim_brain": float(full[mask].mean()),
         "mae": float(torch.mean(torch.abs(prediction - target))),
     }
+
+
+# -- the SSIM forms the authors reported (evaluate --ssim authors) ---------------------
+#: scikit-image's ``structural_similarity`` defaults: a uniform window of 7 voxels per
+#: axis, sample (N - 1) covariances, K1 0.01, K2 0.03.
+SKIMAGE_WINDOW = 7
+#: The columns ``evaluate --ssim authors`` adds (registered in ``scores.COLUMNS``).
+AUTHORS_SSIM_NAMES = ("ssim_skimage", "ssim_brain_flat")
+#: Output slices of axis 0 filtered at once, which bounds memory on full-size volumes.
+_CHUNK = 32
+
+
+def skimage_ssim(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """``skimage.metrics.structural_similarity(target, prediction, data_range=1)`` with
+    every other argument at its default, for 1-D to 3-D arrays, in float64.
+
+    scikit-image filters with a 7-voxel box (SciPy's ``uniform_filter``, ``reflect``
+    borders), forms the SSIM map (Wang et al. 2004, eq. 13) from sample covariances,
+    and averages it over the voxels at least 3 from every border: exactly those whose
+    window lies inside the array, so a filter without padding ("valid") gives the same
+    mean and the border mode never matters. Filtering runs over slabs of the first
+    axis to keep memory bounded.
+
+    Raises:
+        ValueError: an axis shorter than the window (scikit-image refuses it too).
+    """
+    import torch.nn.functional as F
+
+    x, y = prediction.detach().double().cpu(), target.detach().double().cpu()
+    if x.shape != y.shape or not 1 <= x.ndim <= 3:
+        raise ValueError(f"expected two arrays of one shape with 1 to 3 axes, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if min(x.shape) < SKIMAGE_WINDOW:
+        raise ValueError(f"every axis must have at least {SKIMAGE_WINDOW} voxels for scikit-image's SSIM window, got {tuple(x.shape)}")
+    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.ndim - 1]
+    n = SKIMAGE_WINDOW**x.ndim
+    cov_norm = n / (n - 1)
+    c1, c2 = 0.01**2, 0.03**2
+    total, count = 0.0, 0
+    for start in range(0, x.shape[0] - SKIMAGE_WINDOW + 1, _CHUNK):
+        part = slice(start, start + _CHUNK + SKIMAGE_WINDOW - 1)
+        a, b = x[part][None, None], y[part][None, None]
+
+        def mean(v: torch.Tensor) -> torch.Tensor:
+            return pool(v, SKIMAGE_WINDOW, stride=1)
+
+        ux, uy = mean(a), mean(b)
+        vx = cov_norm * (mean(a * a) - ux * ux)
+        vy = cov_norm * (mean(b * b) - uy * uy)
+        vxy = cov_norm * (mean(a * b) - ux * uy)
+        ssim = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+        total += float(ssim.sum())
+        count += ssim.numel()
+    return total / count
+
+
+def authors_ssim_scores(prediction: torch.Tensor, target: torch.Tensor, axis: int = 0) -> dict[str, float]:
+    """The two SSIM forms of the authors' evaluation (``LoadingModel.py``'s test block).
+
+    * ``ssim_skimage``: :func:`skimage_ssim` of the whole volume (their ``SSIM``).
+    * ``ssim_brain_flat``: their ``SSIM_brain``. Both volumes are flattened with the
+      slice ``axis`` outermost (their volumes were slice stacks), the voxels where the
+      target is above 0 kept, and the two 1-D signals passed to :func:`skimage_ssim`.
+      Its window slides along the flattened order, so neighbours are partly spatial,
+      partly not: not a spatial SSIM, and not comparable with ``ssim_brain``.
+
+    Prediction and target are clamped to [0, 1] as in :func:`volume_scores`.
+
+    Args:
+        prediction, target: (I, J, K) volumes, or with leading 1s.
+        axis: the model's slice axis (0 for 3D models).
+    """
+    prediction = prediction.detach().float().squeeze().clamp(0, 1).cpu()
+    target = target.detach().float().squeeze().clamp(0, 1).cpu()
+    with torch.autocast(device_type="cpu", enabled=False):
+        flat_prediction, flat_target = prediction.movedim(axis, 0).flatten(), target.movedim(axis, 0).flatten()
+        inside = flat_target > 0
+        return {
+            "ssim_skimage": skimage_ssim(prediction, target),
+            "ssim_brain_flat": skimage_ssim(flat_prediction[inside], flat_target[inside]),
+        }

@@ -6,52 +6,47 @@ from pathlib import Path
 
 
 class MedicalNetDistance:
-    """3D perceptual distance on MedicalNet ResNet-10 features (the authors' metric).
+    """The authors' 3D perceptual distance on MedicalNet features.
 
-    MedicalNet (Chen et al. 2019; ``resnet_10_23dataset.pth``) is a 3D ResNet-10 whose
-    layers 3 and 4 keep stride 1 and use dilation 2 and 4. MONAI's ``resnet10`` has the
-    same weights' shapes but strides instead, so its convolutions are set to
-    MedicalNet's strides and dilations after it is built. The distance follows MONAI's
-    ``MedicalNetPerceptualSimilarity``: z-score each volume, take the last stage's
-    features, normalise them over channels, and average the squared difference summed
-    over channels across space. The weights are read with ``weights_only=True`` from a
-    file the user supplies (nothing is downloaded).
+    The authors scored test volumes with MONAI-Generative's
+    ``PerceptualLoss(spatial_dims=3, is_fake_3d=False,
+    network_type="medicalnet_resnet10_23datasets")`` (and ``..._resnet50_...``), i.e.
+    ``MedicalNetPerceptualSimilarity`` (``generative/losses/perceptual.py``):
+
+    1. z-score each volume over all its voxels (``medicalnet_intensity_normalisation``,
+       after Tencent MedicalNet's ``brains18.py``: mean, unbiased std);
+    2. take the last stage of MedicalNet (Chen et al. 2019, ``resnet_10_23dataset.pth``
+       or ``resnet_50_23dataset.pth``: a 3D ResNet whose stages 3 and 4 keep stride 1
+       and dilate by 2 and 4);
+    3. the shared normalise-and-compare step
+       (:func:`t7synth.nets.features.normalised_feature_distance`): unit-normalise over
+       channels, sum the squared differences over channels, average over space.
+
+    The depth (ResNet-10 or -50) is read from the file. The weights are read with
+    ``weights_only=True`` from a file the user supplies (nothing is downloaded);
+    ``module.`` prefixes and the segmentation head ``conv_seg`` are ignored.
 
     Args:
-        weights: a MedicalNet ResNet-10 state dict (``module.`` prefixes and the
-            segmentation head ``conv_seg`` are ignored), or a dict holding one under
-            ``state_dict``.
+        weights: a MedicalNet state dict, or a dict holding one under ``state_dict``.
         device: where the features are computed.
     """
 
     def __init__(self, weights: str | Path, device: str = "cpu"):
-        import torch
-        from monai.networks.nets import resnet10
+        from t7synth.nets.features import load_resnet
 
-        from t7synth.nets.features import load_feature_weights
-
-        net = resnet10(spatial_dims=3, n_input_channels=1, conv1_t_size=7, conv1_t_stride=2, shortcut_type="B", bias_downsample=False, num_classes=1)
-        load_feature_weights(net, weights, "--perceptual-weights", "a MedicalNet ResNet-10", skip=("conv_seg", "fc."))
-        for stage, dilation in ((net.layer3, 2), (net.layer4, 4)):
-            for module in stage.modules():
-                if isinstance(module, torch.nn.Conv3d):
-                    module.stride = (1, 1, 1)
-                    if module.kernel_size[0] == 3:
-                        module.dilation = (dilation,) * 3
-                        module.padding = (dilation,) * 3
-        self.net = torch.nn.Sequential(net.conv1, net.bn1, net.act, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
-        self.net.eval().requires_grad_(False).to(device)
+        self.net = load_resnet(weights, "--perceptual-weights", spatial_dims=3, kind="a MedicalNet 3D ResNet").to(device)
         self.device = device
 
     def features(self, volume):
         import torch
 
         x = volume.float().reshape(1, 1, *volume.shape[-3:]).to(self.device)
+        # The clamp only matters for a constant volume, where MONAI's formula divides by 0.
         x = (x - x.mean()) / x.std().clamp(min=1e-8)
-        with torch.no_grad():
-            f = self.net(x)
-        return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            return self.net(x)
 
     def __call__(self, prediction, target) -> float:
-        difference = (self.features(prediction) - self.features(target)) ** 2
-        return float(difference.sum(dim=1).mean())
+        from t7synth.nets.features import normalised_feature_distance
+
+        return float(normalised_feature_distance(self.features(prediction), self.features(target)).mean())

@@ -3,36 +3,64 @@
 Examples::
 
     python -m t7synth.compare runs/demo_unet/version_0 runs/demo_vnet/version_0
+    python -m t7synth.compare runs/demo_unet/version_0 synth/evaluation runs/demo_unet_lr
     python -m t7synth.compare runs/*/version_0 --out comparison/ --wandb offline
 
-Reads each run's ``test_scores.csv`` (written by ``fit``) and ``config.yaml``, and
-writes into ``--out`` (default ``comparison/``):
+Any *scored folder* can be compared, all read in the one per-subject format of
+:func:`t7synth.evaluation.scores.write_rows` (``model, subject, <scores>``, a row per
+subject for the model and each reference):
+
+* a ``fit`` run folder: ``test_scores.csv``, ``config.yaml``, ``metrics.csv``;
+* an ``evaluate`` output folder: ``scores.csv`` and the ``config.yaml`` it used;
+* a sweep study folder (``runs/<study>``, with ``trials.csv``): its ``--trials`` best
+  complete trials (``rank`` 1, 2, … in ``trials.csv``), each a ``fit`` run folder.
+
+It writes into ``--out`` (default ``comparison/``):
 
 * ``comparison.md``: one Markdown table, a row per run (mean ± SD over its test
   subjects) plus the identity and intensity-LUT references once, the best value of
-  each column in bold (also printed);
+  each column in bold; then the config keys whose values differ between the runs
+  (both printed too);
 * ``comparison.csv``: the same numbers, with a ``best`` column naming the columns in
-  which the row is best;
+  which the row is best, and each run's folder and W&B run id;
 * ``comparison.png``: in-brain PSNR and SSIM per run with SD error bars, the
-  references as horizontal lines.
+  references as horizontal lines;
+* ``curves.png``: the validation curves of the runs that have them (``fit`` runs and
+  trials; an ``evaluate`` output has none), from their ``metrics.csv``.
 
-With ``--wandb online|offline`` the table (``wandb.Table``) and the chart go to a W&B
-run of job type ``compare``. Runs scored on different test subjects are compared
-anyway, with a warning: their references then differ, and the first run's are shown.
+With ``--wandb online|offline`` the table (``wandb.Table``, with a link to each run's
+own W&B run), the config differences and both pictures go to a W&B run of job type
+``compare``. Runs scored on different test subjects are compared anyway, with a
+warning: their references then differ, and the first run's are shown.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from t7synth.errors import UserError
-from t7synth.evaluation.scores import COLUMNS, DISPLAY_ORDER, LABELS, MODEL, REFERENCES, format_cell, mean_sd
+from t7synth.evaluation.scores import COLUMNS, DISPLAY_ORDER, LABELS, MODEL, REFERENCES, SECTION_COLUMNS, format_cell, mean_sd
 
-#: The columns a comparison shows, in order (every run's ``test_scores.csv`` has them).
+#: The columns a comparison shows, in order (every per-subject score file has them).
 COMPARED = DISPLAY_ORDER
+#: Shown too when every row of every compared folder has them (test-time structure
+#: scores: score files written before they existed lack them).
+OPTIONAL = SECTION_COLUMNS
+#: The per-subject score file of a ``fit`` run, of an ``evaluate`` output (same format).
+FIT_SCORES, EVALUATE_SCORES = "test_scores.csv", "scores.csv"
+#: A sweep study folder's table of trials (:func:`t7synth.tuning.study.trials_table`).
+STUDY_TABLE = "trials.csv"
+#: Config keys left out of the differences: where a run's files went and how it was
+#: labelled, not what ran (``data.root`` stays: another dataset is another experiment).
+IGNORED_KEYS = ("name", "runs_dir", "wandb.")
+#: How a config difference shows a key that a run's config lacks (an older t7synth wrote it).
+NOT_SET = "(not set)"
 
 
 @dataclass
@@ -44,60 +72,163 @@ class Entry:
     kind: str  # "run" or "reference"
     n: int
     scores: dict[str, tuple[float, float]] = field(default_factory=dict)
+    path: str = ""
+    wandb_run: str = ""
 
 
 @dataclass
 class Run:
-    """A run folder's test scores: ``rows`` as in ``test_scores.csv``."""
+    """A scored folder: its per-subject ``rows`` and what describes the run.
+
+    Attributes:
+        source: ``fit``, ``trial`` (a sweep's ``fit`` run) or ``evaluate``.
+        config: the folder's ``config.yaml`` (empty when it has none).
+        metrics: its ``metrics.csv`` of training curves, if any.
+        wandb_run: the W&B run id of a ``fit`` run (``wandb_id.txt``), else empty.
+    """
 
     path: Path
     label: str
     model: str
     rows: list[dict[str, str]]
+    source: str = "fit"
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: Path | None = None
+    wandb_run: str = ""
     wandb_project: str = "t7synth"
     wandb_entity: str | None = None
 
 
-def read_run(path: str | Path) -> Run:
-    """Read ``test_scores.csv`` and ``config.yaml`` of a run folder.
+def read_runs(path: str | Path, trials: int = 3) -> list[Run]:
+    """The runs of one scored folder: one, or a sweep study's ``trials`` best.
 
     Raises:
-        UserError: no such folder, no (or an empty, or a malformed) ``test_scores.csv``.
+        UserError: no such folder, or no score file it could be compared by.
     """
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"run folder not found: {path}")
-    scores = path / "test_scores.csv"
+    if (path / FIT_SCORES).is_file() or (path / EVALUATE_SCORES).is_file():
+        return [read_run(path)]
+    if (path / STUDY_TABLE).is_file():
+        return read_study(path, trials)
+    if (path / "config.yaml").is_file() or (path / "checkpoints").is_dir():
+        raise UserError(f"{path} has no {FIT_SCORES} (the run did not reach its test, or its dataset has no test split; "
+                        "pick another run, finish it, or score its predictions with evaluate)")
+    raise UserError(f"{path} holds no scores: expected {FIT_SCORES} (a fit run), {EVALUATE_SCORES} (an evaluate output) "
+                    f"or {STUDY_TABLE} (a sweep study)")
+
+
+def read_run(path: str | Path) -> Run:
+    """Read a ``fit`` run folder or an ``evaluate`` output folder (see the module docstring).
+
+    Raises:
+        UserError: no such folder, no (or an empty, or a malformed) score file.
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"run folder not found: {path}")
+    scores = path / FIT_SCORES if (path / FIT_SCORES).is_file() else path / EVALUATE_SCORES
     if not scores.is_file():
-        raise UserError(f"{path} has no test_scores.csv (the run did not reach its test; pick another run or finish it)")
-    with open(scores, newline="") as handle:
-        reader = csv.DictReader(handle)
-        needed = {"model", "subject", *COMPARED}
-        if not reader.fieldnames or not needed <= set(reader.fieldnames):
-            raise UserError(f"{scores} lacks columns {sorted(needed - set(reader.fieldnames or []))}")
-        rows = list(reader)
-    if not any(r["model"] == MODEL for r in rows):
-        raise UserError(f"{scores} has no rows of the model")
-    for row in rows:
-        for name in COMPARED:
-            try:
-                float(row[name])
-            except ValueError:
-                raise UserError(f"{scores}: {name} of {row['subject']} is not a number: {row[name]!r}") from None
-    config = {}
+        raise UserError(f"{path} has no {FIT_SCORES} (the run did not reach its test; pick another run or finish it)")
+    rows = read_scores(scores)
+    config: dict[str, Any] = {}
     if (path / "config.yaml").is_file():
         from t7synth.config import load_yaml
 
         config = load_yaml(path / "config.yaml")
-    # The folder names stand in for a missing config; resolve so "." and "run" have a parent.
-    experiment = config.get("name") or path.resolve().parent.name
-    model = (config.get("model") or {}).get("name", "?")
-    wandb = config.get("wandb") or {}
-    return Run(path, f"{experiment}/{path.name}", model, rows, wandb.get("project") or "t7synth", wandb.get("entity"))
+    # Older config formats wrote plain values where sections are now: take what reads.
+    wandb = config.get("wandb") if isinstance(config.get("wandb"), dict) else {}
+    section = config.get("model")
+    model = str(section.get("name") or "?") if isinstance(section, dict) else str(section or "?")
+    if scores.name == EVALUATE_SCORES:
+        # evaluate without --ckpt/--config records the built-in defaults (name: null),
+        # which say nothing about the model that made the predictions.
+        source, model = "evaluate", model if config.get("name") else "?"
+        label = f"{path.resolve().parent.name}/{path.name}"
+    else:
+        from t7synth.tuning.trial import read_trial_record
+
+        trial = read_trial_record(path)
+        # The folder names stand in for a missing config; resolve so "." and "run" have a parent.
+        experiment = config.get("name") or path.resolve().parent.name
+        source = "trial" if trial else "fit"
+        label = f"{trial.get('study') or wandb.get('group')}/{experiment}" if trial else f"{experiment}/{path.name}"
+    from t7synth.training.loggers import WANDB_ID_FILE
+
+    id_file = path / WANDB_ID_FILE
+    return Run(
+        path, label, model, rows, source, config,
+        metrics=path / "metrics.csv" if source != "evaluate" and (path / "metrics.csv").is_file() else None,
+        wandb_run=id_file.read_text().strip() if id_file.is_file() else "",
+        wandb_project=wandb.get("project") or "t7synth", wandb_entity=wandb.get("entity"),
+    )
 
 
-def _entry(label: str, model: str, kind: str, rows: list[dict[str, str]]) -> Entry:
-    return Entry(label, model, kind, len(rows), {name: mean_sd([float(r[name]) for r in rows]) for name in COMPARED})
+def read_scores(scores: Path) -> list[dict[str, str]]:
+    """Per-subject rows of a score file, checked: the columns, a model row, complete
+    rows of numbers. Infinity is a score (a perfect prediction's PSNR); NaN is not,
+    and would make every mean and "best" of its column meaningless.
+
+    Raises:
+        UserError: naming the file, the line and the cell.
+    """
+    import io
+
+    from t7synth.files import read_text
+
+    reader = csv.DictReader(io.StringIO(read_text(scores), newline=""))
+    try:
+        needed = {"model", "subject", *COMPARED}
+        if not reader.fieldnames or not needed <= set(reader.fieldnames):
+            raise UserError(f"{scores} lacks columns {sorted(needed - set(reader.fieldnames or []))}")
+        rows = []
+        for row in reader:
+            if None in row.values() or None in row:
+                raise UserError(f"{scores}, line {reader.line_num}: {len(reader.fieldnames)} cells expected, the row has a different number")
+            for name in COMPARED:
+                try:
+                    value = float(row[name])
+                except ValueError:
+                    raise UserError(f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}") from None
+                if math.isnan(value):
+                    raise UserError(f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}")
+            rows.append(row)
+    except csv.Error as error:
+        raise UserError(f"{scores}, line {reader.line_num}: {error}") from None
+    if not any(r["model"] == MODEL for r in rows):
+        raise UserError(f"{scores} has no rows of the model")
+    return rows
+
+
+def read_study(path: Path, trials: int) -> list[Run]:
+    """The ``trials`` best complete trials of a sweep study folder (``rank`` in ``trials.csv``).
+
+    A trial's ``run_dir`` is read from the table, or, when the study folder was moved
+    since (or the sweep ran with a relative ``runs_dir`` from another folder), found
+    inside the study folder by its last two parts (``trial-NNNN/version_0``).
+    """
+    table = path / STUDY_TABLE
+    with open(table, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"rank", "run_dir"} <= set(reader.fieldnames):
+            raise UserError(f"{table} has no rank and run_dir columns (an older sweep wrote it): run the sweep command again to rewrite it")
+        ranked = sorted((row for row in reader if row["rank"].strip()), key=lambda row: int(float(row["rank"])))
+    if not ranked:
+        raise UserError(f"{path}: no trial of the study is complete ({table}), so none was tested")
+    runs = []
+    for row in ranked[:trials]:
+        run_dir = Path(row["run_dir"])
+        if not run_dir.is_dir():
+            run_dir = path / run_dir.parent.name / run_dir.name
+        runs.append(read_run(run_dir))
+    return runs
+
+
+def _entry(label: str, model: str, kind: str, rows: list[dict[str, str]], run: Run | None = None) -> Entry:
+    optional = [name for name in OPTIONAL if all(_is_score(r.get(name)) for r in rows)]
+    scores = {name: mean_sd([float(r[name]) for r in rows]) for name in (*COMPARED, *optional)}
+    return Entry(label, model, kind, len(rows), scores, str(run.path) if run else "", run.wandb_run if run else "")
 
 
 def build_entries(runs: Sequence[Run], warn=None) -> list[Entry]:
@@ -110,7 +241,7 @@ def build_entries(runs: Sequence[Run], warn=None) -> list[Entry]:
     for run in runs:
         labels[run.label] = labels.get(run.label, 0) + 1
         label = run.label if labels[run.label] == 1 else f"{run.label} ({labels[run.label]})"
-        entries.append(_entry(label, run.model, "run", [r for r in run.rows if r["model"] == MODEL]))
+        entries.append(_entry(label, run.model, "run", [r for r in run.rows if r["model"] == MODEL], run))
     subject_sets = {run.label: sorted({r["subject"] for r in run.rows if r["model"] == MODEL}) for run in runs}
     if len({tuple(s) for s in subject_sets.values()}) > 1 and warn is not None:
         warn(f"the runs were tested on different subjects; the references shown are those of {runs[0].label}")
@@ -121,44 +252,114 @@ def build_entries(runs: Sequence[Run], warn=None) -> list[Entry]:
     return entries
 
 
+def _is_score(text: str | None) -> bool:
+    try:
+        return text is not None and not math.isnan(float(text))
+    except ValueError:
+        return False
+
+
+def shown_columns(entries: Sequence[Entry]) -> list[str]:
+    """:data:`COMPARED`, then the :data:`OPTIONAL` columns every entry has."""
+    return [*COMPARED, *(name for name in OPTIONAL if all(name in e.scores for e in entries))]
+
+
 def best_rows(entries: Sequence[Entry]) -> dict[str, set[int]]:
-    """``{column: indices of the best entries}`` (highest, or lowest for MAE); ties
-    (equal means, e.g. two runs of the same checkpoint) are all best."""
+    """``{column: indices of the best entries}`` (highest, lowest or closest to the
+    column's ideal, see :meth:`~t7synth.evaluation.scores.Column.best`); ties (equal
+    means, e.g. two runs of the same checkpoint) are all best."""
     best = {}
-    for name in COMPARED:
-        higher = COLUMNS[name].higher_is_better
+    for name in shown_columns(entries):
         values = [e.scores[name][0] for e in entries]
-        target = max(values) if higher else min(values)
+        target = COLUMNS[name].best(values)
         best[name] = {index for index, value in enumerate(values) if value == target}
     return best
 
 
 def markdown_table(entries: Sequence[Entry]) -> str:
-    """The comparison as a Markdown table, best per column in bold."""
+    """The comparison as a Markdown table, best per column in bold; the structure
+    scores, when every entry has them, as a second table of the same rows."""
     best = best_rows(entries)
-    header = ["run", "model", "n", *(COLUMNS[name].heading for name in COMPARED)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(COMPARED)) + "|"]
-    for index, entry in enumerate(entries):
-        cells = []
-        for name in COMPARED:
-            text = format_cell(name, *entry.scores[name])
-            cells.append(f"**{text}**" if index in best[name] else text)
-        lines.append("| " + " | ".join([entry.label, entry.model or "—", str(entry.n), *cells]) + " |")
+    shown = shown_columns(entries)
+    blocks = [list(COMPARED), [name for name in shown if name not in COMPARED]]
+    tables = []
+    for columns in (block for block in blocks if block):
+        header = ["run", "model", "n", *(COLUMNS[name].heading for name in columns)]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|"]
+        for index, entry in enumerate(entries):
+            cells = []
+            for name in columns:
+                text = format_cell(name, *entry.scores[name])
+                cells.append(f"**{text}**" if index in best[name] else text)
+            lines.append("| " + " | ".join([entry.label, entry.model or "—", str(entry.n), *cells]) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1e-4}}`` -> ``{"optim.lr": 1e-4}``; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(runs: Sequence[Run]) -> dict[str, list[Any]]:
+    """``{dotted key: [value per run]}`` for the keys whose values differ between the runs.
+
+    Runs without a ``config.yaml`` are left out; a key a run's config lacks (written
+    by an older t7synth) counts as a difference, shown as :data:`NOT_SET`. Keys in
+    :data:`IGNORED_KEYS` never count.
+    """
+    configs = [flatten(run.config) for run in runs if run.config]
+    if len(configs) < 2:
+        return {}
+    keys = sorted({key for config in configs for key in config})
+    differences = {}
+    for key in keys:
+        if any(key == ignored or (ignored.endswith(".") and key.startswith(ignored)) for ignored in IGNORED_KEYS):
+            continue
+        present = {json.dumps(config[key], sort_keys=True, default=str) for config in configs if key in config}
+        if len(present) > 1 or any(key not in config for config in configs):
+            differences[key] = [config.get(key, NOT_SET) for config in configs]
+    return differences
+
+
+def differences_markdown(runs: Sequence[Run], differences: dict[str, list[Any]]) -> str:
+    """The config differences as a Markdown section (a table, or a sentence)."""
+    with_config = [run for run in runs if run.config]
+    lines = ["## Config differences", ""]
+    without = [run.label for run in runs if not run.config]
+    if without:
+        lines += [f"No config.yaml (left out): {', '.join(without)}.", ""]
+    if len(with_config) < 2:
+        return "\n".join(lines + ["Fewer than two runs have a config.yaml: nothing to compare."])
+    if not differences:
+        return "\n".join(lines + ["The runs' configs are the same (name, runs_dir and wandb.* aside)."])
+    lines.append("| key | " + " | ".join(run.label for run in with_config) + " |")
+    lines.append("|" + "|".join(["---"] * (len(with_config) + 1)) + "|")
+    for key, values in differences.items():
+        cells = [value if value == NOT_SET else json.dumps(value, default=str).strip('"') for value in values]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def table_columns() -> list[str]:
-    return ["run", "model", "kind", "n", *(f"{n}_{s}" for n in COMPARED for s in ("mean", "sd")), "best"]
+def table_columns(entries: Sequence[Entry] = ()) -> list[str]:
+    names = shown_columns(entries) if entries else COMPARED
+    return ["run", "model", "kind", "n", *(f"{n}_{s}" for n in names for s in ("mean", "sd")), "best", "path", "wandb_run"]
 
 
 def table_rows(entries: Sequence[Entry]) -> list[list]:
-    """The CSV/W&B rows: numbers, and ``best`` listing the columns the row wins."""
+    """The CSV/W&B rows: numbers, ``best`` listing the columns the row wins, where it lives."""
     best = best_rows(entries)
     rows = []
     for index, entry in enumerate(entries):
-        numbers = [round(v, 6) for name in COMPARED for v in entry.scores[name]]
-        wins = ";".join(name for name in COMPARED if index in best[name])
-        rows.append([entry.label, entry.model, entry.kind, entry.n, *numbers, wins])
+        numbers = [round(v, 6) for name in best for v in entry.scores[name]]
+        wins = ";".join(name for name in best if index in best[name])
+        rows.append([entry.label, entry.model, entry.kind, entry.n, *numbers, wins, entry.path, entry.wandb_run])
     return rows
 
 
@@ -167,7 +368,7 @@ def write_csv(entries: Sequence[Entry], path: Path) -> Path:
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(table_columns())
+        writer.writerow(table_columns(entries))
         writer.writerows(table_rows(entries))
     return path
 
@@ -186,19 +387,29 @@ def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
     styles = ["--", ":"]
     figure, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.6 * len(runs) + 3.5), 4.2))
     for axis, name in zip(axes, ("psnr_brain", "ssim_brain")):
+        # A perfect prediction's PSNR is infinite and its SD may be undefined: such bars
+        # are drawn up to the top and marked, and the axis is scaled by the finite values.
         means = [e.scores[name][0] for e in runs]
-        sds = [e.scores[name][1] for e in runs]
-        positions = range(len(runs))
-        axis.bar(positions, means, yerr=sds, capsize=4, color="tab:blue", alpha=0.8)
-        for reference, style in zip(references, styles):
-            axis.axhline(reference.scores[name][0], color="gray", linestyle=style, label=reference.label)
-        axis.set_xticks(list(positions), [e.label for e in runs], rotation=20, ha="right", fontsize=8)
-        axis.set_title(COLUMNS[name].heading)
-        # Bars from 0 would hide differences of a fraction of a dB: zoom on the data.
-        values = [m - s for m, s in zip(means, sds)] + [r.scores[name][0] for r in references]
-        tops = [m + s for m, s in zip(means, sds)] + [r.scores[name][0] for r in references]
-        low, high = min(values), max(tops)
+        sds = [e.scores[name][1] if math.isfinite(e.scores[name][1]) else 0.0 for e in runs]
+        finite = [math.isfinite(m) for m in means]
+        lines = [r.scores[name][0] for r in references if math.isfinite(r.scores[name][0])]
+        values = [m - s for m, s, ok in zip(means, sds, finite) if ok] + lines
+        tops = [m + s for m, s, ok in zip(means, sds, finite) if ok] + lines
+        low, high = (min(values), max(tops)) if values else (0.0, 1.0)
         margin = 0.15 * (high - low) or 0.05 * abs(high) or 1.0
+        positions = range(len(runs))
+        heights = [m if ok else high + margin for m, ok in zip(means, finite)]
+        axis.bar(positions, heights, yerr=[s if ok else 0.0 for s, ok in zip(sds, finite)], capsize=4, color="tab:blue", alpha=0.8)
+        for position, mean, ok in zip(positions, means, finite):
+            if not ok:
+                axis.annotate(f"{mean}", (position, high + margin), ha="center", va="top", fontsize=9)
+        for reference, style in zip(references, styles):
+            if math.isfinite(reference.scores[name][0]):
+                axis.axhline(reference.scores[name][0], color="gray", linestyle=style, label=reference.label)
+        axis.set_xticks(list(positions), [e.label for e in runs], rotation=20, ha="right", fontsize=8)
+        axis.set_title(f"test {COLUMNS[name].heading}")
+        axis.set_ylabel(COLUMNS[name].heading)
+        # Bars from 0 would hide differences of a fraction of a dB: zoom on the data.
         axis.set_ylim(low - margin, high + margin)
         if references:
             axis.legend(fontsize=8, loc="best", framealpha=0.8)
@@ -209,43 +420,88 @@ def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
     return path
 
 
-def log_to_wandb(entries: Sequence[Entry], chart: Path, mode: str, project: str, entity: str | None, out_dir: Path) -> None:
-    """Log the table and the chart to a new W&B run (job type ``compare``)."""
+def log_to_wandb(entries: Sequence[Entry], runs: Sequence[Run], differences: dict[str, list[Any]], images: dict[str, Path],
+                 mode: str, out_dir: Path) -> None:
+    """Log the table, config differences and pictures to a new W&B run (job type ``compare``).
+
+    The compared runs are linked from the run's config (their labels, folders and W&B
+    ids) and from the table's ``wandb_link`` column (URL online, run path offline; see
+    :func:`t7synth.training.loggers.run_link`).
+    """
     import wandb
 
+    from t7synth.training.loggers import run_link
+
+    first = runs[0]
     run = wandb.init(
-        project=project,
-        entity=entity,
+        project=first.wandb_project,
+        entity=first.wandb_entity,
         job_type="compare",
         name="compare: " + ", ".join(e.label for e in entries if e.kind == "run")[:100],
         mode=mode,
         dir=str(out_dir),
-        config={"runs": [e.label for e in entries if e.kind == "run"]},
+        config={
+            "runs": [{"label": e.label, "path": e.path, "wandb_run": e.wandb_run} for e in entries if e.kind == "run"],
+            "config_differences": {key: [json.dumps(v, default=str) for v in values] for key, values in differences.items()},
+        },
     )
     try:
-        run.log({"comparison/table": wandb.Table(columns=table_columns(), data=table_rows(entries)), "comparison/chart": wandb.Image(str(chart))})
+        rows = [[*row, run_link(run, row[-1], mode) if row[-1] else ""] for row in table_rows(entries)]
+        run.log({
+            "comparison/table": wandb.Table(columns=[*table_columns(entries), "wandb_link"], data=rows),
+            **{f"comparison/{name}": wandb.Image(str(path)) for name, path in images.items()},
+        })
     finally:
         run.finish()
 
 
-def compare(run_dirs: Sequence[str | Path], out: str | Path = "comparison", wandb_mode: str = "disabled", warn=None) -> str:
-    """Compare runs: write ``comparison.md``, ``.csv`` and ``.png`` into ``out``.
+def compare(run_dirs: Sequence[str | Path], out: str | Path = "comparison", wandb_mode: str = "disabled", warn=None,
+            trials: int = 3) -> str:
+    """Compare scored folders: write ``comparison.md``, ``.csv``, ``.png`` and ``curves.png`` into ``out``.
 
-    Every run is read and checked before anything is written.
+    Every folder is read and checked before anything is written.
+
+    Args:
+        run_dirs: ``fit`` run folders, ``evaluate`` outputs or sweep study folders.
+        out: the output folder.
+        wandb_mode: ``disabled``, ``online`` or ``offline``.
+        warn: receives warnings (runs tested on different subjects).
+        trials: how many best complete trials of each study folder to compare.
 
     Returns:
-        The Markdown table and where the files are, to print.
+        The Markdown table, the config differences and where the files are, to print.
     """
-    runs = [read_run(path) for path in run_dirs]
+    if trials < 1:
+        raise UserError(f"--trials {trials}: must be at least 1")
+    from t7synth.training.loggers import check_wandb_mode
+
+    check_wandb_mode(wandb_mode)
+    runs = [run for path in run_dirs for run in read_runs(path, trials)]
     entries = build_entries(runs, warn=warn)
+    differences = config_differences(runs)
     out = Path(out).expanduser()
     table = markdown_table(entries)
-    from t7synth.files import atomic_path
+    section = differences_markdown(runs, differences)
+    from t7synth.files import atomic_paths, check_writable, remove_stale_temporaries
+    from t7synth.plotting import save_curves
 
-    with atomic_path(out / "comparison.md") as tmp:
-        tmp.write_text(table + "\n")
-    write_csv(entries, out / "comparison.csv")
-    chart = bar_chart(entries, out / "comparison.png")
+    check_writable(out)
+    remove_stale_temporaries(out)
+    finals = [out / name for name in ("comparison.md", "comparison.csv", "comparison.png", "curves.png")]
+    # All four or none: each is drawn into a temporary, and only then are they renamed,
+    # so a failure half-way leaves the previous comparison whole.
+    with atomic_paths(*finals) as (md_tmp, csv_tmp, chart_tmp, curves_tmp):
+        md_tmp.write_text(table + "\n\n" + section + "\n", encoding="utf-8")
+        write_csv(entries, csv_tmp)
+        bar_chart(entries, chart_tmp)
+        labels = {id(run): entry.label for run, entry in zip(runs, entries)}
+        if save_curves([(labels[id(run)], run.metrics) for run in runs if run.metrics], curves_tmp) is None:
+            curves_tmp.unlink()  # no curves: a stale curves.png (other runs') is removed
+    images = {"chart": finals[2]}
+    curves = finals[3] if finals[3].is_file() else None
+    if curves is not None:
+        images["curves"] = curves
     if wandb_mode != "disabled":
-        log_to_wandb(entries, chart, wandb_mode, runs[0].wandb_project, runs[0].wandb_entity, out)
-    return table + f"\n\nTable: {out / 'comparison.md'}, {out / 'comparison.csv'}\nChart: {chart}"
+        log_to_wandb(entries, runs, differences, images, wandb_mode, out)
+    pictures = f"Chart: {images['chart']}" + (f"\nCurves: {curves}" if curves else "\nCurves: none (no run has a metrics.csv)")
+    return f"{table}\n\n{section}\n\nTable: {out / 'comparison.md'}, {out / 'comparison.csv'}\n{pictures}"

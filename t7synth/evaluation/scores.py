@@ -32,12 +32,23 @@ LABELS = {"identity": "identity (3T input)", "lut": "intensity LUT"}
 
 @dataclass(frozen=True)
 class Column:
-    """One score: its heading, whether higher is better, and the decimals it is shown with."""
+    """One score: its heading, whether higher is better, and the decimals it is shown with.
+
+    ``ideal`` is set for a score whose best value is neither the highest nor the lowest
+    (a ratio to the 7T's, best at 1); ``higher_is_better`` then says nothing.
+    """
 
     name: str
     heading: str
     higher_is_better: bool
     decimals: int
+    ideal: float | None = None
+
+    def best(self, values: Sequence[float]) -> float:
+        """The best of ``values``: the highest, the lowest, or the closest to ``ideal``."""
+        if self.ideal is not None:
+            return min(values, key=lambda v: abs(v - self.ideal))
+        return max(values) if self.higher_is_better else min(values)
 
 
 #: Every score column t7synth knows, in file order (the order of per-subject CSV files).
@@ -50,6 +61,15 @@ COLUMNS: dict[str, Column] = {
         Column("ssim_brain", "SSIM brain", True, 4),
         Column("mae", "MAE", False, 4),
         Column("perceptual", "perceptual (MedicalNet)", False, 4),
+        # evaluate --ssim authors: the authors' two SSIM forms (metrics.authors_ssim_scores).
+        Column("ssim_skimage", "SSIM (skimage)", True, 4),
+        Column("ssim_brain_flat", "SSIM brain (flat)", True, 4),
+        # Test-time structure scores (evaluation/structure.py); docs/metrics.md.
+        *(Column(f"dice_{t}", f"Dice {t.upper()} vs 7T seg.", True, 3) for t in ("csf", "gm", "wm")),
+        *(Column(f"vol_err_{t}", f"{t.upper()} volume error (%)", False, 1) for t in ("csf", "gm", "wm")),
+        *(Column(f"dice_true_{t}", f"Dice {t.upper()} vs true labels", True, 3) for t in ("csf", "gm", "wm")),
+        Column("gmsd", "GMSD", False, 4),
+        Column("hf_ratio", "HF energy / 7T", False, 3, ideal=1.0),
     )
 }
 #: The order tables show columns in: in-brain scores first (the paper's), then the rest.
@@ -58,14 +78,31 @@ DISPLAY_ORDER = ("psnr_brain", "ssim_brain", "psnr", "ssim", "mae")
 REPORT_COLUMNS = DISPLAY_ORDER[:4]
 #: The headline score: best checkpoint, gain lines, sweep objective by default.
 HEADLINE = "psnr_brain"
+#: Test-time structure scores, each group printed as its own block under the
+#: intensity table (one wide table would wrap): ``{heading: columns}``.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "Tissue segmentation (N4 + 3-class GMM), agreement with the 7T's:": (
+        "dice_csf", "dice_gm", "dice_wm", "vol_err_csf", "vol_err_gm", "vol_err_wm"),
+    "Tissue segmentation against the true tissue labels (dseg):": ("dice_true_csf", "dice_true_gm", "dice_true_wm"),
+    "Sharpness against the 7T:": ("gmsd", "hf_ratio"),
+}
+SECTION_COLUMNS = tuple(name for names in SECTIONS.values() for name in names)
 
 Summary = dict[str, dict[str, tuple[float, float]]]
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
+    """Mean and sample standard deviation (0 for a single value).
+
+    A perfect prediction's PSNR is infinite, which ``statistics.stdev`` cannot take:
+    equal values (all infinite too) then have SD 0, others an undefined (NaN) SD.
+    """
     values = [float(v) for v in values]
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    if len(values) < 2:
+        return statistics.fmean(values), 0.0
+    if not all(math.isfinite(v) for v in values):
+        return statistics.fmean(values), 0.0 if len(set(values)) == 1 else math.nan
+    return statistics.fmean(values), statistics.stdev(values)
 
 
 def format_cell(name: str, mean: float, sd: float) -> str:
@@ -134,13 +171,23 @@ def format_table(table: Summary, model_label: str, columns: Sequence[str], width
 
 
 def format_report(rows: Sequence[Mapping[str, Any]], model_label: str, columns: Sequence[str], heading: str) -> str:
-    """A summary table of ``rows`` under ``heading``, then the gain line."""
+    """A summary table of ``rows`` under ``heading``, then the gain line, then a block
+    per :data:`SECTIONS` group the rows carry (``columns`` lists the first table's)."""
     table = summarise(rows)
-    lines = [heading, *format_table(table, model_label, [c for c in columns if c in next(iter(table.values()), {})])]
+    present = next(iter(table.values()), {})
+    lines = [heading, *format_table(table, model_label, [c for c in columns if c in present and c not in SECTION_COLUMNS])]
     gain = gain_line(table)
     if gain:
         lines.append(gain)
+    for section, names in SECTIONS.items():
+        shown = [name for name in names if name in present]
+        if shown:
+            lines += ["", section, *format_table(table, model_label, shown)]
     return "\n".join(lines)
+
+
+#: Where ``fit`` draws the test subjects' power spectra, relative to the run folder.
+TEST_SPECTRA = "samples/test_spectra.png"
 
 
 def format_test_report(rows: Sequence[Mapping[str, Any]], model_name: str, checkpoint: str | None, run_dir: Path) -> str:
@@ -148,7 +195,10 @@ def format_test_report(rows: Sequence[Mapping[str, Any]], model_name: str, check
     subjects = sorted({r["subject"] for r in rows})
     heading = f"Test split: {len(subjects)} held-out subjects, checkpoint {checkpoint or 'final weights'}"
     report = format_report(rows, f"{model_name} (synthetic 7T)", REPORT_COLUMNS, heading)
-    return report + f"\nPer-subject scores: {run_dir / 'test_scores.csv'}\nMontages: {run_dir / 'samples'}/test_<subject>.png"
+    report += f"\nPer-subject scores: {run_dir / 'test_scores.csv'}\nMontages: {run_dir / 'samples'}/test_<subject>.png"
+    if (run_dir / TEST_SPECTRA).is_file():
+        report += f"\nPower spectra: {run_dir / TEST_SPECTRA}"
+    return report
 
 
 def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from t7synth.data.naming import PLAIN_SUFFIX, is_nifti, nifti_stem, synthetic_name
+from t7synth.data.naming import PLAIN_SUFFIX, is_nifti, nifti_stem, synthetic_path
 from t7synth.errors import UserError
 
 
@@ -18,6 +18,7 @@ class Job:
 
     ``age`` (years) and ``sex`` (1 female, 0 male, 0.5 unknown) feed the conditioning
     tokens of models that use them; unknown values are what training used for them.
+    ``uncertainty`` is where a prediction fused from several models writes its SD map.
     """
 
     source: Path
@@ -25,6 +26,7 @@ class Job:
     mask: Path | None = None
     age: float = 0.0
     sex: float = 0.5
+    uncertainty: Path | None = None
 
 
 def is_dataset(folder: Path) -> bool:
@@ -42,6 +44,7 @@ def plan_jobs(
     config=None,
     age: float | None = None,
     sex: float | None = None,
+    uncertainty: bool = False,
 ) -> list[Job]:
     """The volumes a ``predict`` command line asks for, checked before anything runs.
 
@@ -58,6 +61,8 @@ def plan_jobs(
         age, sex: conditioning values of a file input (years; 1 female, 0 male).
             Folders of files get the unknown values; a dataset folder's come from
             its ``participants.tsv``.
+        uncertainty: give each job an SD map beside its output
+            (:func:`~t7synth.data.naming.uncertainty_path`; several models fused).
 
     Raises:
         UserError: missing paths, a folder with no NIfTI files, a missing mask, an
@@ -87,21 +92,34 @@ def plan_jobs(
         jobs = _dataset_jobs(input, output, mask, split, config) if is_dataset(input) else _folder_jobs(input, output, mask, split)
     else:
         raise UserError(f"input not found: {input}")
+    if uncertainty:
+        from dataclasses import replace
+
+        from t7synth.data.naming import uncertainty_path
+
+        jobs = [replace(job, uncertainty=uncertainty_path(job.output)) for job in jobs]
     sources = {job.source.resolve() for job in jobs}
     outputs: dict[Path, Path] = {}
     for job in jobs:
-        resolved = job.output.resolve()
-        if resolved in sources:
-            raise UserError(f"output {job.output} would overwrite an input; choose another --output")
-        if resolved in outputs:
-            raise UserError(f"{job.source} and {outputs[resolved]} would both be written to {job.output}")
-        outputs[resolved] = job.source
+        for written in (job.output, job.uncertainty):
+            if written is None:
+                continue
+            resolved = written.resolve()
+            if resolved in sources:
+                raise UserError(f"output {written} would overwrite an input; choose another --output")
+            if resolved in outputs:
+                raise UserError(f"{job.source} and {outputs[resolved]} would both be written to {written}")
+            outputs[resolved] = job.source
     return jobs
 
 
 def _dataset_jobs(root: Path, output: Path, mask_dir: Path | None, split: str | None, config) -> list[Job]:
     from t7synth.data.layout import assign_splits, discover
 
+    if output.resolve() == root.resolve():
+        # The outputs would land among the subjects' own files, as a derivative dataset
+        # description over the dataset's.
+        raise UserError(f"--output {output} is the dataset folder itself; write the predictions to another folder")
     records = discover(root)
     if split:
         if config is None:
@@ -113,7 +131,8 @@ def _dataset_jobs(root: Path, output: Path, mask_dir: Path | None, split: str | 
     jobs = []
     for record in records:
         mask = _match_mask(record.source, mask_dir) if mask_dir is not None else record.mask
-        jobs.append(Job(source=record.source, output=output / synthetic_name(record.subject), mask=mask, age=record.age, sex=record.sex))
+        # A BIDS derivative dataset: OUT/sub-XXX/anat/sub-XXX_desc-synth7T_T1w.nii.gz.
+        jobs.append(Job(source=record.source, output=synthetic_path(output, record.subject), mask=mask, age=record.age, sex=record.sex))
     return jobs
 
 
@@ -185,7 +204,7 @@ class PredictOutcome:
 
 
 def predict(
-    ckpt: str | Path,
+    ckpt: str | Path | Sequence[str | Path] | None,
     input: str | Path,
     output: str | Path,
     mask: str | Path | None = None,
@@ -195,8 +214,14 @@ def predict(
     gpus: int = 0,
     batch_size: int | None = None,
     progress: bool = True,
+    model: str | Path | Sequence[str | Path] | None = None,
 ) -> PredictOutcome:
     """Synthesise what a ``predict`` command line asks for (see :func:`plan_jobs`).
+
+    The model comes from the checkpoint ``ckpt`` or, instead, from the package
+    ``model`` (:mod:`t7synth.inference.package`); both give the same predictions.
+    Several checkpoints (or packages) are fused: each output is their voxel-wise mean,
+    with the SD across them written beside it (:class:`~t7synth.inference.synthesiser.Fusion`).
 
     A single file's error is the command's error (one line, exit 2); a folder keeps
     going past volumes that fail, and their messages come back in ``failures``.
@@ -205,9 +230,52 @@ def predict(
 
     if age is not None and not (0.0 <= age <= 150.0):
         raise UserError(f"--age {age}: expected years between 0 and 150")
-    synthesiser = Synthesiser.from_checkpoint(ckpt, device=device_for(gpus), batch_size=batch_size)
-    jobs = plan_jobs(input, output, mask, split, synthesiser.config, age=age, sex=sex)
+    device = device_for(gpus)
+    synthesisers = []
+    for source in _as_list(model if model is not None else ckpt):
+        if model is not None:
+            from t7synth.inference.package import load_package
+
+            synthesisers.append(Synthesiser(load_package(source), device=device, batch_size=batch_size))
+        else:
+            from t7synth.inference.package import is_package
+
+            if is_package(source):
+                raise UserError(f"--ckpt {source} is a model package; pass it as --model {source}")
+            synthesisers.append(Synthesiser.from_checkpoint(source, device=device, batch_size=batch_size))
+    if not synthesisers:
+        raise UserError("predict needs a model: --ckpt or --model")
+    fused = len(synthesisers) > 1
+    if fused:
+        from t7synth.inference.synthesiser import Fusion
+
+        if split and len({(c.data.val_fraction, c.data.test_fraction, c.data.split_seed) for c in (s.config for s in synthesisers)}) > 1:
+            raise UserError(f"--split {split}: the models split the dataset differently (data.val_fraction, test_fraction, split_seed)")
+        synthesiser = Fusion(synthesisers)
+    else:
+        synthesiser = synthesisers[0]
+    jobs = plan_jobs(input, output, mask, split, synthesiser.config, age=age, sex=sex, uncertainty=fused)
+    from t7synth.files import check_writable, remove_stale_temporaries
+
+    for folder in sorted({job.output.parent for job in jobs}):
+        check_writable(folder)  # a read-only --output is one line now, not one per volume
+        remove_stale_temporaries(folder)  # what a killed predict left
+    if Path(input).expanduser().is_dir() and is_dataset(Path(input).expanduser()):
+        from t7synth.data.bids import write_description
+
+        names = ", ".join(sorted({s.config.model.name for s in synthesisers}))
+        write_description(Path(output).expanduser(), f"t7synth synthetic 7T: {Path(output).name}",
+                          f"predict: 7T-like T1w synthesised from each subject's 3T ({names})", Path(input))
+    fusion = f" (each the mean of {len(synthesisers)} models, its SD map beside it)" if fused else ""
     if Path(input).expanduser().is_file():
-        return PredictOutcome(str(synthesiser.write(jobs[0])), 1, [])
+        written = synthesiser.write(jobs[0])
+        return PredictOutcome(f"{written}" + (f" (mean of {len(synthesisers)} models; SD: {jobs[0].uncertainty})" if fused else ""), 1, [])
     failures = run_jobs(synthesiser, jobs, progress=progress)
-    return PredictOutcome(f"{len(jobs) - len(failures)} of {len(jobs)} volumes written to {output}", len(jobs), failures)
+    return PredictOutcome(f"{len(jobs) - len(failures)} of {len(jobs)} volumes written to {output}{fusion}", len(jobs), failures)
+
+
+def _as_list(value) -> list:
+    """One path or several, as a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, Path)) else list(value)

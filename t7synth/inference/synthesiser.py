@@ -8,8 +8,8 @@ grid, so the output overlays the input voxel for voxel in any viewer:
    order, as training did. Reorienting only permutes and flips axes, so it is exact
    and exactly undone at the end, even for oblique (rotated) affines.
 2. Normalise intensities on the scan's own grid exactly as training did
-   (:func:`~t7synth.data.preprocess.normalise`: percentiles from the checkpoint's
-   config, inside the brain mask: the given mask, else the voxels above 0).
+   (:func:`~t7synth.data.preprocess.normalise`: the checkpoint's ``data.normalisation``
+   and percentiles, inside the brain mask: the given mask, else the voxels above 0).
 3. Resample to the training voxel size (the checkpoint's ``voxel_size`` buffer) when
    it is known and differs, keeping the scan's axes and its first voxel centre; for
    an integer ratio of spacings every input voxel centre is also a model-grid centre,
@@ -35,7 +35,6 @@ import torch
 
 from t7synth.errors import UserError
 from t7synth.inference.grids import resample, resampled_grid, shift_to_grid, spacing
-from t7synth.inference.jobs import Job
 
 #: Voxel sizes closer than this (relative) count as equal: no resampling.
 VOXEL_SIZE_TOLERANCE = 1e-3
@@ -89,6 +88,7 @@ class Synthesiser:
                 raise UserError(f"--batch-size must be at least 1, got {batch_size}")
             self.config.data.inference_batch_size = batch_size
         self.percentiles = tuple(self.config.data.percentiles)
+        self.normalisation = self.config.data.normalisation
         self.shape = tuple(self.config.data.shape) if self.config.data.shape else None
         voxel = model.voxel_size.detach().cpu().double().numpy()
         # 0 means the model never saw training data (a hand-built test model): keep the grid.
@@ -115,12 +115,14 @@ class Synthesiser:
         from t7synth.data.preprocess import normalise
 
         source = Path(source)
+        if self.config.data.inference == "authors":
+            return self._synthesise_authors(source, mask, age, sex)
         array, affine = load_volume(source)
         # Reorienting flips by negative strides, which torch.from_numpy refuses.
         array = np.ascontiguousarray(array)
         inside = brain_mask(source, array, affine, Path(mask) if mask is not None else None)
         mask_t = torch.from_numpy(inside[None].astype(np.uint8))
-        normalised = normalise(torch.from_numpy(array[None]), mask_t, self.percentiles)[0].numpy()
+        normalised = normalise(torch.from_numpy(array[None]), mask_t, self.percentiles, self.normalisation)[0].numpy()
 
         # Step 3: the training voxel size.
         grid_shape, grid_affine = array.shape, affine
@@ -144,8 +146,13 @@ class Synthesiser:
         out = np.clip(out, 0.0, 1.0) * inside
         return self._as_input_image(out.astype(np.float32), affine, nib.load(str(source)))
 
-    def write(self, job: Job) -> Path:
-        """Synthesise ``job.source`` and write ``job.output`` atomically."""
+    def write(self, job) -> Path:
+        """Synthesise ``job.source`` and write ``job.output`` atomically.
+
+        Args:
+            job: a :class:`~t7synth.inference.jobs.Job` (not imported here: jobs.py
+                drives the synthesiser, so importing it back would make a cycle).
+        """
         import nibabel as nib
 
         from t7synth.files import atomic_path
@@ -154,6 +161,40 @@ class Synthesiser:
         with atomic_path(job.output) as tmp:
             nib.save(image, str(tmp))
         return job.output
+
+    def _synthesise_authors(self, source: Path, mask: str | Path | None, age: float, sex: float):
+        """``data.inference: authors``: ``inferer3T.py`` exactly (converted official
+        checkpoints; the steps are :mod:`t7synth.inference.official`'s).
+
+        The scan is read and checked as always, then used in its file's own array axes,
+        normalised with the checkpoint's ``data.normalisation`` (``authors``: the brain's
+        percentiles, as ``pickling.py`` prepared the script's input), cropped to its
+        brain box and end-padded to the ``data.shape`` frame; every window inside the
+        frame is predicted; the raw output goes back in place, zero outside the box.
+        """
+        import nibabel as nib
+
+        from t7synth.data.preprocess import normalise
+        from t7synth.data.volumes import brain_mask, load_volume
+        from t7synth.inference import official
+
+        array, affine = load_volume(source)
+        original = nib.load(str(source))
+        inside = brain_mask(source, array, affine, Path(mask) if mask is not None else None)
+        native = np.ascontiguousarray(self._to_file_axes(array, original))
+        native_mask = torch.from_numpy(np.ascontiguousarray(self._to_file_axes(inside, original))[None].astype(np.uint8))
+        normalised = normalise(torch.from_numpy(native[None]), native_mask, self.percentiles, self.normalisation)[0].numpy()
+        try:
+            box = official.brain_box(normalised)
+            region = official.frame_region(box, normalised.shape, self.shape)
+        except UserError as error:
+            raise UserError(f"{source}: {error}") from None
+        framed = torch.from_numpy(official.to_frame(normalised, region, self.shape).astype(np.float32)[None])
+        axis = self.config.geometry.axis
+        tokens = {"brain_mid": official.window_middle(box, axis), "n_slices": float(self.shape[axis])}
+        prediction = self._predict(framed, None, age, sex, tokens=tokens)[0].numpy()
+        out = official.from_frame(prediction, region, normalised.shape, axis)
+        return self._file_image(out, original)
 
     # -- steps ------------------------------------------------------------------
     def _crop_or_pad(self, image: np.ndarray, mask: np.ndarray, affine: np.ndarray):
@@ -170,16 +211,28 @@ class Synthesiser:
         subject = crop_or_pad(subject, self.shape)
         return subject["source"].data.float(), subject["mask"].data.to(torch.uint8), np.asarray(subject["source"].affine, dtype=np.float64)
 
-    def _predict(self, source: torch.Tensor, mask: torch.Tensor, age: float, sex: float) -> torch.Tensor:
+    def _predict(self, source: torch.Tensor, mask: torch.Tensor | None, age: float, sex: float, tokens: dict | None = None) -> torch.Tensor:
+        """The model's prediction of a (1, I, J, K) volume; ``mask`` zeroes it outside
+        the brain; ``tokens`` (``brain_mid``, ``n_slices``) replace those of the mask."""
         from t7synth.data import batches
 
         geometry = self.config.geometry
         # The same tokens the data module gives a test subject (datamodule._subject).
         axis = geometry.axis if geometry.mode == "slab" else 0
-        meta = {"age": float(age), "sex": float(sex), "brain_mid": batches.brain_middle(mask, axis), "n_slices": float(mask.shape[axis + 1])}
+        meta = {"age": float(age), "sex": float(sex)}
+        meta.update(tokens or {"brain_mid": batches.brain_middle(mask, axis), "n_slices": float(mask.shape[axis + 1])})
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         with torch.no_grad(), torch.autocast(device_type=device_type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
             return self.model.predict_subject(source, meta, mask).float().cpu()
+
+    @staticmethod
+    def _to_file_axes(canonical: np.ndarray, original) -> np.ndarray:
+        """A RAS+ array of :func:`~t7synth.data.volumes.load_volume` in the axes of the
+        ``original`` file (the inverse of its ``as_closest_canonical``: flips and a
+        permutation, exact)."""
+        from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+        return apply_orientation(canonical, ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(original.affine)))
 
     @staticmethod
     def _as_input_image(canonical: np.ndarray, canonical_affine: np.ndarray, original):
@@ -192,8 +245,15 @@ class Synthesiser:
         image = nib.Nifti1Image(canonical, canonical_affine).as_reoriented(back)
         if not np.allclose(image.affine, original.affine, atol=1e-4):
             raise RuntimeError("reorientation to the input's axes did not restore its affine")
+        return Synthesiser._file_image(np.asarray(image.dataobj, dtype=np.float32), original)
+
+    @staticmethod
+    def _file_image(array: np.ndarray, original):
+        """``array`` (in the file's own axes) as a float32 image with the file's affine and header."""
+        import nibabel as nib
+
         header = nib.Nifti1Header.from_header(original.header)
-        result = nib.Nifti1Image(np.asarray(image.dataobj, dtype=np.float32), original.affine, header=header)
+        result = nib.Nifti1Image(np.asarray(array, dtype=np.float32), original.affine, header=header)
         result.set_data_dtype(np.float32)
         # Keep the input's exact sform and qform (and their codes), so every viewer,
         # whichever of the two it reads, places the voxels where the input's were.
@@ -207,3 +267,62 @@ class Synthesiser:
         result.header["cal_min"], result.header["cal_max"] = 0.0, 1.0
         result.header["descrip"] = b"t7synth synthetic 7T"
         return result
+
+
+class Fusion:
+    """Several models applied to one scan, their volumes fused voxel by voxel.
+
+    The authors' follow-up (``multi-view-super-resolution-*/Unet/average.py`` in their
+    repository) trains one 2.5D model per slice axis and averages the three volumes.
+    Here every model predicts the scan on the scan's own grid with its own
+    preprocessing, so any models can be fused: the prediction is the voxel-wise mean,
+    and the voxel-wise standard deviation across the models (the population SD,
+    ``numpy.std``'s ``ddof=0``) is written beside it as an uncertainty map
+    (:func:`~t7synth.data.naming.uncertainty_path`): where the views disagree.
+
+    Args:
+        synthesisers: two or more :class:`Synthesiser`; the first's config stands for
+            all (``--split``; ``predict`` checks that they split alike).
+    """
+
+    def __init__(self, synthesisers) -> None:
+        self.synthesisers = list(synthesisers)
+        if len(self.synthesisers) < 2:
+            raise ValueError("fusing needs at least two models")
+        self.config = self.synthesisers[0].config
+
+    def synthesise(self, source: str | Path, mask: str | Path | None = None, age: float = 0.0, sex: float = 0.5):
+        """The mean and the SD image of every model's prediction, on the scan's grid."""
+        import nibabel as nib
+
+        mean = spread = None
+        for count, synthesiser in enumerate(self.synthesisers, start=1):
+            volume = np.asarray(synthesiser.synthesise(source, mask, age, sex).dataobj, dtype=np.float64)
+            if mean is None:
+                mean, spread = volume.copy(), np.zeros_like(volume)
+            else:
+                # Welford's update: one pass, one volume in memory per model at a time.
+                delta = volume - mean
+                mean += delta / count
+                spread += delta * (volume - mean)
+        original = nib.load(str(source))
+        sd_image = Synthesiser._file_image(np.sqrt(spread / len(self.synthesisers)), original)
+        sd_image.header["descrip"] = b"t7synth synthetic 7T: SD across models"
+        return Synthesiser._file_image(mean, original), sd_image
+
+    def write(self, job) -> Path:
+        """Write ``job.output`` (the mean) and ``job.uncertainty`` (the SD), each atomically.
+
+        The SD map is written first, so a mean on disk always has its SD map.
+        """
+        import nibabel as nib
+
+        from t7synth.files import atomic_path
+
+        if job.uncertainty is None:
+            raise ValueError("a fused job needs an uncertainty path (plan_jobs(uncertainty=True))")
+        mean_image, sd_image = self.synthesise(job.source, job.mask, job.age, job.sex)
+        for image, path in ((sd_image, job.uncertainty), (mean_image, job.output)):
+            with atomic_path(path) as tmp:
+                nib.save(image, str(tmp))
+        return job.output

@@ -27,7 +27,7 @@ from t7synth.data import batches
 from t7synth.data.intensity_lut import DEFAULT_BINS, apply_lut
 from t7synth.errors import UserError
 from t7synth.evaluation import metrics
-from t7synth.evaluation.scores import HEADLINE, MODEL, REFERENCES, ROW_KINDS, metric_key, sort_rows, write_rows
+from t7synth.evaluation.scores import HEADLINE, MODEL, REFERENCES, ROW_KINDS, metric_key, score_names, sort_rows, write_rows
 from t7synth.inference.tiling import predict_volume
 
 
@@ -110,7 +110,10 @@ class SynthesisModule(pl.LightningModule):
         if not self.uses_context():
             return x, None
         centre = batch["location"][:, geometry.axis] + geometry.slices // 2
-        position = batches.slice_position(centre, batch["brain_mid"], batch["n_slices"])
+        # model.position_divisor: the authors divided by 244, not by the volume's 242 slices.
+        divisor = self.config.model.position_divisor
+        n_slices = batch["n_slices"] if divisor is None else torch.full_like(batch["n_slices"], float(divisor))
+        position = batches.slice_position(centre, batch["brain_mid"], n_slices)
         context = torch.stack([batch["age"].float(), batch["sex"].float(), position.to(batch["age"].device)], dim=1)
         return x, context[..., None].to(x.dtype)
 
@@ -128,8 +131,11 @@ class SynthesisModule(pl.LightningModule):
         if stage == "fit" and self._perceptual is None:
             from t7synth.models.losses import build_perceptual
 
-            # Kept out of the module tree: its frozen weights do not belong in checkpoints.
-            self._perceptual = build_perceptual(self.config.loss.perceptual, self.config.loss.perceptual_weights)
+            # Kept out of the module tree: assigning an nn.Module attribute registers a
+            # submodule, which would put the frozen feature weights in every checkpoint
+            # (and make them unloadable by predict, which builds no loss). Writing
+            # __dict__ directly bypasses nn.Module.__setattr__.
+            self.__dict__["_perceptual"] = build_perceptual(self.config.loss.perceptual, self.config.loss.perceptual_weights)
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -137,8 +143,12 @@ class SynthesisModule(pl.LightningModule):
             self.lut.copy_(datamodule.lut.to(self.lut.device))
             self.voxel_size.copy_(torch.as_tensor(datamodule.voxel_size, dtype=torch.float32))
 
-    def reconstruction_losses(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """L1 (optionally inside the brain) plus the weighted perceptual term, in fp32."""
+    def reconstruction_losses(
+        self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, perceptual: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """L1 (optionally inside the brain) plus the weighted perceptual term, in fp32.
+
+        ``perceptual=False`` skips the perceptual network (for logging the L1 alone)."""
         loss_config = self.config.loss
         prediction = prediction.float()
         target = target.float()
@@ -149,7 +159,7 @@ class SynthesisModule(pl.LightningModule):
         else:
             l1 = error.mean()
         losses = {"l1": l1, "loss": loss_config.l1 * l1}
-        if self._perceptual is not None:
+        if perceptual and self._perceptual is not None:
             perceptual_net = self._perceptual.to(prediction.device)
             centre = prediction.shape[1] // 2
             perceptual = perceptual_net(prediction[:, centre : centre + 1], target[:, centre : centre + 1])
@@ -199,13 +209,20 @@ class SynthesisModule(pl.LightningModule):
         source, target, mask = batch["source"][0], batch["target"][0], batch["mask"][0]
         meta = {key: float(batch[key][0]) for key in batches.SUBJECT_KEYS}
         prediction = self.predict_subject(source, meta, mask)
-        row = {"subject": subject, "model": MODEL, **metrics.volume_scores(prediction, target, mask)}
+        # The structure scores (tissue segmentation, sharpness) take seconds a volume:
+        # the test runs them once, validation keeps to the cheap intensity scores.
+        structure = None
+        if stage == "test":
+            from t7synth.evaluation.structure import StructureScorer
+
+            structure = StructureScorer(target, mask)
+        row = {"subject": subject, "model": MODEL, **metrics.volume_scores(prediction, target, mask), **(structure(prediction) if structure else {})}
         self._rows.append(row)
         for baseline in REFERENCES:
-            key = (baseline, subject)
+            key = (baseline, subject, stage == "test")
             if key not in self._baseline_scores:
                 guess = source if baseline == "identity" else apply_lut(self.lut, source, mask)
-                self._baseline_scores[key] = metrics.volume_scores(guess, target, mask)
+                self._baseline_scores[key] = {**metrics.volume_scores(guess, target, mask), **(structure(guess) if structure else {})}
             self._rows.append({"subject": subject, "model": baseline, **self._baseline_scores[key]})
         # Validation draws one montage per epoch (rank 0's first subject); test draws
         # one per subject, since it runs once.
@@ -215,12 +232,38 @@ class SynthesisModule(pl.LightningModule):
     def _montage(self, stage, subject, source, prediction, target, mask, row) -> None:
         from t7synth.plotting import save_montage
 
-        name = f"{stage}_epoch{self.current_epoch:03d}_{subject}.png" if stage == "val" else f"test_{subject}.png"
-        title = f"{subject}  {stage} epoch {self.current_epoch}  PSNR(brain) {row['psnr_brain']:.2f} dB  SSIM(brain) {row['ssim_brain']:.3f}"
+        scores = f"PSNR(brain) {row['psnr_brain']:.2f} dB  SSIM(brain) {row['ssim_brain']:.3f}"
+        if stage == "val":
+            name = f"val_epoch{self.current_epoch:03d}_{subject}.png"
+            title = f"{subject}  validation, epoch {self.current_epoch}  {scores}"
+        else:
+            name = f"test_{subject}.png"
+            title = f"{subject}  test, {self.scored_weights()}  {scores}"
         path = save_montage(self.run_dir() / "samples" / name, source, prediction, target, mask, title)
-        for logger in self.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                logger.log_image(key=f"{stage}/montage", images=[str(path)], caption=[subject])
+        if stage == "val":
+            # Test montages go to W&B once, as one gallery (loggers.log_test_results).
+            from t7synth.training.loggers import wandb_loggers
+
+            for logger in wandb_loggers(self.loggers):
+                logger.log_image(key="val/montage", images=[str(path)], caption=[subject])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The epoch whose weights a test scores: the trainer's own counter says how
+        # many epochs the fit ran, not which epoch best.ckpt was saved at.
+        self._checkpoint_epoch = checkpoint.get("epoch")
+
+    def scored_epoch(self) -> int:
+        """The epoch (0-based, as in the validation montages and ``metrics.csv``) whose
+        weights a test scores: the checkpoint's, or without one the last epoch's."""
+        if self.trainer.ckpt_path and getattr(self, "_checkpoint_epoch", None) is not None:
+            return int(self._checkpoint_epoch)
+        return max(self.current_epoch - 1, 0)
+
+    def scored_weights(self) -> str:
+        """Which weights a test scores, for titles: ``checkpoint best.ckpt (epoch 12)``."""
+        if self.trainer.ckpt_path and getattr(self, "_checkpoint_epoch", None) is not None:
+            return f"checkpoint {Path(self.trainer.ckpt_path).name} (epoch {self.scored_epoch()})"
+        return f"final weights (epoch {self.scored_epoch()})"
 
     def run_dir(self) -> Path:
         """The run directory (``runs/<experiment>/<version>``), or the trainer's root.
@@ -246,9 +289,25 @@ class SynthesisModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         rows = self._gather_rows()
         self._log_means("test", rows)
+        # The test's place on epoch axes (metrics.csv, W&B's test/* series): the epoch
+        # of the weights scored; Lightning would put the trainer's epoch count there.
+        self.log("epoch", float(self.scored_epoch()), sync_dist=False)
         self.test_rows = rows
         if self.trainer.is_global_zero and rows:
             write_rows(self.run_dir() / "test_scores.csv", rows)
+            self._spectra(rows)
+
+    def _spectra(self, rows: list[dict[str, Any]]) -> None:
+        """Draw the test subjects' power spectra beside the test montages; log it to W&B."""
+        from t7synth.evaluation.scores import TEST_SPECTRA
+        from t7synth.plotting import save_spectra
+        from t7synth.training.loggers import wandb_loggers
+
+        title = f"test power spectra, {self.config.model.name}, {self.scored_weights()}"
+        path = save_spectra(self.run_dir() / TEST_SPECTRA, rows, f"{self.config.model.name} (synthetic 7T)", title)
+        if path is not None:
+            for logger in wandb_loggers(self.loggers):
+                logger.log_image(key="test/spectra", images=[str(path)])
 
     def _gather_rows(self) -> list[dict[str, Any]]:
         """Every rank's score rows, on every rank, one per (model, subject).
@@ -271,6 +330,6 @@ class SynthesisModule(pl.LightningModule):
             selected = [r for r in rows if r["model"] == kind]
             if not selected:
                 continue
-            for name in metrics.NAMES:
+            for name in score_names(selected):
                 value = sum(r[name] for r in selected) / len(selected)
                 self.log(metric_key(stage, kind, name), value, prog_bar=(kind == MODEL and name == HEADLINE), sync_dist=False)

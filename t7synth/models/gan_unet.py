@@ -17,13 +17,7 @@ from torch import nn
 from t7synth.config import deep_merge
 from t7synth.errors import UserError
 from t7synth.models.unet import UNetModule
-
-#: ``model.discriminator.norm`` → MONAI norm spec. Instance norm is ``affine`` so the
-#: parameter count matches the BatchNorm discriminator of the reference code.
-DISCRIMINATOR_NORMS: dict[str, Any] = {
-    "instance": ("INSTANCE", {"affine": True}),
-    "batch": "BATCH",
-}
+from t7synth.nets.layers import NORMS, norm_spec
 
 
 class GANUNetModule(UNetModule):
@@ -46,12 +40,15 @@ class GANUNetModule(UNetModule):
       + loss.gradient_penalty · GP]``, with the WGAN-GP penalty
       ``E[(‖∇D(x̂)‖₂ − 1)²]`` on random interpolates ``x̂`` of real and fake slices.
 
-    Schedule: the discriminator steps on every batch; the generator on every
-    ``optim.generator_every``-th batch (``n_crit``, 5), except in epoch 0, where it
-    steps on every batch. Both optimisers are Adam (G: ``optim.lr``/``betas``; D:
-    ``optim.d_lr``/``d_betas``) with the same per-epoch StepLR, stepped here at the end
-    of each training epoch (manual optimisation leaves schedulers to the module); both
-    optimisers and both schedulers are in the checkpoint, so ``--resume`` restores them.
+    Schedule, in the official order (``func/training/LoadingModel.py``): on every batch
+    the discriminator steps first, on fakes the generator makes without gradients;
+    then, on every ``optim.generator_every``-th batch (``n_crit``, 5: batches 4, 9,
+    14, …) and on every batch of epoch 0, the generator makes the fakes again with
+    gradients and steps against the discriminator just updated. Both optimisers are
+    Adam (G: ``optim.lr``/``betas``; D: ``optim.d_lr``/``d_betas``) with the same
+    per-epoch StepLR, stepped here at the end of each training epoch (manual
+    optimisation leaves schedulers to the module); both optimisers and both schedulers
+    are in the checkpoint, so ``--resume`` restores them.
 
     Note that ``trainer.global_step`` counts optimiser steps, so it advances by two on
     batches where both networks step: limits and checkpoints are epoch-based for that
@@ -95,13 +92,15 @@ class GANUNetModule(UNetModule):
             if key not in valid:
                 raise UserError(f"unknown config key 'model.discriminator.{key}'; valid keys: {', '.join(valid)}")
         norm = str(options.get("norm", "instance")).lower()
-        if norm not in DISCRIMINATOR_NORMS:
-            raise UserError(f"config key model.discriminator.norm must be one of {', '.join(DISCRIMINATOR_NORMS)}, got {norm!r}")
+        if norm not in NORMS:
+            # Instance norm is affine (nets.layers), so the parameter count matches the
+            # BatchNorm discriminator of the reference code.
+            raise UserError(f"config key model.discriminator.norm must be one of {', '.join(NORMS)}, got {norm!r}")
         channels, layers = options.get("channels", 24), options.get("num_layers", 3)
         if not (isinstance(channels, int) and channels > 0 and isinstance(layers, int) and layers > 0):
             raise UserError(f"model.discriminator.channels and num_layers must be positive integers, got {channels}, {layers}")
         return PatchDiscriminator(
-            spatial_dims=2, in_channels=1, channels=channels, num_layers_d=layers, norm=DISCRIMINATOR_NORMS[norm]
+            spatial_dims=2, in_channels=1, channels=channels, num_layers_d=layers, norm=norm_spec(norm)
         )
 
     # -- losses -----------------------------------------------------------------
@@ -152,8 +151,9 @@ class GANUNetModule(UNetModule):
 
     # -- training ---------------------------------------------------------------
     def generator_due(self, batch_idx: int) -> bool:
-        """Whether the generator steps on this batch (always in epoch 0, else every n-th)."""
-        return self.current_epoch == 0 or batch_idx % max(1, self.config.optim.generator_every) == 0
+        """Whether the generator steps after the discriminator on this batch: always in
+        epoch 0, else on every n-th (``not (step + 1) % n_crit`` in the official code)."""
+        return self.current_epoch == 0 or (batch_idx + 1) % max(1, self.config.optim.generator_every) == 0
 
     def _step(self, optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad()
@@ -171,9 +171,20 @@ class GANUNetModule(UNetModule):
         size = x.shape[0]
         logged: dict[str, torch.Tensor] = {}
 
+        # The discriminator first, on fakes made without a graph (the official code
+        # runs the generator and detaches).
+        with torch.no_grad():
+            fake = self(x, context)
+        with self.toggled_optimizer(opt_d):
+            d_losses = self.discriminator_losses(target, fake.float())
+            self._step(opt_d, d_losses["d_loss"])
+        self.discriminator_steps += 1
+        logged.update({name: value.detach() for name, value in d_losses.items()})
+
         if self.generator_due(batch_idx):
-            # Toggling freezes the discriminator, so the adversarial term's backward
-            # reaches the generator only.
+            # A second generator pass, with gradients, scored by the updated
+            # discriminator. Toggling freezes the discriminator, so the adversarial
+            # term's backward reaches the generator only.
             with self.toggled_optimizer(opt_g):
                 fake = self(x, context)
                 losses = self.reconstruction_losses(fake, target, mask)
@@ -183,18 +194,8 @@ class GANUNetModule(UNetModule):
             self.generator_steps += 1
             logged.update({name: value.detach() for name, value in losses.items() if name != "loss"})
             logged.update({"g_loss": g_loss.detach(), "adversarial": adversarial.detach()})
-            fake = fake.detach()
         else:
-            # The discriminator still needs fresh fakes; no graph is kept for them.
-            with torch.no_grad():
-                fake = self(x, context)
-                logged["l1"] = self.reconstruction_losses(fake, target, mask)["l1"]
-
-        with self.toggled_optimizer(opt_d):
-            d_losses = self.discriminator_losses(target, fake.float())
-            self._step(opt_d, d_losses["d_loss"])
-        self.discriminator_steps += 1
-        logged.update({name: value.detach() for name, value in d_losses.items()})
+            logged["l1"] = self.reconstruction_losses(fake, target, mask, perceptual=False)["l1"]
 
         for name, value in logged.items():
             self.log(f"train/{name}", value, prog_bar=name in ("g_loss", "d_loss"), batch_size=size)
@@ -216,6 +217,7 @@ class GANUNetModule(UNetModule):
         checkpoint["gan_steps"] = {"generator": self.generator_steps, "discriminator": self.discriminator_steps}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         steps = checkpoint.get("gan_steps", {})
         self.generator_steps = int(steps.get("generator", 0))
         self.discriminator_steps = int(steps.get("discriminator", 0))

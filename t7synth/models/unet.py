@@ -11,7 +11,8 @@ from t7synth.models.base import SynthesisModule, build_net
 class UNetModule(SynthesisModule):
     """The specialised U-Net of Gicquel et al. (arXiv:2507.13782).
 
-    Three adjacent 3T slices along array axis 1 go in as channels; the centre 7T slice
+    Three adjacent 3T slices along ``geometry.axis`` go in as channels (axis 2, axial,
+    in the paper configs; the demo-sized defaults keep axis 1); the centre 7T slice
     comes out. Age, sex and slice position condition every attention block when
     ``model.conditioning`` is on. The defaults below are demo-sized (base width 32);
     ``experiments/paper_unet.yaml`` holds the published 259.1M-parameter network and

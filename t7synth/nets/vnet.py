@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.factories import Conv, Norm
+from monai.networks.layers.factories import Conv
 from torch import Tensor, nn
 
+from t7synth.nets.layers import norm_layer, norm_spec
 from t7synth.nets.unet import pad_to_multiple
 
 __all__ = ["VNet"]
@@ -23,11 +24,8 @@ _UP_NAMES = ("up_tr256", "up_tr128", "up_tr64", "up_tr32")
 
 
 def _norm(norm: str, spatial_dims: int, channels: int) -> nn.Module:
-    if norm == "batch":
-        return Norm[Norm.BATCH, spatial_dims](channels)
-    # affine=True keeps the parameter count and names of the BatchNorm model (it only
-    # lacks the running-statistics buffers), so BatchNorm weights load with strict=False.
-    return Norm[Norm.INSTANCE, spatial_dims](channels, affine=True)
+    # Instance norm is affine (see nets.layers), so BatchNorm weights load with strict=False.
+    return norm_layer(norm, spatial_dims, channels)
 
 
 class _LUConv(nn.Module):
@@ -135,8 +133,7 @@ class VNet(nn.Module):
             raise ValueError(f"channels must list the 5 stage widths of the published V-Net, got {channels}")
         if channels[0] % in_channels:
             raise ValueError(f"channels[0]={channels[0]} must be a multiple of in_channels={in_channels}")
-        if norm not in ("batch", "instance"):
-            raise ValueError(f"norm must be 'batch' or 'instance', got {norm!r}")
+        norm_spec(norm)  # a clear error for an unknown name, before any layer is built
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.size_divisor = 16

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +49,119 @@ class DataStreamCheck(pl.Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temporary name and rename, so a crash while saving never
-    leaves a truncated ``last.ckpt`` for ``--resume last`` to trip over."""
+    """Checkpoint I/O that is atomic when writing and safe when reading.
+
+    * Writes go to a hidden temporary, are flushed to the disk and then renamed
+      (:func:`t7synth.files.atomic_path`), so a crash while saving never leaves a
+      truncated ``last.ckpt`` for ``--resume last`` to trip over, and a full disk is
+      one ``error:`` line naming the checkpoint.
+    * Reads (``--resume``, the final test's best checkpoint) always unpickle with
+      ``weights_only=True``. Lightning passes ``weights_only=None``, which torch turns
+      into a full, code-running unpickle when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is
+      set (or on torch < 2.6); an explicit ``True`` is honoured whatever the
+      environment says. t7synth checkpoints hold only tensors and plain containers.
+    """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
+        from t7synth.files import atomic_path
+
+        with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        if map_location is None:
+            return super().load_checkpoint(path, weights_only=True)
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+#: The per-run training-curve picture (see :func:`t7synth.plotting.save_progress`).
+PROGRESS_FILE = "progress.png"
+
+
+class ProgressPlot(pl.Callback):
+    """Log each epoch's wall time and redraw the run's ``progress.png`` after each validation.
+
+    nnU-Net's ``progress.png``: one picture that says how a run is going, for users
+    without W&B (and for everyone after the fact). It is drawn from ``metrics.csv``,
+    which holds the whole history of the run folder, resumed epochs included.
+
+    * ``train/epoch_time`` (seconds from an epoch's first training batch to the end of
+      its validation) is logged at the end of every training epoch; Lightning runs
+      the epoch's validation before ``on_train_epoch_end``.
+    * The picture is redrawn at the start of the epoch after a validation and when
+      the fit ends: only then has Lightning handed the epoch's metrics (its time
+      included) to the CSV logger, which this callback flushes before reading.
+
+    Rank 0 draws; the PNG is written atomically.
+
+    Args:
+        run_dir: the run folder (``metrics.csv`` is read and ``progress.png`` written there).
+        title: the picture's title (the run's name).
+    """
+
+    def __init__(self, run_dir: str | Path, title: str = ""):
+        self.run_dir = Path(run_dir)
+        self.title = title
+        self._started: float | None = None
+        self._pending = False
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / PROGRESS_FILE
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._draw(trainer)
+        self._started = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._pending = True
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._started is not None:
+            pl_module.log("train/epoch_time", time.perf_counter() - self._started, on_step=False, on_epoch=True)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._draw(trainer)
+
+    def _draw(self, trainer: pl.Trainer) -> None:
+        if not (self._pending and trainer.is_global_zero):
+            return
+        from t7synth.plotting import save_progress
+        from t7synth.training.history import METRICS_FILE, RunCSVLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, RunCSVLogger):
+                logger.save()
+        save_progress(self.run_dir / METRICS_FILE, self.path, self.title)
+        self._pending = False
+
+
+def run_version(run_dir: str | Path) -> int | str:
+    """What the progress bar shows as ``v_num``: ``3`` for ``version_3``, else the folder name."""
+    name = Path(run_dir).name
+    number = name.removeprefix("version_")
+    return int(number) if number != name and number.isdigit() else name
+
+
+class RunProgressBar(pl.callbacks.TQDMProgressBar):
+    """Lightning's tqdm bar with ``v_num`` naming the run folder (``version_3`` -> 3).
+
+    Lightning joins the versions of all loggers and keeps the last four characters,
+    which with the CSV and W&B loggers shows the tail of the W&B id.
+
+    Args:
+        run_dir: the run folder.
+        refresh_rate: batches between redraws.
+    """
+
+    def __init__(self, run_dir: str | Path, refresh_rate: int = 1):
+        super().__init__(refresh_rate=refresh_rate)
+        self.version = run_version(run_dir)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        if "v_num" in items:
+            items["v_num"] = self.version
+        return items
+

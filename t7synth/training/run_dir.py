@@ -85,7 +85,92 @@ def resolve_run_dir(config, resume: str | None, launch: Launch | None = None) ->
                 f"this rank was started by {launch.launcher} without a run folder it can share with rank 0: "
                 f"set {RUN_DIR_ENV} to the same folder on every node, or launch with srun or torchrun --rdzv-id"
             )
-        existing = versions(base)
-        number = int(existing[-1].name.split("_")[-1]) + 1 if existing else 0
-        run_dir = base / f"version_{number}"
+        run_dir = new_version(base)
     return run_dir, checkpoint
+
+
+def new_version(base: Path) -> Path:
+    """Create and return the next free ``base/version_N``.
+
+    Race-free: the folder is claimed by ``mkdir`` without ``exist_ok``, which exactly
+    one of several processes starting together wins; the others move on to N + 1. So
+    two fits of one experiment never share a folder. The folder is created empty;
+    :func:`discard_if_empty` removes it again when the fit stops before writing.
+
+    Raises:
+        UserError: ``base`` cannot be created or written (read-only, a file).
+    """
+    from t7synth.files import make_dirs, write_error
+
+    make_dirs(base)
+    existing = versions(base)
+    number = int(existing[-1].name.split("_")[-1]) + 1 if existing else 0
+    while True:
+        candidate = base / f"version_{number}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            number += 1
+        except OSError as error:
+            raise write_error(candidate, error) from None
+
+
+def existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest parent that exists (what a refused fit must leave as is)."""
+    path = Path(path)
+    return next(p for p in [path, *path.parents] if p.exists())
+
+
+def discard_if_empty(run_dir: Path, existed: Path) -> None:
+    """Remove ``run_dir``, and the parents created for it, while they are empty.
+
+    A fit refused before it wrote anything leaves no empty run folder behind.
+
+    Args:
+        run_dir: the run folder.
+        existed: the deepest of its parents that existed before the fit (kept).
+    """
+    for folder in [run_dir, *run_dir.parents]:
+        if folder == existed or existed not in folder.parents:
+            return
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run's, or written), or already gone
+            return
+
+
+def check_resume(checkpoint: Path, config):
+    """Check that ``checkpoint`` can continue ``config`` before anything is written.
+
+    The checkpoint is read with the restricted unpickler
+    (:func:`t7synth.inference.checkpoint.read_checkpoint`), so Lightning never sees a
+    file that would run code or that is truncated or empty; its stored config is
+    compared with the requested one (only :data:`t7synth.config.RESUMABLE_KEYS` may
+    differ; the new values are used); and the network is built on the meta device and
+    compared with the stored tensors, so a checkpoint claiming a huge network costs no
+    memory.
+
+    Returns:
+        The :class:`~t7synth.training.history.ResumePoint` where the checkpoint left off.
+
+    Raises:
+        UserError: one line: an unreadable or unsafe file, the differing keys with
+            both values, or tensors that do not fit.
+    """
+    from t7synth.config import RESUMABLE_KEYS, resume_differences
+    from t7synth.inference.checkpoint import check_fits, checkpoint_config, read_checkpoint
+    from t7synth.training.history import ResumePoint
+
+    stored_checkpoint = read_checkpoint(checkpoint)
+    stored = checkpoint_config(checkpoint, stored_checkpoint)
+    differences = resume_differences(stored, config)
+    if differences:
+        shown = ", ".join(f"{key} ({old!r} in the checkpoint, {new!r} now)" for key, old, new in differences[:4])
+        more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
+        raise UserError(
+            f"--resume {checkpoint}: the run was trained with other settings: {shown}{more}; resume with the "
+            f"run's config.yaml (only {', '.join(RESUMABLE_KEYS)} may change) or start a new run"
+        )
+    check_fits(checkpoint, config, stored_checkpoint["state_dict"])
+    return ResumePoint.of(stored_checkpoint)

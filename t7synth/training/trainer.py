@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from t7synth.errors import UserError
 from t7synth.training.launch import RUN_DIR_ENV, detect_launch
 from t7synth.training.run_dir import resolve_run_dir
 
@@ -52,7 +53,7 @@ class FitResult:
 
 
 def fit(config, options: FitOptions = FitOptions(), callbacks: Sequence = ()) -> FitResult:
-    """Fit ``config``, then test its best checkpoint; see the module docstring.
+    """Fit ``config``, then test its ``trainer.test_checkpoint`` (best or last); see the module docstring.
 
     Args:
         config: the resolved :class:`~t7synth.config.Config`.
@@ -111,54 +112,79 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     from t7synth import registry
     from t7synth.config import save_yaml
     from t7synth.data.datamodule import PairedDataModule
-    from t7synth.training.callbacks import AtomicCheckpointIO, DataStreamCheck
+    from t7synth.training.callbacks import AtomicCheckpointIO, DataStreamCheck, ProgressPlot, RunProgressBar
     from t7synth.training.hardware import trainer_hardware
-    from t7synth.training.loggers import build_loggers, log_test_results, wandb_mode
+    from t7synth.training.loggers import build_loggers, check_wandb_mode, log_test_results, wandb_mode
+    from t7synth.training.run_dir import check_resume, discard_if_empty, existing_ancestor
     from t7synth.training.record import environment_record, write_environment
 
     module_class = registry.get(config.model.name)
     launch = detect_launch()
-    run_dir, checkpoint = resolve_run_dir(config, options.resume, launch)
     # Not "did not inherit RUN_DIR_ENV": a user may set it on every node, rank 0's
     # included. Ranks that Lightning starts carry LOCAL_RANK/NODE_RANK, srun's and
     # torchrun's carry SLURM_PROCID/RANK.
     rank_zero = launch.rank_zero
-    os.environ[RUN_DIR_ENV] = str(run_dir)
     hardware = trainer_hardware(options.gpus, options.nodes, options.cpus, config.trainer.precision, module_class.FIND_UNUSED_PARAMETERS)
-    if rank_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(config.to_dict(), run_dir / "config.yaml")
-        write_environment(run_dir, environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None))
+    _check_nodes(options.nodes, launch)
+    # The batch split and, on GPUs, the memory plan: a config that cannot fit is refused
+    # here, before anything is built or written (t7synth.training.memory).
+    from t7synth.training.memory import accumulation
+
+    world = (options.gpus or options.cpus) * options.nodes
+    accumulate, _ = accumulation(config, options.gpus, world, hardware["precision"])
+    # W&B exists on rank 0 only: Lightning would create the run there anyway, and
+    # ranks that srun/torchrun start together must not race to create wandb_id.txt.
+    mode = wandb_mode(options.wandb or config.wandb.mode) if rank_zero else "disabled"
+    check_wandb_mode(mode)
+    existed = existing_ancestor(Path(config.runs_dir) / config.name)
+    run_dir, checkpoint = resolve_run_dir(config, options.resume, launch)
+    # Everything a user can get wrong is checked before anything is written to the run
+    # folder and before Lightning prints its banner: the checkpoint (read safely, its
+    # config compared, its tensors against the network built on the meta device) and
+    # every subject (read in full and preprocessed into the cache). A refused fit
+    # leaves no run folder behind and config.yaml of a resumed run untouched.
+    try:
+        resume = check_resume(checkpoint, config) if checkpoint is not None else None
+        datamodule = PairedDataModule(config)
+        if rank_zero:
+            datamodule.prepare_data()
+            datamodule.setup("fit")
+            datamodule.check_shardable(world)
+            save_yaml(config.to_dict(), run_dir / "config.yaml")
+            write_environment(run_dir, environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None))
+    except BaseException:
+        if rank_zero:
+            discard_if_empty(run_dir, existed)
+        raise
+    os.environ[RUN_DIR_ENV] = str(run_dir)
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
     # Each epoch's training stream is then reseeded per rank by the data module.
     pl.seed_everything(config.seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
 
-    datamodule = PairedDataModule(config)
     model = module_class(config.to_dict())
-    # W&B exists on rank 0 only: Lightning would create the run there anyway, and
-    # ranks that srun/torchrun start together must not race to create wandb_id.txt.
-    mode = wandb_mode(options.wandb or config.wandb.mode) if rank_zero else "disabled"
     best, last = checkpoint_callbacks(run_dir)
     result = FitResult(run_dir)
     with _quiet_known_warnings():
         trainer = pl.Trainer(
             **hardware,
             max_epochs=config.trainer.max_epochs,
-            logger=build_loggers(config, run_dir, mode),
+            logger=build_loggers(config, run_dir, mode, resume),
             callbacks=[
                 best,
                 last,
                 DataStreamCheck(config.seed),
                 pl.callbacks.LearningRateMonitor("epoch"),
+                ProgressPlot(run_dir, f"{config.name}/{run_dir.name} ({config.model.name})"),
                 # tqdm, not rich: it also reads well in log files and CI output.
-                pl.callbacks.TQDMProgressBar(refresh_rate=max(1, config.trainer.log_every_n_steps // 2)),
+                RunProgressBar(run_dir, refresh_rate=max(1, config.trainer.log_every_n_steps // 2)),
                 *callbacks,
             ],
             plugins=[AtomicCheckpointIO()],
             default_root_dir=run_dir,
             check_val_every_n_epoch=config.trainer.val_every,
+            accumulate_grad_batches=accumulate,
             log_every_n_steps=config.trainer.log_every_n_steps,
             num_sanity_val_steps=0,
             # The data module shards subjects itself (see PairedDataModule).
@@ -177,16 +203,51 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
                 result.report = f"fast dev run finished: {run_dir}"
             return result
         if not datamodule.subjects.get("test"):
+            if trainer.is_global_zero:
+                result.report = (
+                    f"Training finished: {run_dir}\nThe dataset has no test subjects, so nothing was tested "
+                    f"(checkpoints: {run_dir / 'checkpoints'}; curves: {run_dir / 'progress.png'})."
+                )
+            _finish_wandb(trainer, run_dir, (best.best_model_path or last.best_model_path) if config.wandb.log_checkpoint else None)
             return result
-        best_path = best.best_model_path or last.best_model_path or None
-        trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+        # trainer.test_checkpoint: best (highest val/psnr_brain) or last (the final
+        # epoch's, as the authors released); "last" also stands in when no validation ran.
+        chosen = last if config.trainer.test_checkpoint == "last" else best
+        test_path = chosen.best_model_path or last.best_model_path or None
+        trainer.test(model, datamodule=datamodule, ckpt_path=test_path, verbose=False)
         if trainer.is_global_zero:
             from t7synth.evaluation.scores import format_test_report
 
-            result.report = format_test_report(model.test_rows, config.model.name, best_path, run_dir)
+            result.report = format_test_report(model.test_rows, config.model.name, test_path, run_dir)
         log_test_results(trainer.loggers, model.test_rows, run_dir)
-        _finish_wandb(trainer)
+        _finish_wandb(trainer, run_dir, test_path if config.wandb.log_checkpoint else None, getattr(model, "_checkpoint_epoch", None))
         return result
+
+
+def _check_nodes(nodes: int, launch) -> None:
+    """Refuse ``--nodes N`` that nothing would start, rather than wait for it forever.
+
+    Under srun or torchrun the launcher starts every node's processes. A plain
+    command can only join other nodes started by hand with ``MASTER_ADDR``,
+    ``MASTER_PORT`` and ``NODE_RANK`` set on each (Lightning's own multi-node
+    environment); without them it would wait for nodes that never come.
+    """
+    if nodes < 2 or launch.launcher != "lightning":
+        return
+    if not os.environ.get("MASTER_ADDR"):
+        raise UserError(
+            f"--nodes {nodes}: nothing starts the other {nodes - 1} node(s): run the command on every node under "
+            f"srun or torchrun, or set MASTER_ADDR, MASTER_PORT and NODE_RANK (0 to {nodes - 1}) on each yourself"
+        )
+    if launch.rank_zero:
+        import sys
+
+        print(
+            f"note: waiting for the other {nodes - 1} node(s) to join at {os.environ['MASTER_ADDR']}:"
+            f"{os.environ.get('MASTER_PORT', '?')} (started by hand with NODE_RANK 1 to {nodes - 1}); "
+            "Lightning gives up after 30 minutes",
+            file=sys.stderr,
+        )
 
 
 @contextlib.contextmanager
@@ -199,16 +260,46 @@ def _quiet_known_warnings():
     * "It is recommended to use ``self.log(…, sync_dist=True)``": validation and test
       scores are gathered from every rank before they are logged, so every rank logs
       the same value; under DDP this would print once per metric and epoch.
+    * "Checkpoint directory … exists and is not empty": ``--resume`` continues in the
+      folder that holds ``last.ckpt``, by design.
+    * "``isinstance(treespec, LeafSpec)`` is deprecated" (a ``FutureWarning``):
+      Lightning 2.6's result collection builds torch's deprecated ``LeafSpec``; nothing
+      a user can change.
+    * Lightning's adverts, "💡 Tip: … try installing litlogger / litmodels": info
+      lines of its ``rank_zero`` logger, dropped by a logging filter on that logger
+      (Lightning's documented way to change its console output is the standard
+      ``logging`` module).
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-        warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True\)`")
-        yield
+    import logging
+
+    tips = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    advert = _DropAdverts()
+    tips.addFilter(advert)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+            warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True\)`")
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            yield
+    finally:
+        tips.removeFilter(advert)
 
 
-def _finish_wandb(trainer) -> None:
-    for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
-            import wandb
+class _DropAdverts:
+    """A ``logging`` filter that drops Lightning's "💡 Tip:" adverts."""
 
-            wandb.finish()
+    @staticmethod
+    def filter(record) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def _finish_wandb(trainer, run_dir: Path, checkpoint: str | None = None, epoch: int | None = None) -> None:
+    """Save the run's files (and ``checkpoint``, with ``wandb.log_checkpoint``) with its W&B run, and end it."""
+    from t7synth.training.loggers import log_run_files, wandb_loggers
+
+    log_run_files(trainer.loggers, run_dir, checkpoint or None, epoch)
+    if wandb_loggers(trainer.loggers):
+        import wandb
+
+        wandb.finish()

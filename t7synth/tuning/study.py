@@ -24,10 +24,12 @@ by epoch, with earlier trials (``pruner`` in the sweep file) and stops the loser
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,10 @@ from t7synth.errors import UserError
 
 #: Consecutive failed trials after which the sweep stops: the cause is then the setup.
 MAX_CONSECUTIVE_FAILURES = 3
+#: Seconds between a running trial's heartbeats in a database storage (``--heartbeat``).
+#: A trial whose heartbeat is older than twice this (Optuna's default grace period)
+#: is marked failed by the next sweep worker that looks: its worker died.
+DEFAULT_HEARTBEAT = 60
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class SweepOptions:
     wandb: str | None = None
     seed: int | None = None
     poll: float = 5.0
+    heartbeat: int = DEFAULT_HEARTBEAT
 
 
 def run_sweep(sweep_file: str | Path, options: SweepOptions = SweepOptions(), report: Callable[[str], None] = print) -> None:
@@ -69,14 +76,17 @@ def run_sweep(sweep_file: str | Path, options: SweepOptions = SweepOptions(), re
         raise UserError(f"--n-trials {n_trials}: must be at least 1")
     extra = {"data": {"root": str(Path(options.data).expanduser().resolve())}} if options.data else None
     base = sweep.resolve({}, extra)
+    from t7synth.training.loggers import check_wandb_mode, wandb_mode
+
+    check_wandb_mode(wandb_mode(options.wandb or base.wandb.mode))  # once, not in every trial
     root = Path(base.runs_dir) / sweep.study
-    study = open_study(sweep, options.storage, root, options.seed if options.seed is not None else base.seed)
+    study = open_study(sweep, options.storage, root, options.seed if options.seed is not None else base.seed, options.heartbeat)
 
     import optuna
 
     from t7synth.tuning.trial import owner_tag
 
-    for line in fail_orphaned_trials(study):
+    for line in fail_orphaned_trials(study) + fail_stale_trials(study):
         report(line)
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished_states))
@@ -86,16 +96,24 @@ def run_sweep(sweep_file: str | Path, options: SweepOptions = SweepOptions(), re
     failures = 0
     with tqdm(total=n_trials, initial=min(done, n_trials), desc=f"sweep {sweep.study}", unit="trial", dynamic_ncols=True) as bar:
         while len(study.get_trials(deepcopy=False, states=finished_states)) < n_trials:
-            trial = study.ask(sweep.distributions())
-            values = dict(trial.params)
-            run_dir = root / f"trial-{trial.number:04d}" / "version_0"
-            trial.set_user_attr("run_dir", str(run_dir))
-            trial.set_user_attr("owner", owner_tag())
-            overrides = {**values, "runs_dir": str(root), "name": f"trial-{trial.number:04d}",
-                         "wandb.group": sweep.study, "wandb.job_type": "trial"}
-            command = fit_command(sweep, options, {key: format_value(value) for key, value in overrides.items()})
-            started = time.monotonic()
-            state, value, detail = run_trial(study, trial, command, run_dir, sweep.metric, options.poll)
+            # Trials of workers that died elsewhere would otherwise stay RUNNING forever.
+            for line in fail_stale_trials(study):
+                bar.write(line)
+            with warnings.catch_warnings():
+                # Optuna warns that heartbeats are meant for study.optimize: this loop
+                # records them itself (heartbeat below).
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = study.ask(sweep.distributions())
+            with heartbeat(study, trial):
+                values = dict(trial.params)
+                run_dir = root / f"trial-{trial.number:04d}" / "version_0"
+                trial.set_user_attr("run_dir", str(run_dir))
+                trial.set_user_attr("owner", owner_tag())
+                overrides = {**values, "runs_dir": str(root), "name": f"trial-{trial.number:04d}",
+                             "wandb.group": sweep.study, "wandb.job_type": "trial"}
+                command = fit_command(sweep, options, {key: format_value(value) for key, value in overrides.items()})
+                started = time.monotonic()
+                state, value, detail = run_trial(study, trial, command, run_dir, sweep.metric, options.poll)
             minutes = (time.monotonic() - started) / 60
             chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
             bar.write(f"trial {trial.number}: {chosen} -> {state}{detail} ({minutes:.1f} min)")
@@ -111,8 +129,31 @@ def run_sweep(sweep_file: str | Path, options: SweepOptions = SweepOptions(), re
     write_summary(study, sweep, root, options.wandb or base.wandb.mode, base, report)
 
 
-def open_study(sweep, storage: str | None, root: Path, seed: int):
-    """Create the study, or load it to continue; a journal file by default."""
+def check_storage_url(storage: str) -> None:
+    """Refuse a SQLite URL whose file cannot be: in a missing folder, or a folder itself.
+
+    SQLAlchemy would only say "unable to open database file", in a traceback.
+    """
+    prefix = "sqlite:///"
+    if not storage.startswith(prefix):
+        return
+    path = Path(storage[len(prefix):]).expanduser()
+    if path.is_dir():
+        raise UserError(f"--storage {storage}: {path} is a folder, not a database file")
+    if not path.parent.is_dir():
+        raise UserError(f"--storage {storage}: the folder {path.parent} does not exist (SQLite creates the file, not its folder)")
+
+
+def open_study(sweep, storage: str | None, root: Path, seed: int, heartbeat_interval: int = DEFAULT_HEARTBEAT):
+    """Create the study, or load it to continue; a journal file by default.
+
+    A database URL (``sqlite:///…``, ``postgresql://…``) opens an Optuna ``RDBStorage``
+    with heartbeats every ``heartbeat_interval`` seconds (``0``: none): a worker
+    killed mid-trial (SIGKILL, a lost node) leaves its trial RUNNING, and the
+    heartbeat is how other workers, on any machine, tell it is dead
+    (:func:`fail_stale_trials`). Journal files have no heartbeat; on one machine
+    :func:`fail_orphaned_trials` does that job.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -120,11 +161,17 @@ def open_study(sweep, storage: str | None, root: Path, seed: int):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        path = Path(storage) if storage else root / "optuna.journal"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from t7synth.files import check_writable, make_dirs
+
+        path = Path(storage).expanduser() if storage else root / "optuna.journal"
+        if path.is_dir():
+            raise UserError(f"--storage {path} is a folder; give the journal file, e.g. {path / 'optuna.journal'}")
+        check_writable(path.parent)
+        make_dirs(path.parent)
         backend = JournalStorage(JournalFileBackend(str(path)))
     else:
-        backend = storage
+        check_storage_url(storage)
+        backend = database_storage(storage, heartbeat_interval)
     try:
         study = optuna.create_study(
             study_name=sweep.study,
@@ -144,10 +191,105 @@ def open_study(sweep, storage: str | None, root: Path, seed: int):
     return study
 
 
+def database_storage(url: str, heartbeat_interval: int = DEFAULT_HEARTBEAT):
+    """An Optuna ``RDBStorage`` on ``url`` with heartbeats (see :func:`open_study`).
+
+    Raises:
+        UserError: a bad heartbeat, a missing database driver (``psycopg`` for
+            PostgreSQL), an unknown URL scheme, or a database that cannot be reached.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    if heartbeat_interval < 0:
+        raise UserError(f"--heartbeat {heartbeat_interval}: must be 0 (no heartbeat) or a number of seconds")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # grace_period None: Optuna's default, twice the interval.
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval or None)
+    except ImportError as error:
+        # SQLAlchemy >= 2.1 reads postgresql:// URLs with psycopg (3); 2.0 with psycopg2.
+        driver = "; for PostgreSQL: pip install 'psycopg[binary]'" if url.startswith("postgres") else ""
+        raise UserError(f"--storage {url}: the database driver is not installed{driver}") from None
+    except (ValueError, sqlalchemy.exc.ArgumentError) as error:
+        raise UserError(f"--storage {url}: {error}") from None
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise UserError(f"--storage {url}: cannot open the database: {reason}") from None
+
+
+@contextlib.contextmanager
+def heartbeat(study, trial) -> Iterator[None]:
+    """Record ``trial``'s heartbeat in the study's storage while the block runs.
+
+    Optuna records heartbeats only inside ``study.optimize``; a sweep asks and tells
+    itself, so it beats itself, from a thread, as ``optimize`` does: the first beat at
+    once, then every ``heartbeat_interval`` seconds. Storages without heartbeats
+    (journal files, ``--heartbeat 0``) get nothing.
+    """
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    storage = study._storage  # the storage object Optuna's own heartbeat code uses
+    interval = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+    if not interval:
+        yield
+        return
+    trial_id = trial._trial_id
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception:  # a database hiccup: the next beat tries again
+                pass
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fail_stale_trials(study) -> list[str]:
+    """Mark failed the running trials whose heartbeat stopped (their worker died).
+
+    Only database storages with heartbeats have stale trials (see :func:`open_study`);
+    this is Optuna's ``fail_stale_trials``, with a line per trial for the user.
+    """
+    import optuna
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    storage = study._storage
+    interval = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+    if not interval:
+        return []
+    running = optuna.trial.TrialState.RUNNING
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(running,))}
+    if not before:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    after = {t.number for t in study.get_trials(deepcopy=False, states=(running,))}
+    failed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)) if t.number in before - after]
+    return [
+        f"trial {t.number}: no heartbeat for over {2 * interval} s (its sweep worker {t.user_attrs.get('owner', '?')} died); marked failed"
+        for t in failed
+    ]
+
+
 def fail_orphaned_trials(study) -> list[str]:
     """Mark failed the running trials whose sweep process on this machine has died.
 
-    Their ``fit`` is stopped too if it still runs (see :mod:`t7synth.tuning.trial`).
+    Their ``fit`` is stopped too if it still runs (see :mod:`t7synth.tuning.trial`),
+    also when another worker has already failed the trial for its stopped heartbeat
+    (:func:`fail_stale_trials`): only this machine can stop the ``fit``.
     Trials run by live sweeps, and by other machines, are left alone.
 
     Returns:
@@ -158,11 +300,16 @@ def fail_orphaned_trials(study) -> list[str]:
     from t7synth.tuning.trial import owner_is_gone, stop_orphaned_fit
 
     lines = []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    states = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)
+    for trial in study.get_trials(deepcopy=False, states=states):
         owner = trial.user_attrs.get("owner")
         if not owner or not owner_is_gone(owner):
             continue
         stopped = "pid" in trial.user_attrs and stop_orphaned_fit(trial.user_attrs["pid"], Path(trial.user_attrs["run_dir"]))
+        if trial.state == optuna.trial.TrialState.FAIL:
+            if stopped:
+                lines.append(f"trial {trial.number}: failed, but its fit outlived its sweep ({owner}); the fit was stopped")
+            continue
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         lines.append(
             f"trial {trial.number}: its sweep ({owner}) ended without finishing it; marked failed"
@@ -204,8 +351,17 @@ def run_trial(study, trial, command: list[str], run_dir: Path, metric: str, poll
 
     from t7synth.tuning.trial import TrialProcess
 
+    from t7synth.tuning.trial import write_trial_record
+
     process = TrialProcess(command, run_dir, metric, run_dir.parent / "fit.log")
     reported: set[int] = set()
+
+    def record(state: str, value: float | None) -> None:
+        """The trial's state in its run folder (:data:`t7synth.tuning.trial.TRIAL_FILE`)."""
+        write_trial_record(run_dir, {
+            "study": study.study_name, "number": trial.number, "state": state, "value": value,
+            "epoch": max(reported) if reported else None, "params": dict(trial.params),
+        })
 
     def report_new() -> bool:
         """Report unseen validations in epoch order; True once Optuna says prune."""
@@ -223,6 +379,8 @@ def run_trial(study, trial, command: list[str], run_dir: Path, metric: str, poll
         status = process.wait(timeout=poll)
         while status is None:
             if report_new():
+                # Recorded before the SIGTERM, so the trial's W&B run can tag itself.
+                record("pruned", None)
                 process.stop()
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 return "pruned", None, f" at epoch {max(reported)}"
@@ -230,6 +388,7 @@ def run_trial(study, trial, command: list[str], run_dir: Path, metric: str, poll
     except KeyboardInterrupt:
         process.stop(grace=5.0)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        record("fail", None)
         raise
     # A trial that ended before its last validations were read ran in full: it counts
     # as complete whatever the pruner would have said (pruning only saves time).
@@ -239,16 +398,25 @@ def run_trial(study, trial, command: list[str], run_dir: Path, metric: str, poll
             trial.report(value, step=epoch)
     if status != 0 or not history:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        record("fail", None)
         why = f"exit {status}" if status != 0 else f"no {metric} in metrics.csv"
         tail = process.log_tail(1)
         return "failed", None, f" ({why}{': ' + tail if tail else ''}; log: {process.log_path})"
     best = (max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min)(history.values())
     study.tell(trial, best)
+    record("complete", best)
     return "complete", best, f" {metric} {best:.3f}"
 
 
+#: Complete trials needed before ``importances.png`` is drawn. Optuna's default
+#: evaluator (PED-ANOVA, ``target_quantile=0.1``) is stable with "at least 5 trials
+#: above target_quantile" (``optuna.importance.PedAnovaImportanceEvaluator``'s note):
+#: 5 / 0.1 = 50 complete trials. With fewer, its bars rank parameters by noise.
+MIN_TRIALS_FOR_IMPORTANCES = 50
+
+
 def write_summary(study, sweep, root: Path, wandb_mode_setting: str | None, base, report: Callable[[str], None] = print) -> None:
-    """``trials.csv``, the optimisation-history plot, the best trial, and W&B.
+    """``trials.csv``, the study's plots, the best trial, and W&B.
 
     Written after every sweep (also when it only continued a finished study), so the
     files always describe the whole study, all workers' trials included.
@@ -257,11 +425,11 @@ def write_summary(study, sweep, root: Path, wandb_mode_setting: str | None, base
 
     from t7synth.files import atomic_path
 
-    frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
+    table = trials_table(study)
     with atomic_path(root / "trials.csv") as tmp:
-        frame.to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    images = plot_study(study, root, len(complete))
+    images = plot_study(study, root, sweep.metric, report)
     if not complete:
         report(f"no trial completed; see {root / 'trials.csv'}")
         return
@@ -271,48 +439,122 @@ def write_summary(study, sweep, root: Path, wandb_mode_setting: str | None, base
         report(f"  {key}: {value}")
     report(f"  run: {best.user_attrs.get('run_dir')}")
     # Only complete trials reached their test; compare refuses runs without one.
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    ranked = sorted(complete, key=lambda trial: trial.value, reverse=reverse)[:5]
-    report(f"compare the best {len(ranked)}: python -m t7synth.compare " + " ".join(t.user_attrs["run_dir"] for t in ranked))
-    log_summary_to_wandb(frame, images, sweep, root, wandb_mode_setting, base)
+    ranked = table[table["rank"].notna()].sort_values("rank").head(5)
+    report(f"compare the best {len(ranked)}: python -m t7synth.compare " + " ".join(ranked["run_dir"]))
+    log_summary_to_wandb(table, images, sweep, root, wandb_mode_setting, base)
 
 
-def plot_study(study, root: Path, complete: int) -> list[Path]:
+def trials_table(study):
+    """Every trial of the study as a table with numeric columns (``trials.csv``, W&B).
+
+    Columns: ``number``; ``state`` (Optuna's, lower case: ``complete``, ``pruned``,
+    ``fail``, ``running``); ``value`` (the objective, the best validation value; empty
+    unless complete); ``rank`` (1 = best complete trial, in the study's direction;
+    ``compare`` reads it to pick a study's best trials); ``epochs`` (validations
+    reported); one ``params_<key>`` column per sampled config key; ``duration_s``;
+    ``run_dir``; ``wandb_run`` (the trial's W&B run id, from its run folder).
+    """
+    import optuna
+    import pandas as pd
+
+    from t7synth.training.loggers import WANDB_ID_FILE
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    maximise = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranks = {t.number: index + 1 for index, t in enumerate(sorted(complete, key=lambda t: t.value, reverse=maximise))}
+    params = sorted({key for trial in trials for key in trial.params})
+    rows = []
+    for trial in trials:
+        run_dir = trial.user_attrs.get("run_dir", "")
+        id_file = Path(run_dir) / WANDB_ID_FILE if run_dir else None
+        duration = trial.duration.total_seconds() if trial.duration is not None else None
+        rows.append({
+            "number": trial.number,
+            "state": trial.state.name.lower(),
+            "value": trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None,
+            "rank": ranks.get(trial.number),
+            "epochs": len(trial.intermediate_values),
+            **{f"params_{key}": trial.params.get(key) for key in params},
+            "duration_s": round(duration, 1) if duration is not None else None,
+            "run_dir": run_dir,
+            "wandb_run": id_file.read_text().strip() if id_file is not None and id_file.is_file() else "",
+        })
+    columns = ["number", "state", "value", "rank", "epochs", *(f"params_{key}" for key in params), "duration_s", "run_dir", "wandb_run"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["rank"] = frame["rank"].astype("Int64")  # integers, empty for trials without a rank
+    for column in ("value", "duration_s"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+def metric_label(metric: str) -> str:
+    """An axis label for a logged metric: ``validation PSNR brain (dB)`` for ``val/psnr_brain``."""
+    from t7synth.evaluation.scores import COLUMNS
+
+    stage, _, name = metric.partition("/")
+    stages = {"val": "validation", "test": "test", "train": "training"}
+    if name in COLUMNS:
+        return f"{stages.get(stage, stage)} {COLUMNS[name].heading}"
+    return metric
+
+
+def plot_study(study, root: Path, metric: str, report: Callable[[str], None] = print) -> list[Path]:
     """Optuna's optimisation history, validation curves and parameter importances as PNGs.
 
-    ``complete`` is the number of complete trials (importances need two).
+    Axes name the metric and its unit (:func:`metric_label`) and the curves' steps are
+    epochs (0-based, as in ``metrics.csv``). Importances are drawn only from
+    :data:`MIN_TRIALS_FOR_IMPORTANCES` complete trials; with fewer, ``report`` says so
+    and a stale ``importances.png`` is removed, so the files always describe the study.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna
+    from matplotlib.ticker import MaxNLocator
     from optuna.visualization import matplotlib as plots
 
     from t7synth.files import atomic_path
 
+    label = metric_label(metric)
+    complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     written = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # History: complete trials' objectives; curves: every trial's validations,
-        # pruned ones included (where they stopped is the pruner's decision, visible);
-        # importances: Optuna's default estimate, which needs two complete trials
-        # (with fewer it draws equal bars, which would mislead).
-        for name, plot in (
-            ("history", plots.plot_optimization_history),
-            ("curves", plots.plot_intermediate_values),
-            ("importances", plots.plot_param_importances),
+        # History: complete trials' objectives (each trial's best validation); curves:
+        # every trial's validations, pruned ones included (where they stopped is the
+        # pruner's decision, visible).
+        for name, draw in (
+            ("history", lambda: plots.plot_optimization_history(study, target_name=f"best {label}")),
+            ("curves", lambda: plots.plot_intermediate_values(study)),
+            ("importances", lambda: plots.plot_param_importances(study, target_name=f"best {label}")),
         ):
-            if name == "importances" and complete < 2:
+            path = root / f"{name}.png"
+            if name == "importances" and complete < MIN_TRIALS_FOR_IMPORTANCES:
+                path.unlink(missing_ok=True)
+                report(f"importances.png not drawn: {complete} complete trials, {MIN_TRIALS_FOR_IMPORTANCES} needed for a stable estimate")
                 continue
             try:
-                axes = plot(study)
+                axes = draw()
             except (ValueError, RuntimeError):
-                continue  # importances need two complete trials with different values
+                continue  # e.g. no trial has a value yet
+            if name == "curves":
+                axes.set_title("validation curves (pruned trials end where they were stopped)", fontsize=10)
+                axes.set_xlabel("epoch")
+                axes.set_ylabel(label)
+                axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            elif name == "history":
+                axes.set_title(f"optimisation history: each complete trial's best {metric}", fontsize=10)
+                axes.set_xlabel("trial")
+                axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            else:
+                axes.set_title(axes.get_title(), fontsize=10)
+            if axes.get_legend() is not None:  # Optuna's sits outside on the right, in a large font
+                axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
             figure = axes.figure
-            figure.set_size_inches(7, 4)
+            figure.set_size_inches(8, 4.5)
             figure.tight_layout()
-            path = root / f"{name}.png"
             with atomic_path(path) as tmp:
                 figure.savefig(tmp, format="png", dpi=120)
             plt.close(figure)
@@ -320,9 +562,17 @@ def plot_study(study, root: Path, complete: int) -> list[Path]:
     return written
 
 
-def log_summary_to_wandb(frame, images: list[Path], sweep, root: Path, mode_setting: str | None, base) -> None:
-    """A W&B run of job type ``sweep`` in the study's group: trials table and plots."""
-    from t7synth.training.loggers import wandb_mode
+def log_summary_to_wandb(table, images: list[Path], sweep, root: Path, mode_setting: str | None, base) -> None:
+    """A W&B run of job type ``sweep`` in the study's group: the trials table, plots, links.
+
+    The table is :func:`trials_table` with its numbers as numbers (it sorts and plots
+    on W&B), each trial's state (``pruned`` included: a pruned trial's own run is
+    tagged too, see :class:`t7synth.training.loggers.RunWandbLogger`) and a
+    ``wandb_link`` to the trial's run: its URL online, its ``entity/project/id`` path
+    offline (``wandb sync`` keeps ids, so the path stays valid after syncing). The
+    summary holds the best trial and the count of trials per state.
+    """
+    from t7synth.training.loggers import run_link, wandb_mode, wandb_rows
 
     mode = wandb_mode(mode_setting)
     if mode == "disabled":
@@ -331,10 +581,22 @@ def log_summary_to_wandb(frame, images: list[Path], sweep, root: Path, mode_sett
 
     run = wandb.init(
         project=base.wandb.project, entity=base.wandb.entity, group=sweep.study, job_type="sweep",
-        name=f"{sweep.study}/summary", dir=str(root), mode=mode, config={"sweep": str(sweep.path)},
+        name=f"{sweep.study}/summary", dir=str(root), mode=mode,
+        config={"sweep": str(sweep.path), "study": sweep.study, "metric": sweep.metric, "direction": sweep.direction},
     )
-    run.log({
-        "sweep/trials": wandb.Table(dataframe=frame.astype(str)),
-        **{f"sweep/{path.stem}": wandb.Image(str(path)) for path in images},
-    })
-    run.finish()
+    try:
+        frame = table.copy()
+        frame["wandb_link"] = [run_link(run, run_id, mode) if run_id else "" for run_id in frame["wandb_run"]]
+        run.log({
+            "sweep/trials": wandb.Table(columns=list(frame.columns), data=wandb_rows(frame)),
+            **{f"sweep/{path.stem}": wandb.Image(str(path)) for path in images},
+        })
+        summary = {f"trials/{state}": int(count) for state, count in frame["state"].value_counts().items()}
+        ranked = frame[frame["rank"] == 1]
+        if len(ranked):
+            best = ranked.iloc[0]
+            summary.update({"best/number": int(best["number"]), "best/value": float(best["value"]),
+                            "best/run_dir": best["run_dir"], "best/wandb_link": best["wandb_link"]})
+        run.summary.update(summary)
+    finally:
+        run.finish()

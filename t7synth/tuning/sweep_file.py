@@ -31,6 +31,7 @@ comparison after the sweep.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,5 +242,18 @@ def _check_param(where: str, key: str, spec: Any) -> None:
         raise UserError(f"{where}: params.{key}: low must be below high, got {spec['low']} and {spec['high']}")
     if spec.get("log") and spec.get("step") is not None:
         raise UserError(f"{where}: params.{key}: log and step cannot be combined")
+    step = spec.get("step")
+    if step is not None:
+        if isinstance(step, str) and kind == "float":
+            try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+                spec["step"] = step = float(step)
+            except ValueError:
+                pass
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or (number is int and not isinstance(step, int)):
+            raise UserError(f"{where}: params.{key}.step must be a{'n' if kind == 'int' else ''} {kind}, got {step!r}")
+        if not (math.isfinite(step) and step > 0):
+            raise UserError(f"{where}: params.{key}.step must be positive, got {step}")
+        if step > spec["high"] - spec["low"]:
+            raise UserError(f"{where}: params.{key}.step {step} is wider than the range {spec['low']} to {spec['high']}")
     if spec.get("log") and spec["low"] <= 0:
         raise UserError(f"{where}: params.{key}: a log scale needs low > 0, got {spec['low']}")

@@ -41,6 +41,8 @@ def test_console_script_user_error_is_one_line(monkeypatch, capsys):
         ("predict", []),
         ("evaluate", ["--bogus"]),
         ("compare", []),
+        ("convert", ["--official"]),
+        ("export", []),
     ],
 )
 def test_bad_arguments_are_one_line(command, argv, capsys):
@@ -52,3 +54,26 @@ def test_bad_arguments_are_one_line(command, argv, capsys):
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: python -m t7synth.{command}:")
     assert "usage:" not in captured.err
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_help_answers_without_importing_torch(name):
+    """``--help`` of every command (``predict --help`` among them) imports neither torch
+    nor Lightning: it answers at once, also where importing torch takes seconds."""
+    import subprocess
+
+    module = SCRIPTS[name].partition(":")[0]
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{module!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_module({module!r}, run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code in (0, None), exit.code\n"
+        "heavy = sorted(m for m in ('torch', 'pytorch_lightning', 'wandb', 'monai', 'torchio') if m in sys.modules)\n"
+        "print('IMPORTED:' + ','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "IMPORTED:"

@@ -11,6 +11,7 @@ from conftest import TINY_UNET, make_pair, write_nifti
 from t7synth import evaluate, fit, predict
 from t7synth.cli import run_main
 from t7synth.evaluation.metrics import NAMES
+from t7synth.evaluation.scores import SECTION_COLUMNS
 
 
 def _read(path):
@@ -30,7 +31,9 @@ def test_evaluate_reproduces_fit_test_scores(dataset, tmp_path, capsys):
 
     pred = tmp_path / "pred"
     assert run_main(predict.main, ["--ckpt", str(ckpt), "--input", str(dataset), "--split", "test", "--output", str(pred), "--no-progress"]) == 0
-    assert sorted(p.name for p in pred.iterdir()) == ["sub-004_desc-synth7T_T1w.nii.gz"]
+    # A BIDS derivative dataset (data/naming.py), which evaluate reads by subject label.
+    assert sorted(str(p.relative_to(pred)) for p in pred.rglob("*.nii.gz")) == ["sub-004/anat/sub-004_desc-synth7T_T1w.nii.gz"]
+    assert (pred / "dataset_description.json").is_file()
 
     out = tmp_path / "eval"
     capsys.readouterr()
@@ -39,13 +42,16 @@ def test_evaluate_reproduces_fit_test_scores(dataset, tmp_path, capsys):
     assert "identity (3T input)" in printed and "intensity LUT" in printed
 
     rows = _read(out / "metrics.csv")
-    assert list(rows[0]) == ["subject", *NAMES] and [r["subject"] for r in rows] == ["sub-004"]
+    # The structure scores follow the intensity ones; no dseg here, so no true-label Dice.
+    structure = [name for name in SECTION_COLUMNS if not name.startswith("dice_true_")]
+    assert list(rows[0]) == ["subject", *NAMES, *structure] and [r["subject"] for r in rows] == ["sub-004"]
     assert float(rows[0]["psnr_brain"]) == pytest.approx(float(fit_rows[("model", "sub-004")]["psnr_brain"]), abs=0.05)
     summary = {r["model"]: r for r in _read(out / "summary.csv")}
     assert set(summary) == {"model", "identity", "lut"}
-    for baseline in ("identity", "lut"):  # the same preprocessing and LUT as fit's test
-        for name in NAMES:
+    for baseline in ("identity", "lut"):  # the same preprocessing, LUT (the checkpoint's) and scorers as fit's test
+        for name in (*NAMES, *structure):
             assert float(summary[baseline][f"{name}_mean"]) == pytest.approx(float(fit_rows[(baseline, "sub-004")][name]), abs=1e-5)
+    assert (out / "spectra.png").is_file() and (run / "samples" / "test_spectra.png").is_file()
     assert (out / "montages" / "sub-004.png").is_file()
 
 

@@ -34,15 +34,16 @@ class IdentityModule(SynthesisModule):
 
 @pytest.fixture
 def identity_checkpoint(tmp_path, monkeypatch):
-    """``make(mode, voxel_size=None, precision=None, shape=None)`` writes a checkpoint
-    of the identity model with those training settings."""
+    """``make(mode, voxel_size=None, precision=None, shape=None, normalisation="clip")``
+    writes a checkpoint of the identity model with those training settings."""
     monkeypatch.setitem(registry.MODELS, "identity", f"{__name__}:IdentityModule")
 
-    def make(mode: str, voxel_size=None, precision=None, shape=None):
+    def make(mode: str, voxel_size=None, precision=None, shape=None, normalisation="clip"):
         config = Config().to_dict()
         config["model"]["name"] = "identity"
         config["trainer"]["precision"] = precision
         config["data"]["shape"] = shape
+        config["data"]["normalisation"] = normalisation
         if mode == "patch":
             config["geometry"].update(mode="patch", patch=[8, 8, 8], overlap=4)
         else:
@@ -119,6 +120,25 @@ def test_mask_file_zeroes_outside_and_drives_normalisation(identity_checkpoint, 
     data = np.asarray(nib.load(str(out)).dataobj)
     np.testing.assert_allclose(data, _expected(source, mask > 0), atol=1e-5)
     assert (data[mask == 0] == 0).all()
+
+
+def test_input_is_normalised_as_the_checkpoint_was_trained(identity_checkpoint, tmp_path):
+    """A model trained with ``data.normalisation: authors`` gets its input scaled that
+    way (percentiles of the brain's positive voxels, unclipped); the output is written
+    on the [0, 1] scale, zero outside the brain."""
+    source, _, mask = make_pair((14, 16, 12), seed=2)
+    box = np.zeros_like(mask)
+    box[1:-1, 1:-1, 1:-1] = 1  # a mask wider than the brain: background voxels inside it
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    scan = write_nifti(tmp_path / "scan.nii.gz", source, affine)
+    mask_file = write_nifti(tmp_path / "mask.nii.gz", box, affine)
+    out = tmp_path / "synth.nii.gz"
+    argv = ["--ckpt", str(identity_checkpoint("slab", normalisation="authors")), "--input", str(scan), "--mask", str(mask_file), "--output", str(out), "--no-progress"]
+    assert run_main(predict.main, argv) == 0
+    data = np.asarray(nib.load(str(out)).dataobj)
+    authors = normalise(torch.from_numpy(source[None]), torch.from_numpy(box[None]), mode="authors")[0].numpy()
+    np.testing.assert_allclose(data, np.clip(authors, 0, 1) * box, atol=1e-5)
+    assert np.abs(data - _expected(source, box > 0)).max() > 0.05  # not what clip would give
 
 
 def test_folder_with_a_corrupt_file(identity_checkpoint, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -15,6 +16,7 @@ from t7synth import sweep
 from t7synth.cli import run_main
 from t7synth.tuning import study as study_module
 from t7synth.tuning.sweep_file import SweepConfig
+from t7synth.tuning.trial import read_trial_record
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 
@@ -108,6 +110,8 @@ def test_complete_trial_scores_its_best_validation(tmp_path):
     frozen = study.trials[0]
     assert frozen.state == optuna.trial.TrialState.COMPLETE and frozen.value == 23.5
     assert frozen.intermediate_values == {0: 20.0, 1: 23.5, 2: 22.0}
+    record = read_trial_record(tmp_path / "study" / "trial-0000" / "version_0")
+    assert (record["state"], record["value"], record["epoch"], record["number"]) == ("complete", 23.5, 2, 0)
 
 
 def test_minimised_metric_takes_the_lowest(tmp_path):
@@ -127,6 +131,9 @@ def test_pruned_trial_is_stopped(tmp_path):
     study, (state, value, detail) = fake_trial(tmp_path, optuna.pruners.ThresholdPruner(lower=30.0), "20.0,21.0", 120, 0)
     assert state == "pruned" and value is None and "epoch 0" in detail
     assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+    # Written before the trial was stopped: what its W&B run tags itself from.
+    record = read_trial_record(tmp_path / "study" / "trial-0000" / "version_0")
+    assert (record["state"], record["epoch"]) == ("pruned", 0)
     assert time.monotonic() - started < 60  # the fake fit would have lingered 120 s
 
 
@@ -136,6 +143,7 @@ def test_failed_trial_reports_its_log(tmp_path):
     study, (state, value, detail) = fake_trial(tmp_path, optuna.pruners.NopPruner(), "20.0", 0, 3)
     assert state == "failed" and value is None and "exit 3" in detail and "fit.log" in detail
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    assert read_trial_record(tmp_path / "study" / "trial-0000" / "version_0")["state"] == "fail"
 
 
 # --- a real study: two fit runs on a tiny dataset ------------------------------------
@@ -183,43 +191,109 @@ def test_two_trial_study_end_to_end(tmp_path, capsys, monkeypatch):
         assert len(history) == 2 and trial.value == pytest.approx(history.max())
     table = (runs / "tiny" / "trials.csv").read_text().splitlines()
     assert len(table) == 3  # header + two trials
-    for plot in ("history", "curves", "importances"):
+    for plot in ("history", "curves"):
         assert (runs / "tiny" / f"{plot}.png").stat().st_size > 0
+    assert not (runs / "tiny" / "importances.png").exists() and "importances.png not drawn: 2 complete trials" in out
 
     # Running the command again continues the study: it already holds two trials.
     assert run_main(sweep.main, [str(path), "--data", str(data), "--poll", "0.5"]) == 0
     assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 2
 
 
-def test_sweep_summary_is_a_wandb_run(tmp_path):
-    """The study's table and plots go to a W&B run (offline here: files on disk)."""
+def _study_with_trials(tmp_path):
+    """An in-memory study as a sweep leaves it: two complete trials, a pruned and a
+    failed one, each with its run folder (and, for two, a W&B run id)."""
+    import optuna
+
+    study = optuna.create_study(study_name="lr", direction="maximize")
+    distributions = {"optim.lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
+    specs = [(optuna.trial.TrialState.COMPLETE, 21.0, 1e-3), (optuna.trial.TrialState.PRUNED, None, 1e-5),
+             (optuna.trial.TrialState.COMPLETE, 23.5, 3e-3), (optuna.trial.TrialState.FAIL, None, 1e-2)]
+    for number, (state, value, lr) in enumerate(specs):
+        run_dir = tmp_path / "lr" / f"trial-{number:04d}" / "version_0"
+        run_dir.mkdir(parents=True)
+        if number < 2:
+            (run_dir / "wandb_id.txt").write_text(f"id{number}\n")
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=value, params={"optim.lr": lr}, distributions=distributions,
+            intermediate_values={0: 18.0 + number, 1: 19.0 + number}, user_attrs={"run_dir": str(run_dir)},
+        ))
+    return study
+
+
+def test_trials_table_is_numeric_and_ranks_complete_trials(tmp_path):
+    study = _study_with_trials(tmp_path)
+    table = study_module.trials_table(study)
+    assert list(table["state"]) == ["complete", "pruned", "complete", "fail"]
+    assert table["value"].dtype.kind == "f" and table["params_optim.lr"].dtype.kind == "f"
+    assert list(table["rank"].astype("object").where(table["rank"].notna(), None)) == [2, None, 1, None]
+    assert list(table["epochs"]) == [2, 2, 2, 2]
+    assert list(table["wandb_run"]) == ["id0", "id1", "", ""]
+    import pandas as pd
+
+    table.to_csv(tmp_path / "trials.csv", index=False)
+    back = pd.read_csv(tmp_path / "trials.csv")
+    assert back["value"].tolist()[::2] == [21.0, 23.5] and back["rank"].tolist()[2] == 1
+
+
+def test_study_plots_name_the_metric_and_skip_unstable_importances(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    study = _study_with_trials(tmp_path)
+    root = tmp_path / "lr"
+    (root / "importances.png").write_bytes(b"stale")
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda figure=None: figures.append(figure) or close(figure))
+    lines = []
+    written = study_module.plot_study(study, root, "val/psnr_brain", lines.append)
+    assert [path.name for path in written] == ["history.png", "curves.png"]
+    assert not (root / "importances.png").exists()  # a stale picture would describe another study
+    assert lines == [f"importances.png not drawn: 2 complete trials, {study_module.MIN_TRIALS_FOR_IMPORTANCES} needed for a stable estimate"]
+    history, curves = (figure.axes[0] for figure in figures)
+    assert history.get_ylabel() == "best validation PSNR brain (dB)"
+    assert curves.get_xlabel() == "epoch" and curves.get_ylabel() == "validation PSNR brain (dB)"
+
+
+@pytest.mark.slow
+def test_sweep_summary_run_links_every_trial(tmp_path, monkeypatch):
+    """The study's W&B run (offline here), read back from its records: a numeric
+    trials table with each trial's state and a link to its run, the best trial in
+    the summary, and the plots."""
     from types import SimpleNamespace
 
     import numpy as np
-    import pandas as pd
     from PIL import Image
+    from wandb_file import offline_run
 
-    root = tmp_path / "study"
-    root.mkdir()
+    for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
+    study = _study_with_trials(tmp_path)
+    root = tmp_path / "lr"
     image = root / "history.png"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
-    frame = pd.DataFrame({"number": [0, 1], "value": [20.5, 21.0], "state": ["COMPLETE", "PRUNED"]})
-    spec = SimpleNamespace(study="study", path=tmp_path / "study.yaml")
+    spec = SimpleNamespace(study="lr", path=tmp_path / "lr.yaml", metric="val/psnr_brain", direction="maximize")
     base = SimpleNamespace(wandb=SimpleNamespace(project="t7synth-test", entity=None))
     import wandb
 
     try:
-        study_module.log_summary_to_wandb(frame, [image], spec, root, "offline", base)
+        study_module.log_summary_to_wandb(study_module.trials_table(study), [image], spec, root, "offline", base)
     finally:
         # wandb keeps process-wide settings (read from the environment, where the
         # tests set WANDB_MODE=disabled) until torn down; later tests start afresh.
         wandb.teardown()
-    runs = list((root / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    media = runs[0] / "files" / "media"
+    recorded = offline_run(root)
+    assert recorded.config["metric"] == "val/psnr_brain" and recorded.config["direction"] == "maximize"
+    assert recorded.summary["best/number"] == 2 and recorded.summary["best/value"] == 23.5
+    assert recorded.summary["trials/pruned"] == 1 and recorded.summary["trials/complete"] == 2
+    media = next(root.glob("wandb/offline-run-*/files/media"))
     assert list(media.glob("images/sweep/history_*.png"))
-    tables = list(media.glob("table/sweep/trials_*.table.json"))
-    assert tables and '"PRUNED"' in tables[0].read_text()
+    table = json.loads(next(media.glob("table/sweep/trials_*.table.json")).read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert [row["state"] for row in rows] == ["complete", "pruned", "complete", "fail"]
+    assert rows[0]["value"] == 21.0 and rows[1]["value"] is None and rows[2]["rank"] == 1  # numbers, not strings
+    assert [row["wandb_link"] for row in rows] == ["t7synth-test/id0", "t7synth-test/id1", "", ""]
+    assert rows[1]["run_dir"] == str(root / "trial-0001" / "version_0")
 
 
 def test_orphans_of_a_killed_sweep_are_failed_and_their_fit_stopped(tmp_path):

@@ -63,3 +63,19 @@ def test_scores_stay_float32_under_autocast():
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         mixed = metrics.volume_scores(prediction, target, mask)
     assert mixed == pytest.approx(plain, abs=1e-6)
+
+
+def test_volumes_beyond_the_unit_range_score_on_the_clip_scale():
+    """``data.normalisation: authors`` targets have a negative background and 1 % tails
+    above 1; clamped, they are the clip targets, so the scores are those of the clip
+    scale (and a prediction of the right background is not rewarded twice)."""
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.zeros(12, 14, 12, dtype=torch.bool)
+    mask[2:10, 3:11, 2:10] = True
+    clip_target = torch.rand(12, 14, 12, generator=generator) * mask
+    authors_target = torch.where(mask, clip_target * 1.2 - 0.1, torch.tensor(-0.45))
+    prediction = (clip_target + 0.05 * torch.randn(12, 14, 12, generator=generator)) * mask
+    scores = metrics.volume_scores(prediction, authors_target, mask)
+    expected = metrics.volume_scores(prediction, authors_target.clamp(0, 1), mask)
+    assert scores == pytest.approx(expected)
+    assert scores["psnr"] > 15  # the -0.45 background does not count as an error

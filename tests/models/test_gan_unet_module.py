@@ -32,12 +32,28 @@ def test_paper_summary_counts_the_generator_only(capsys):
     assert "parameters: 222326589" in capsys.readouterr().out.splitlines()
 
 
-def test_two_optimisers_step_in_the_published_ratio(dataset, tmp_path, capsys):
-    # 2 training subjects x 10 samples / batch 2 = 10 batches per epoch: the generator
-    # steps on all 10 in epoch 0, then on batches 0 and 5 of epoch 1.
+def test_two_optimisers_step_in_the_published_ratio(dataset, tmp_path, capsys, monkeypatch):
+    # 2 training subjects x 10 samples / batch 2 = 10 batches per epoch: the
+    # discriminator steps first on every batch; the generator after it on all 10 in
+    # epoch 0, then on batches 4 and 9 of epoch 1 (LoadingModel.py: not (step + 1) % 5).
+    events: list = []
+    step, training_step = GANUNetModule._step, GANUNetModule.training_step
+
+    def recording_step(self, optimizer, loss):
+        events[-1][1].append("G" if optimizer is self.optimizers()[0] else "D")
+        return step(self, optimizer, loss)
+
+    def recording_training_step(self, batch, batch_idx):
+        events.append(((self.current_epoch, batch_idx), []))
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(GANUNetModule, "_step", recording_step)
+    monkeypatch.setattr(GANUNetModule, "training_step", recording_training_step)
     runs = tmp_path / "runs"
     extra = ["--max-epochs", "2", *_sets(["data.samples_per_volume=10", "data.queue_length=20", "trainer.val_every=2"])]
     assert run_main(fit.main, _cli(dataset, runs, *extra)) == 0
+    order = {key: "".join(steps) for key, steps in events}
+    assert order == {(epoch, b): "DG" if epoch == 0 or b in (4, 9) else "D" for epoch in (0, 1) for b in range(10)}
     checkpoint = torch.load(runs / "gan_unet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["gan_steps"] == {"generator": 12, "discriminator": 20}
     assert checkpoint["global_step"] == 32  # global_step counts the steps of both optimisers

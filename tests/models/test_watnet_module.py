@@ -35,7 +35,7 @@ def test_paper_summary(capsys):
     out = capsys.readouterr().out.splitlines()
     count = int(next(line for line in out if line.startswith("parameters:")).split()[1])
     assert abs(count - REFERENCE_PARAMS) <= 0.02 * REFERENCE_PARAMS
-    assert "geometry: 2.5D slab: 3 slices along axis 1 (64x64), target: all slice(s)" in out
+    assert "geometry: 2.5D slab: 3 slices along axis 2 (64x64), target: all slice(s)" in out  # axial
 
 
 def test_paper_optimiser_uses_the_caffe_multipliers():

@@ -9,6 +9,7 @@ as a node failure would, and a hung run is killed rather than left behind.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -106,6 +107,19 @@ def tail(log: Path, lines: int = 40) -> str:
 def record(folder: Path, rank: int) -> dict:
     """What rank ``rank`` recorded (see ``ddp_fit_script.Recorder``)."""
     return json.loads((folder / f"rank{rank}.json").read_text())
+
+
+#: Wall-clock columns of metrics.csv: they differ between any two runs.
+TIMING_COLUMNS = ("train/epoch_time",)
+
+
+def history(run_dir: Path) -> list[dict[str, float]]:
+    """The rows of a run's ``metrics.csv`` as numbers (empty cells and timings left out)."""
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [
+            {key: float(value) for key, value in row.items() if value and key not in TIMING_COLUMNS}
+            for row in csv.DictReader(handle)
+        ]
 
 
 def weights(folder: Path, rank: int, kind: str = "weights") -> dict[str, torch.Tensor]:

@@ -166,6 +166,14 @@ def test_kill_and_resume_matches_the_uninterrupted_run(uninterrupted, crashed):
         for key in ("psnr_brain", "ssim_brain", "mae"):
             assert float(row_b[key]) == pytest.approx(float(row_a[key]), rel=1e-5, abs=1e-6)
 
+    # metrics.csv holds the same history, epoch by epoch: the rows the killed run logged
+    # in epoch 1 were dropped and logged again once, nothing of epoch 0 was lost.
+    history_a, history_b = helpers.history(uninterrupted["run"]), helpers.history(crashed["run"])
+    assert [sorted(row) for row in history_b] == [sorted(row) for row in history_a]
+    for row_a, row_b in zip(history_a, history_b):
+        assert row_b == pytest.approx(row_a, rel=1e-5, abs=1e-6)
+    assert [row["epoch"] for row in history_b if "val/psnr_brain" in row] == list(range(EPOCHS))
+
     # It continued in the same folder, and environment.yaml tells both launches apart.
     assert [p.name for p in (crashed["runs"] / "unet").iterdir()] == ["version_0"]
     launches = yaml.safe_load((crashed["run"] / "environment.yaml").read_text())["launches"]

@@ -19,13 +19,14 @@ from t7synth.data import naming
 from t7synth.data.demo.simulate import (
     DESCRIPTION_JSON,
     FORMAT_VERSION,
+    SIMULATION_TSV,
     check_parameters,
     read_description,
     simulate_dataset,
     subject_labels,
 )
 from t7synth.errors import UserError
-from t7synth.files import cache_root
+from t7synth.files import cache_root, remove_stale_temporaries
 
 
 def default_demo_dir(n_subjects: int = 20, seed: int = 0, voxel_size: float = 1.5) -> Path:
@@ -81,6 +82,8 @@ def ensure_demo_dataset(
     _check_replaceable(folder)
     try:
         with _generation_lock(folder):
+            # A killed generation leaves its hidden temporary folder beside this one.
+            remove_stale_temporaries(folder.parent, folder.name)
             # Another process may have finished it while we waited for the lock.
             if not demo_is_complete(folder, settings):
                 simulate_dataset(folder, n_subjects=n_subjects, seed=seed, voxel_size=voxel_size, progress=progress)
@@ -94,10 +97,10 @@ def demo_is_complete(folder: Path, settings: dict) -> bool:
     recorded = read_description(folder)
     if recorded is None or any(recorded.get(key) != value for key, value in settings.items()):
         return False
-    if not (folder / naming.PARTICIPANTS).is_file():
+    if not (folder / naming.PARTICIPANTS).is_file() or not (folder / naming.DSEG_TABLE).is_file():
         return False
     for label in subject_labels(settings["n_subjects"]):
-        for path in (naming.source_path, naming.target_path, naming.mask_path):
+        for path in (naming.source_path, naming.target_path, naming.mask_path, naming.dseg_path):
             if not path(folder, label).is_file():
                 return False
     return True
@@ -111,11 +114,36 @@ def _check_replaceable(folder: Path) -> None:
                 what = "output path" if parent == folder else "a parent of the output path"
                 raise UserError(f"{what} {parent} exists and is not a folder")
             break
-    if folder.is_dir() and any(folder.iterdir()) and read_description(folder) is None:
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    recorded = read_description(folder)
+    if recorded is None:
         raise UserError(
             f"{folder} exists and is not a t7synth demo dataset (no {DESCRIPTION_JSON}); "
             "choose a new or empty folder"
         )
+    foreign = _foreign_files(folder, recorded)
+    if foreign:
+        shown = ", ".join(str(p.relative_to(folder)) for p in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UserError(
+            f"{folder} holds a demo dataset with other settings and files the demo did not write ({shown}); "
+            "regenerating replaces the folder: move them away or choose another --out"
+        )
+
+
+def _foreign_files(folder: Path, recorded: dict) -> list[Path]:
+    """Files and folders under ``folder`` that a demo generation with ``recorded``
+    settings did not write, so that regenerating would delete them: anything but the
+    demo's tables and, in each of its subjects' ``anat`` folders, files named after
+    the subject."""
+    n_subjects = recorded.get("n_subjects")
+    labels = subject_labels(n_subjects) if isinstance(n_subjects, int) and n_subjects > 0 else []
+    tables = {naming.PARTICIPANTS, DESCRIPTION_JSON, SIMULATION_TSV, naming.DSEG_TABLE}
+    ours = {folder / name for name in tables if (folder / name).is_file()}
+    for label in labels:
+        anat = naming.anat_dir(folder, label)
+        ours |= {anat.parent, anat} | {p for p in anat.glob(f"{label}_*") if p.is_file()}
+    return sorted(p for p in folder.rglob("*") if p not in ours)
 
 
 @contextlib.contextmanager

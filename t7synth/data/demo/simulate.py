@@ -10,7 +10,10 @@ real brain that does: the skull-stripped MNI ICBM152 2009a T1 template (1 mm) in
 2. **7T target**: that anatomy plus 1 % Gaussian noise;
 3. **3T source**: the same anatomy through a field-strength forward model: grey/white
    contrast compression, blur (anisotropic), a smooth multiplicative bias field and
-   Rician noise, each with a per-subject random strength.
+   Rician noise, each with a per-subject random strength;
+4. **tissue truth**: the template's grey- and white-matter probability maps (also in
+   ``nilearn``) pulled through the same coordinates as the anatomy, cerebrospinal
+   fluid as the brain mask's remainder, and their most probable class as labels.
 
 Both images are zero outside the brain mask, as after the real pipeline's skull
 stripping. The parameter ranges are the module constants below; ``docs/data.md``
@@ -42,8 +45,9 @@ from t7synth.errors import UserError
 from t7synth.files import atomic_dir
 
 #: Bump whenever the generated files would change; it is part of the cache folder name,
-#: so an old cache is never mistaken for the current forward model.
-FORMAT_VERSION = "f3"
+#: so an old cache is never mistaken for the current forward model. ``f4`` added the
+#: tissue maps; its 3T, 7T and mask files are byte-identical to ``f3``'s.
+FORMAT_VERSION = "f4"
 
 #: Per-subject table of the drawn forward-model parameters.
 SIMULATION_TSV = "simulation.tsv"
@@ -86,18 +90,24 @@ BIAS_AMPLITUDE = (0.2, 0.3)  # multiplier 1 + a * field, field in [-1, 1] in the
 BIAS_ORDER = 3  # total degree of the bias polynomial
 NOISE_SIGMA = (0.02, 0.04)  # Rician sigma as a fraction of the in-brain 99th percentile
 
+# --- tissue truth ----------------------------------------------------------------------
+PROBSEG_STEPS = 255  # probabilities are stored as uint8 / 255, as the template's maps are
+
 # --- participants ----------------------------------------------------------------------
 AGE_YEARS = (55, 80)  # inclusive, integers
 GROUP = "CU"  # cognitively unimpaired: the template is a healthy-adult average
 
 
 class Template(NamedTuple):
-    """The MNI152 template: intensities in [0, 1], brain mask, voxel-to-mm affine."""
+    """The MNI152 template: intensities in [0, 1], brain mask, voxel-to-mm affine, and
+    the grey- and white-matter probability maps on the same grid (``None`` if not loaded)."""
 
     image: np.ndarray  # float32
     mask: np.ndarray  # uint8
     affine: np.ndarray  # 4x4
     centre_mm: np.ndarray  # centre of the brain's bounding box, in mm
+    gm: np.ndarray | None = None  # float32, [0, 1]
+    wm: np.ndarray | None = None  # float32, [0, 1]
 
 
 class Grid(NamedTuple):
@@ -199,6 +209,7 @@ def simulate_dataset(
             participants.append(participant)
             parameters.append(params)
         _write_tsv(tmp / naming.PARTICIPANTS, [asdict(p) for p in participants])
+        write_tissue_table(tmp / naming.DSEG_TABLE)
         _write_tsv(tmp / SIMULATION_TSV, [asdict(p) for p in parameters])
         _write_description(tmp / DESCRIPTION_JSON, n_subjects, seed, voxel_size, grid)
         # mkdtemp makes the folder private (0700); give it the mode every ordinary
@@ -250,17 +261,20 @@ def simulate_subject(
     grid: Grid,
     rng: np.random.Generator,
 ) -> tuple[Participant, SubjectParameters]:
-    """Draw, simulate and write one subject's three files; return its table rows.
+    """Draw, simulate and write one subject's files; return its table rows.
 
     All fixed-size draws come before the noise draws (whose size depends on the brain
-    mask), so a subject's parameters never depend on the voxel size.
+    mask), so a subject's parameters never depend on the voxel size. The tissue maps
+    draw nothing: they follow the anatomy's coordinates exactly.
     """
     participant = draw_participant(label, split, rng)
     params = draw_parameters(label, rng)
     controls = draw_deformation_controls(params.deform_mm, template.centre_mm, rng)
     bias_coefficients = draw_bias_coefficients(rng)
 
-    anatomy, mask = warp_template(template, grid, params, controls)
+    coords = template_coordinates(template, grid, params, controls)
+    anatomy, mask = warp_template(template, grid, params, controls, coords)
+    probabilities = warp_tissues(template, coords, mask)
     brain = mask.astype(bool)
     target = simulate_target(anatomy, brain, params.target_noise, rng)
     source = simulate_source(anatomy, brain, grid, params, bias_coefficients, rng)
@@ -268,6 +282,12 @@ def simulate_subject(
     write_nifti(naming.source_path(root, label), source, grid.affine)
     write_nifti(naming.target_path(root, label), target, grid.affine)
     write_nifti(naming.mask_path(root, label), mask, grid.affine)
+    for tissue, probability in probabilities.items():
+        # In steps of 1/255, the precision of the template's own maps: a quarter of the
+        # disk space and write time of float32.
+        quantised = np.round(probability * PROBSEG_STEPS).astype(np.uint8)
+        write_nifti(naming.probseg_path(root, label, tissue), quantised, grid.affine, slope=1.0 / PROBSEG_STEPS)
+    write_nifti(naming.dseg_path(root, label), tissue_labels(probabilities, mask), grid.affine)
     return participant, params
 
 
@@ -315,15 +335,22 @@ def draw_parameters(label: str, rng: np.random.Generator) -> SubjectParameters:
 
 
 def load_template() -> Template:
-    """The nilearn MNI152 2009a template and brain mask at 1 mm.
+    """The nilearn MNI152 2009a template, brain mask and GM/WM probability maps at 1 mm.
 
-    Both load from a file inside the nilearn package (the mask is the template
-    thresholded at 0.2); nothing is downloaded.
+    All load from files inside the nilearn package (the mask is the template
+    thresholded at 0.2; the probability maps are the ICBM152 2009a tissue priors,
+    ``mni_icbm152_{gm,wm}_tal_nlin_sym_09a_converted.nii.gz``, which nilearn's loaders
+    scale to a maximum of 1); nothing is downloaded.
     """
     from nilearn import datasets  # heavy (about 1.5 s): only when a dataset is made
 
     image_nii = datasets.load_mni152_template(resolution=1)
     mask_nii = datasets.load_mni152_brain_mask(resolution=1)
+    tissues = [datasets.load_mni152_gm_template(resolution=1), datasets.load_mni152_wm_template(resolution=1)]
+    for tissue in tissues:
+        if tissue.shape != image_nii.shape or not np.allclose(tissue.affine, image_nii.affine):
+            raise RuntimeError("nilearn's MNI152 tissue maps are not on the template's grid")
+    gm, wm = (np.clip(np.asarray(t.get_fdata(dtype=np.float32), dtype=np.float32), 0.0, 1.0) for t in tissues)
     image = np.asarray(image_nii.get_fdata(dtype=np.float32), dtype=np.float32)
     mask = (np.asarray(mask_nii.dataobj) > 0).astype(np.uint8)
     image = np.clip(image, 0.0, 1.0) * mask  # the few sub-threshold voxels are background
@@ -331,7 +358,7 @@ def load_template() -> Template:
     corners = np.argwhere(mask)
     box_centre = (corners.min(axis=0) + corners.max(axis=0)) / 2.0
     centre_mm = affine[:3, :3] @ box_centre + affine[:3, 3]
-    return Template(image, mask, affine, centre_mm)
+    return Template(image, mask, affine, centre_mm, gm, wm)
 
 
 def grid_shape(voxel_size: float) -> tuple[int, int, int]:
@@ -481,22 +508,66 @@ def template_coordinates(
 
 
 def warp_template(
-    template: Template, grid: Grid, params: SubjectParameters, controls: DeformationControls
+    template: Template,
+    grid: Grid,
+    params: SubjectParameters,
+    controls: DeformationControls,
+    coords: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The subject's anatomy (float32, [0, 1], zero outside the brain) and mask (uint8).
 
     Linear interpolation for the image, nearest neighbour for the mask, both through
-    the same coordinates; the image is then cut to the mask so that both agree on
-    where the brain ends.
+    the same coordinates (``coords`` from :func:`template_coordinates`, computed here
+    when not given); the image is then cut to the mask so that both agree on where
+    the brain ends.
     """
     from scipy import ndimage
 
-    coords = template_coordinates(template, grid, params, controls)
+    if coords is None:
+        coords = template_coordinates(template, grid, params, controls)
     anatomy = ndimage.map_coordinates(template.image, coords, order=1, mode="constant", cval=0.0, prefilter=False)
     mask = ndimage.map_coordinates(template.mask, coords, order=0, mode="constant", cval=0)
     _check_inside_grid(mask)
     anatomy = np.clip(anatomy, 0.0, 1.0, out=anatomy) * mask
     return anatomy.astype(np.float32), mask.astype(np.uint8)
+
+
+def warp_tissues(template: Template, coords: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The subject's tissue probabilities ``{"CSF", "GM", "WM"}`` (float32, [0, 1]).
+
+    The template's GM and WM maps go through the anatomy's coordinates with the same
+    linear interpolation, so they move exactly as the image does, and are cut to the
+    subject's mask like it. Linear interpolation is a convex combination, so GM + WM
+    stays at most 1, as in the template (up to float rounding); CSF is the rest of the
+    mask, ``1 - GM - WM`` inside it. The three sum to 1 in the brain and are 0 outside.
+    """
+    from scipy import ndimage
+
+    if template.gm is None or template.wm is None:
+        raise ValueError("the template was loaded without its tissue maps")
+    brain = mask.astype(bool)
+    maps = {}
+    for name, prior in (("GM", template.gm), ("WM", template.wm)):
+        warped = ndimage.map_coordinates(prior, coords, order=1, mode="constant", cval=0.0, prefilter=False)
+        maps[name] = np.clip(warped, 0.0, 1.0).astype(np.float32) * brain
+    csf = np.clip(1.0 - maps["GM"] - maps["WM"], 0.0, 1.0).astype(np.float32) * brain
+    return {"CSF": csf, "GM": maps["GM"], "WM": maps["WM"]}
+
+
+def tissue_labels(probabilities: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+    """Hard labels (uint8) of the most probable tissue in the brain, in the
+    :data:`~t7synth.data.naming.TISSUE_LABELS` convention (1 CSF, 2 GM, 3 WM), 0 outside;
+    a tie goes to the class listed first."""
+    names = list(naming.TISSUE_LABELS)
+    stacked = np.stack([probabilities[name] for name in names])
+    values = np.array([naming.TISSUE_LABELS[name] for name in names], dtype=np.uint8)
+    return np.where(mask.astype(bool), values[np.argmax(stacked, axis=0)], 0).astype(np.uint8)
+
+
+def write_tissue_table(path: Path) -> None:
+    """The BIDS look-up table of the labels (``index``, ``name``, ``abbreviation``)."""
+    rows = [{"index": label, "name": naming.TISSUE_NAMES[name], "abbreviation": name} for name, label in naming.TISSUE_LABELS.items()]
+    _write_tsv(path, rows)
 
 
 def _check_inside_grid(mask: np.ndarray) -> None:

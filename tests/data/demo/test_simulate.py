@@ -263,6 +263,76 @@ def test_bias_field_stays_within_its_amplitude():
     assert max(field[brain].max() - 1, 1 - field[brain].min()) == pytest.approx(0.25, abs=1e-6)
 
 
+# --- tissue truth ----------------------------------------------------------------------
+
+
+def _tissues(root: Path, label: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    dseg = np.asarray(nib.load(naming.dseg_path(root, label)).dataobj)
+    probabilities = {t: nib.load(naming.probseg_path(root, label, t)).get_fdata() for t in naming.TISSUE_LABELS}
+    return dseg, probabilities
+
+
+def test_tissue_files_share_the_grid_and_sum_to_one_in_the_brain(dataset):
+    assert _read_tsv(dataset / naming.DSEG_TABLE) == [
+        {"index": "1", "name": "Cerebrospinal fluid", "abbreviation": "CSF"},
+        {"index": "2", "name": "Gray matter", "abbreviation": "GM"},
+        {"index": "3", "name": "White matter", "abbreviation": "WM"},
+    ]
+    reference = nib.load(naming.target_path(dataset, "sub-001"))
+    for label in sim.subject_labels(N):
+        _, _, mask = _load(dataset, label)
+        dseg, probabilities = _tissues(dataset, label)
+        for path in [naming.dseg_path(dataset, label), *(naming.probseg_path(dataset, label, t) for t in probabilities)]:
+            image = nib.load(path)
+            assert image.shape == reference.shape and np.array_equal(image.affine, reference.affine)
+            assert image.get_data_dtype() == np.uint8
+        assert set(np.unique(dseg[mask])) == {1, 2, 3} and not dseg[~mask].any()
+        total = sum(probabilities.values())
+        assert np.all(np.abs(total[mask] - 1) <= 2 / 255) and not total[~mask].any()
+        # Each label is its voxel's most probable tissue (up to the 1/255 storage steps).
+        stacked = np.stack([probabilities[t] for t in naming.TISSUE_LABELS])
+        chosen = np.take_along_axis(stacked, dseg[None].astype(np.int64) - 1, axis=0)[0]
+        assert np.all(chosen[mask] >= stacked.max(axis=0)[mask] - 1 / 255)
+
+
+def _uncut_tissues(index: int, label: str, template, grid) -> dict[str, np.ndarray]:
+    """A subject's tissue maps before the cut to its mask, from its own draws."""
+    rng = np.random.default_rng(np.random.SeedSequence(0).spawn(N)[index])
+    sim.draw_participant(label, "train", rng)
+    params = sim.draw_parameters(label, rng)
+    controls = sim.draw_deformation_controls(params.deform_mm, template.centre_mm, rng)
+    coords = sim.template_coordinates(template, grid, params, controls)
+    return sim.warp_tissues(template, coords, np.ones(grid.shape, dtype=np.uint8))
+
+
+def test_tissue_maps_follow_the_subjects_deformation(dataset):
+    """Warped by the subject's own transform, the template's GM and WM land in the
+    subject's brain mask (before any cut to it) and the WM map matches the subject's 7T;
+    another subject's maps do neither as well."""
+    template = sim.load_template()
+    grid = sim.demo_grid(VOXEL, template.centre_mm)
+    labels = sim.subject_labels(N)
+    loaded = {label: _load(dataset, label) for label in labels}
+    for index, label in enumerate(labels):
+        uncut = _uncut_tissues(index, label, template, grid)
+        tissue = uncut["GM"] + uncut["WM"]
+        _, target, mask = loaded[label]
+        assert tissue[mask].sum() / tissue.sum() > 0.98, label
+        # The files hold exactly these maps, cut to the mask.
+        _, stored = _tissues(dataset, label)
+        assert np.abs(stored["GM"] - uncut["GM"] * mask).max() <= 0.5 / 255 + 1e-6
+        own = np.corrcoef(stored["WM"][mask], target[mask])[0, 1]
+        for other in labels:
+            if other != label:
+                _, other_target, other_mask = loaded[other]
+                both = mask | other_mask
+                assert own > np.corrcoef(stored["WM"][both], other_target[both])[0, 1] + 0.2, (label, other)
+        assert own > 0.75, label
+        dseg, _ = _tissues(dataset, label)
+        means = [target[dseg == value].mean() for value in (1, 2, 3)]
+        assert means[0] < means[1] - 0.1 and means[1] < means[2] - 0.1, label  # T1w: CSF < GM < WM
+
+
 # --- ensure_demo_dataset ---------------------------------------------------------------
 
 

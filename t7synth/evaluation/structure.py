@@ -1,0 +1,58 @@
+"""Test-time scores of structure: tissue segmentation agreement and sharpness, one call per guess.
+
+:class:`StructureScorer` prepares what a subject's guesses are compared with once (the
+7T's segmentation, gradient magnitude and power spectrum, and the true tissue labels
+when the dataset has them), then scores each guess (the model's synthetic 7T, the 3T,
+the LUT) with every measure of :mod:`~t7synth.evaluation.segmentation` and
+:mod:`~t7synth.evaluation.sharpness`. ``fit``'s test and ``evaluate`` both score through
+it, so the columns mean the same in both; validation skips it (a few seconds a
+subject, against milliseconds for PSNR and SSIM).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from t7synth.evaluation import segmentation, sharpness
+
+#: Row entries that are not score columns: the radially averaged power spectra of the
+#: guess and of the 7T (lists of :data:`~t7synth.evaluation.sharpness.SPECTRUM_BINS`
+#: floats) that the spectra plot is drawn from. Tables and CSV files ignore them.
+SPECTRUM = "spectrum"
+TARGET_SPECTRUM = "target_spectrum"
+
+
+class StructureScorer:
+    """Scores guesses of one subject against its 7T (and true tissue labels).
+
+    Args:
+        target: the 7T, (I, J, K) array or tensor (leading 1s allowed), scaled as in training.
+        mask: the brain mask.
+        truth: optional true tissue labels on the same grid (uint8: 1 CSF, 2 GM, 3 WM,
+            0 not scored; :func:`~t7synth.evaluation.segmentation.tissue_truth` maps a
+            dataset's own labels to these).
+    """
+
+    def __init__(self, target, mask, truth: np.ndarray | None = None):
+        self.mask = sharpness.as_array(mask) > 0
+        self.truth = None if truth is None else np.asarray(truth, dtype=np.uint8) * self.mask
+        self.reference = segmentation.segment(target, self.mask)
+        self.target_magnitude = sharpness.prewitt_magnitude(sharpness.unit_volume(target))
+        self.target_spectrum = sharpness.Spectrum(target, self.mask)
+        self.target_radial = self.target_spectrum.radial()
+
+    def __call__(self, guess) -> dict[str, Any]:
+        """Every structure score of ``guess`` (floats), plus its and the 7T's radial spectra."""
+        labels = segmentation.segment(guess, self.mask)
+        scores: dict[str, Any] = segmentation.agreement(labels, self.reference)
+        if self.truth is not None:
+            scores.update(segmentation.truth_agreement(labels, self.truth))
+        volume = sharpness.unit_volume(guess)
+        scores["gmsd"] = sharpness.gms_deviation(self.target_magnitude, sharpness.prewitt_magnitude(volume), self.mask)
+        spectrum = sharpness.Spectrum(volume, self.mask)
+        scores["hf_ratio"] = sharpness.energy_ratio(spectrum, self.target_spectrum)
+        scores[SPECTRUM] = spectrum.radial().tolist()
+        scores[TARGET_SPECTRUM] = self.target_radial.tolist()
+        return scores

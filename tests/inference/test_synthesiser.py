@@ -1,0 +1,40 @@
+"""The Synthesiser's output on a scan's own grid: nothing outside the brain, ever."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import torch
+from conftest import make_pair, write_nifti
+from torch import nn
+
+from t7synth.config import Config
+from t7synth.inference.jobs import Job
+from t7synth.inference.synthesiser import Synthesiser
+from t7synth.models.base import SynthesisModule
+
+
+class _Constant(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x[:, :1], 0.7)
+
+
+class ConstantModule(SynthesisModule):
+    def build_net(self) -> nn.Module:
+        return _Constant()
+
+
+def test_output_is_zero_outside_the_mask_after_resampling(tmp_path):
+    # Trained at 2 mm, applied to a 1 mm scan: the prediction is resampled back, and
+    # linear interpolation would smear the brain's values into the voxels around it.
+    source, _, mask = make_pair((16, 18, 14), seed=3)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    scan = write_nifti(tmp_path / "scan.nii.gz", source, affine)
+    mask_file = write_nifti(tmp_path / "mask.nii.gz", mask, affine)
+    model = ConstantModule(Config().to_dict())
+    model.voxel_size.copy_(torch.tensor([2.0, 2.0, 2.0]))
+    out = Synthesiser(model).write(Job(source=scan, output=tmp_path / "synth.nii.gz", mask=mask_file))
+    data = np.asarray(nib.load(str(out)).dataobj)
+    assert data.shape == source.shape
+    assert (data[mask == 0] == 0).all()
+    assert (data[mask == 1] > 0).mean() > 0.9  # the brain itself is predicted
