@@ -54,7 +54,7 @@ def _train(rank: int, world: int, args, results) -> None:
     model = registry.get(config.model.name)(config.to_dict()).cuda()
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank]) if world > 1 else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    meta = memory._meta_batch(config, shape, micro)
+    meta = memory.meta_batch(config, shape, micro)
     batch = {k: (torch.rand(v.shape, device="cuda") if v.dtype.is_floating_point else torch.zeros(v.shape, dtype=v.dtype, device="cuda")) for k, v in meta.items()}
     x, context = model.net_input(batch)
     target = model.net_view(batch["target"]).float()

@@ -29,7 +29,9 @@ def setup(kind: str):
     model = registry.get(config.model.name)(config.to_dict()).eval()
     subject = common.demo_subject(config, "val")
     volume = subject["source"].data.float()
-    meta = {key: float(subject[key]) for key in ("age", "sex", "brain_mid", "n_slices")}
+    from t7synth.data.batches import SUBJECT_KEYS
+
+    meta = {key: float(subject[key]) for key in SUBJECT_KEYS}
     return model, volume, meta, config
 
 
@@ -86,7 +88,6 @@ def run(repeats: int = 3) -> dict:
         timings = common.interleaved(
             {"ours": lambda: ours(model, volume, meta, config), "reference": lambda: reference(model, volume, meta, config)},
             repeats,
-            warmup=False,
         )
         peaks = {variant: common.peak_rss(__file__, "--peak", variant) for variant in (f"ours{kind}", f"{'monai' if kind == '3d' else 'plain'}{kind}")}
         ours_peak, reference_peak = peaks.values()

@@ -39,7 +39,7 @@ def flops_per_sample(config) -> tuple[float, float]:
 
     net = {**config.model.net, "checkpointing": False} if "checkpointing" in config.model.net else config.model.net
     model = memory.build_meta_model(dataclasses.replace(config, model=dataclasses.replace(config.model, net=net)))
-    batch = memory._meta_batch(config, memory.volume_shape(config), 1)
+    batch = memory.meta_batch(config, memory.volume_shape(config), 1)
     with FlopCounterMode(display=False) as counter:
         x, context = model.net_input(batch)
         prediction = model(x, context)

@@ -146,9 +146,16 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam and a per-epoch StepLR; the ``d_*`` and ``generator_every`` keys are the GAN's."""
+    """Adam and a learning-rate schedule; the ``d_*`` and ``generator_every`` keys are the GAN's.
+
+    ``schedule``: ``step`` (StepLR: ``lr`` times ``step_gamma`` every ``step_every``
+    epochs) or ``onecycle`` (``lr`` is the peak of a one-cycle warm-up and cosine
+    annealing over the whole run, stepped per batch; for models that step their
+    optimisers through Lightning, not the GAN). See ``SynthesisModule.lr_schedule``.
+    """
 
     lr: float = 1e-4
+    schedule: Literal["step", "onecycle"] = "step"
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     step_gamma: float = 1.0

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 
 PACKAGE = REPO / "t7synth"
-COMMANDS = ("fit", "predict", "evaluate", "compare", "sweep", "prepare", "demo", "convert", "export")
+COMMANDS = ("fit", "predict", "evaluate", "compare", "sweep", "prepare", "demo", "convert", "export", "montage")
 MAX_COMMAND_LINES = 120
 
 

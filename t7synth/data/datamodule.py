@@ -41,6 +41,12 @@ from t7synth.data.seeds import seed_all, training_seed
 from t7synth.errors import UserError
 
 
+#: Training batches made ahead when ``data.num_workers > 0``: they must cover a Queue
+#: fill (about 9 s at the paper geometry) at the GPU's pace (about 2 s per batch of 56),
+#: in shared memory (95 MB per batch of 56 paper slabs).
+PREFETCH_BATCHES = 8
+
+
 class EpochStart(torch.utils.data.Dataset):
     """A training Queue as the loader sees it, with a hook on each pass's first sample.
 
@@ -251,7 +257,7 @@ class PairedDataModule(pl.LightningDataModule):
         from t7synth.data.prefetch import EpochPrefetcher, PrefetchedEpoch
 
         if self._prefetcher is None:
-            self._prefetcher = EpochPrefetcher(lambda e: self.epoch_loader(e, partial(self.set_epoch, e)))
+            self._prefetcher = EpochPrefetcher(lambda e: self.epoch_loader(e, partial(self.set_epoch, e)), depth=PREFETCH_BATCHES)
         return PrefetchedEpoch(self._prefetcher, epoch, self.epoch_loader(epoch, self._begin_epoch), self._begin_epoch)
 
     def teardown(self, stage: str) -> None:

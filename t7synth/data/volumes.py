@@ -107,3 +107,69 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, slope: float 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
         gz.write(image.to_bytes())
+
+
+# -- outputs on an input's own grid (predict) -----------------------------------------
+def load_image(path: str | Path):
+    """The ``nibabel`` image of a file already checked by :func:`load_volume` (its
+    header and affine give the output's)."""
+    import nibabel as nib
+
+    try:
+        return nib.load(str(path))
+    except Exception as error:  # the file changed since it was checked
+        raise UserError(f"cannot read {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+
+
+def to_file_axes(canonical: np.ndarray, original) -> np.ndarray:
+    """A RAS+ array of :func:`load_volume` in the axes of the ``original`` image (the
+    inverse of its ``as_closest_canonical``: flips and a permutation, exact)."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    return apply_orientation(canonical, ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(original.affine)))
+
+
+def image_like(canonical: np.ndarray, canonical_affine: np.ndarray, original):
+    """A RAS+ array (with its affine) as a float32 image in the ``original`` image's
+    orientation, affine and header (see :func:`image_on_file_grid`)."""
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    # load_volume reoriented with as_closest_canonical; apply the inverse flips/permutation.
+    back = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(original.affine))
+    image = nib.Nifti1Image(canonical, canonical_affine).as_reoriented(back)
+    if not np.allclose(image.affine, original.affine, atol=1e-4):
+        raise RuntimeError("reorientation to the input's axes did not restore its affine")
+    return image_on_file_grid(np.asarray(image.dataobj, dtype=np.float32), original)
+
+
+def image_on_file_grid(array: np.ndarray, original, description: str = "t7synth synthetic 7T"):
+    """``array`` (in the file's own axes) as a float32 image with the file's affine and header."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header.from_header(original.header)
+    result = nib.Nifti1Image(np.asarray(array, dtype=np.float32), original.affine, header=header)
+    result.set_data_dtype(np.float32)
+    # Keep the input's exact sform and qform (and their codes), so every viewer,
+    # whichever of the two it reads, places the voxels where the input's were.
+    sform, sform_code = original.header.get_sform(coded=True) if hasattr(original.header, "get_sform") else (None, 0)
+    qform, qform_code = original.header.get_qform(coded=True) if hasattr(original.header, "get_qform") else (None, 0)
+    result.set_sform(sform if sform_code else original.affine, int(sform_code) if sform_code else 2)
+    if qform_code:
+        result.set_qform(qform, int(qform_code))
+    result.header.set_slope_inter(1.0, 0.0)
+    # The input's display window (3T intensities) would make the output look black.
+    result.header["cal_min"], result.header["cal_max"] = 0.0, 1.0
+    result.header["descrip"] = description.encode()[:79]
+    return result
+
+
+def save_image(image, path: str | Path) -> Path:
+    """Write a ``nibabel`` image atomically (a reader sees the old file or the new one)."""
+    import nibabel as nib
+
+    from t7synth.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        nib.save(image, str(tmp))
+    return Path(path)

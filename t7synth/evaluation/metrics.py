@@ -11,7 +11,10 @@ modes score on one scale.
 * ``ssim``: 3D SSIM with a Gaussian window (sigma 1.5, 11 voxels), averaged over the
   voxels at least 5 from the border, which is what scikit-image's
   ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``
-  reports. torchmetrics computes the SSIM map; the padding and the reduction are ours.
+  reports. The SSIM map is computed here (:func:`ssim_map`), with the Gaussian
+  window applied as three 1-D filters: the window is a product of 1-D Gaussians, so
+  this is the same filter as torchmetrics' dense 11x11x11 convolution at 33 instead of
+  1,331 taps per voxel (5-20x faster on a demo volume), in float64.
 * ``psnr_brain``: PSNR of the voxels inside the brain mask.
 * ``ssim_brain``: the same SSIM map averaged inside the brain mask (the authors
   instead flattened the brain voxels to a 1-D signal; see ``docs/metrics.md``).
@@ -19,8 +22,8 @@ modes score on one scale.
 
 The SSIM map equals scikit-image's ``full=True`` map at every voxel, border included:
 scikit-image filters with SciPy's ``reflect`` mode (edge voxel repeated), whereas
-torchmetrics pads with PyTorch's ``reflect`` (edge voxel not repeated). Padding the
-volumes ourselves in SciPy's way first makes the two agree, so an in-brain SSIM of a
+PyTorch's ``reflect`` padding leaves the edge voxel out. Padding the volumes in
+SciPy's way makes the two agree, so an in-brain SSIM of a
 mask that reaches the border is scikit-image's too (``tests/inference/test_metric_parity.py``).
 Autocast is switched off while scoring, so bf16-mixed validation and test steps score
 in float32 like everything else.
@@ -54,24 +57,32 @@ def _pad_symmetric(volume: torch.Tensor, pad: int) -> torch.Tensor:
 def ssim_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Voxel-wise 3D SSIM of two (I, J, K) volumes (float32, data range 1).
 
-    Equal to scikit-image's full SSIM map (Gaussian window, population covariances),
-    border voxels included; see the module docstring for the padding.
+    Wang et al. (2004), eq. 13, with Gaussian-weighted local means, variances and
+    covariance (population form, as scikit-image's ``use_sample_covariance=False``)
+    and C1 = (0.01 L)^2, C2 = (0.03 L)^2. The window is scikit-image's and
+    torchmetrics': exp(-d^2 / 2 sigma^2) for d = -5 .. 5, normalised, applied along
+    each axis in turn (a 3D Gaussian is separable). Moments in float64: local variances
+    are differences of nearly equal numbers. Equal to scikit-image's full SSIM map,
+    border voxels included (see the module docstring for the padding).
     """
-    from torchmetrics.functional.image import structural_similarity_index_measure
+    import torch.nn.functional as F
 
     pad = (SSIM_KERNEL - 1) // 2
-    shape = prediction.shape
-    _, full = structural_similarity_index_measure(
-        _pad_symmetric(prediction.float(), pad)[None, None],
-        _pad_symmetric(target.float(), pad)[None, None],
-        gaussian_kernel=True,
-        sigma=SSIM_SIGMA,
-        kernel_size=SSIM_KERNEL,
-        data_range=1.0,
-        return_full_image=True,
-    )
-    # torchmetrics returns the map of the padded volume; its interior is ours.
-    return full[0, 0, pad : pad + shape[0], pad : pad + shape[1], pad : pad + shape[2]]
+    offsets = torch.arange(SSIM_KERNEL, dtype=torch.float64) - pad
+    taps = torch.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
+    taps = taps / taps.sum()
+    x = _pad_symmetric(prediction.double(), pad)
+    y = _pad_symmetric(target.double(), pad)
+    moments = torch.stack([x, y, x * x, y * y, x * y])[:, None]
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = SSIM_KERNEL
+        moments = F.conv3d(moments, taps.reshape(shape))  # valid: the padding is consumed
+    mean_x, mean_y, xx, yy, xy = moments[:, 0]
+    c1, c2 = 0.01**2, 0.03**2
+    var_x, var_y, cov = xx - mean_x * mean_x, yy - mean_y * mean_y, xy - mean_x * mean_y
+    ssim = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / ((mean_x * mean_x + mean_y * mean_y + c1) * (var_x + var_y + c2))
+    return ssim.float()
 
 
 def psnr(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:

@@ -17,11 +17,10 @@ needs nothing but PyPI wheels and runs in about a second a volume on one CPU cor
    corrected in-brain intensities: seeded, started from the 15th/50th/85th
    percentiles, fitted on at most :data:`GMM_SAMPLES` voxels drawn with a fixed seed;
    the classes ordered by mean intensity are CSF, GM and WM (T1-weighted contrast).
-   Brain voxels at exactly 0 (the normalisation's lower clip limit, 1 % of the brain)
-   are left out of the fit but labelled like every other voxel: they form a spike far
-   below CSF that a component can collapse onto (it did on one of the demo's twenty
-   7T volumes, leaving no CSF class). The upper clip limit's voxels sit in white
-   matter's upper tail and are kept, as dropping them biases white matter's fit.
+   Brain voxels at the normalisation's clip limits (exactly 0 or 1, 1 % of the brain
+   each) are left out of the fit but labelled like every other voxel: they form spikes
+   a component can collapse onto (one did on one of the demo's twenty 7T volumes,
+   leaving no CSF class).
 
 Every image (the 7T, the synthetic 7T, the 3T, the LUT) goes through the same
 pipeline, and the scores compare labels inside the brain mask:
@@ -48,8 +47,6 @@ import numpy as np
 from t7synth.data import naming
 from t7synth.errors import UserError
 
-#: Tissue classes, in label order (1, 2, 3): the ``dseg`` convention of ``naming``.
-TISSUES = tuple(naming.TISSUE_LABELS)
 #: N4 is fitted on a copy shrunk so that its longest axis has about this many voxels
 #: (a shrink factor of 4 at 1.5 mm, 8 at 0.75 mm).
 N4_TARGET_VOXELS = 36
@@ -144,7 +141,8 @@ def segment(image, mask) -> np.ndarray:
     brain = as_array(mask) > 0
     if not brain.any():
         raise ValueError("the brain mask is empty")
-    return mixture_labels(bias_correct(image, brain), brain, fit_voxels=image > 0)
+    inner = (image > 0) & (image < 1)  # off the normalisation's clip limits
+    return mixture_labels(bias_correct(image, brain), brain, fit_voxels=inner)
 
 
 def agreement(labels: np.ndarray, reference: np.ndarray) -> dict[str, float]:

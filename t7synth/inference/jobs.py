@@ -125,7 +125,7 @@ def _dataset_jobs(root: Path, output: Path, mask_dir: Path | None, split: str | 
         if config is None:
             raise UserError("--split needs the model's config to split the dataset as training did")
         data = config.data
-        records = assign_splits(records, data.val_fraction, data.test_fraction, data.split_seed)[split]
+        records = assign_splits(records, data.val_fraction, data.test_fraction, data.split_seed, require_train=False)[split]
         if not records:
             raise UserError(f"the {split} split of {root} has no subjects")
     jobs = []

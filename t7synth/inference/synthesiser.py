@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from t7synth.data import volumes
 from t7synth.errors import UserError
 from t7synth.inference.grids import resample, resampled_grid, shift_to_grid, spacing
 
@@ -109,7 +110,6 @@ class Synthesiser:
             UserError: an unreadable or invalid scan or mask, a mask on another grid,
                 or an empty brain mask.
         """
-        import nibabel as nib
 
         from t7synth.data.volumes import brain_mask, load_volume
         from t7synth.data.preprocess import normalise
@@ -144,7 +144,7 @@ class Synthesiser:
         if resampled:
             out = resample(out, grid_affine, array.shape, affine, order=1)
         out = np.clip(out, 0.0, 1.0) * inside
-        return self._as_input_image(out.astype(np.float32), affine, nib.load(str(source)))
+        return volumes.image_like(out.astype(np.float32), affine, volumes.load_image(source))
 
     def write(self, job) -> Path:
         """Synthesise ``job.source`` and write ``job.output`` atomically.
@@ -153,14 +153,7 @@ class Synthesiser:
             job: a :class:`~t7synth.inference.jobs.Job` (not imported here: jobs.py
                 drives the synthesiser, so importing it back would make a cycle).
         """
-        import nibabel as nib
-
-        from t7synth.files import atomic_path
-
-        image = self.synthesise(job.source, job.mask, job.age, job.sex)
-        with atomic_path(job.output) as tmp:
-            nib.save(image, str(tmp))
-        return job.output
+        return volumes.save_image(self.synthesise(job.source, job.mask, job.age, job.sex), job.output)
 
     def _synthesise_authors(self, source: Path, mask: str | Path | None, age: float, sex: float):
         """``data.inference: authors``: ``inferer3T.py`` exactly (converted official
@@ -172,17 +165,15 @@ class Synthesiser:
         brain box and end-padded to the ``data.shape`` frame; every window inside the
         frame is predicted; the raw output goes back in place, zero outside the box.
         """
-        import nibabel as nib
-
         from t7synth.data.preprocess import normalise
         from t7synth.data.volumes import brain_mask, load_volume
         from t7synth.inference import official
 
         array, affine = load_volume(source)
-        original = nib.load(str(source))
+        original = volumes.load_image(source)
         inside = brain_mask(source, array, affine, Path(mask) if mask is not None else None)
-        native = np.ascontiguousarray(self._to_file_axes(array, original))
-        native_mask = torch.from_numpy(np.ascontiguousarray(self._to_file_axes(inside, original))[None].astype(np.uint8))
+        native = np.ascontiguousarray(volumes.to_file_axes(array, original))
+        native_mask = torch.from_numpy(np.ascontiguousarray(volumes.to_file_axes(inside, original))[None].astype(np.uint8))
         normalised = normalise(torch.from_numpy(native[None]), native_mask, self.percentiles, self.normalisation)[0].numpy()
         try:
             box = official.brain_box(normalised)
@@ -194,7 +185,7 @@ class Synthesiser:
         tokens = {"brain_mid": official.window_middle(box, axis), "n_slices": float(self.shape[axis])}
         prediction = self._predict(framed, None, age, sex, tokens=tokens)[0].numpy()
         out = official.from_frame(prediction, region, normalised.shape, axis)
-        return self._file_image(out, original)
+        return volumes.image_on_file_grid(out, original)
 
     # -- steps ------------------------------------------------------------------
     def _crop_or_pad(self, image: np.ndarray, mask: np.ndarray, affine: np.ndarray):
@@ -225,49 +216,6 @@ class Synthesiser:
         with torch.no_grad(), torch.autocast(device_type=device_type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
             return self.model.predict_subject(source, meta, mask).float().cpu()
 
-    @staticmethod
-    def _to_file_axes(canonical: np.ndarray, original) -> np.ndarray:
-        """A RAS+ array of :func:`~t7synth.data.volumes.load_volume` in the axes of the
-        ``original`` file (the inverse of its ``as_closest_canonical``: flips and a
-        permutation, exact)."""
-        from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
-
-        return apply_orientation(canonical, ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(original.affine)))
-
-    @staticmethod
-    def _as_input_image(canonical: np.ndarray, canonical_affine: np.ndarray, original):
-        """A float32 image in the original file's orientation, affine and header."""
-        import nibabel as nib
-        from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
-
-        # load_volume reoriented with as_closest_canonical; apply the inverse flips/permutation.
-        back = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(original.affine))
-        image = nib.Nifti1Image(canonical, canonical_affine).as_reoriented(back)
-        if not np.allclose(image.affine, original.affine, atol=1e-4):
-            raise RuntimeError("reorientation to the input's axes did not restore its affine")
-        return Synthesiser._file_image(np.asarray(image.dataobj, dtype=np.float32), original)
-
-    @staticmethod
-    def _file_image(array: np.ndarray, original):
-        """``array`` (in the file's own axes) as a float32 image with the file's affine and header."""
-        import nibabel as nib
-
-        header = nib.Nifti1Header.from_header(original.header)
-        result = nib.Nifti1Image(np.asarray(array, dtype=np.float32), original.affine, header=header)
-        result.set_data_dtype(np.float32)
-        # Keep the input's exact sform and qform (and their codes), so every viewer,
-        # whichever of the two it reads, places the voxels where the input's were.
-        sform, sform_code = original.header.get_sform(coded=True) if hasattr(original.header, "get_sform") else (None, 0)
-        qform, qform_code = original.header.get_qform(coded=True) if hasattr(original.header, "get_qform") else (None, 0)
-        result.set_sform(sform if sform_code else original.affine, int(sform_code) if sform_code else 2)
-        if qform_code:
-            result.set_qform(qform, int(qform_code))
-        result.header.set_slope_inter(1.0, 0.0)
-        # The input's display window (3T intensities) would make the output look black.
-        result.header["cal_min"], result.header["cal_max"] = 0.0, 1.0
-        result.header["descrip"] = b"t7synth synthetic 7T"
-        return result
-
 
 class Fusion:
     """Several models applied to one scan, their volumes fused voxel by voxel.
@@ -293,8 +241,6 @@ class Fusion:
 
     def synthesise(self, source: str | Path, mask: str | Path | None = None, age: float = 0.0, sex: float = 0.5):
         """The mean and the SD image of every model's prediction, on the scan's grid."""
-        import nibabel as nib
-
         mean = spread = None
         for count, synthesiser in enumerate(self.synthesisers, start=1):
             volume = np.asarray(synthesiser.synthesise(source, mask, age, sex).dataobj, dtype=np.float64)
@@ -305,24 +251,17 @@ class Fusion:
                 delta = volume - mean
                 mean += delta / count
                 spread += delta * (volume - mean)
-        original = nib.load(str(source))
-        sd_image = Synthesiser._file_image(np.sqrt(spread / len(self.synthesisers)), original)
-        sd_image.header["descrip"] = b"t7synth synthetic 7T: SD across models"
-        return Synthesiser._file_image(mean, original), sd_image
+        original = volumes.load_image(source)
+        sd_image = volumes.image_on_file_grid(np.sqrt(spread / len(self.synthesisers)), original, "t7synth synthetic 7T: SD across models")
+        return volumes.image_on_file_grid(mean, original), sd_image
 
     def write(self, job) -> Path:
         """Write ``job.output`` (the mean) and ``job.uncertainty`` (the SD), each atomically.
 
         The SD map is written first, so a mean on disk always has its SD map.
         """
-        import nibabel as nib
-
-        from t7synth.files import atomic_path
-
         if job.uncertainty is None:
             raise ValueError("a fused job needs an uncertainty path (plan_jobs(uncertainty=True))")
         mean_image, sd_image = self.synthesise(job.source, job.mask, job.age, job.sex)
-        for image, path in ((sd_image, job.uncertainty), (mean_image, job.output)):
-            with atomic_path(path) as tmp:
-                nib.save(image, str(tmp))
-        return job.output
+        volumes.save_image(sd_image, job.uncertainty)
+        return volumes.save_image(mean_image, job.output)

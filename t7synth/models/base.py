@@ -51,6 +51,29 @@ def build_net(net_class: type, kwargs: dict[str, Any], **fixed: Any) -> nn.Modul
         raise UserError(f"config key model.net: {error}") from None
 
 
+def one_cycle(total: int, warmup: float = 0.3, start: float = 1 / 25, end: float = 1 / 2.5e5):
+    """The one-cycle multiplier of the peak learning rate at each step of ``total``.
+
+    ``OneCycleLR(pct_start=0.3, div_factor=25, final_div_factor=1e4, anneal_strategy="cos")``:
+    cosine from ``start`` to 1 over ``warmup * total`` steps, cosine from 1 to ``end``
+    over the rest, ``end`` past ``total``.
+    """
+    import math
+
+    rise = max(1.0, warmup * total - 1)
+    fall = max(1.0, total - 1 - rise)
+
+    def cosine(low: float, high: float, fraction: float) -> float:
+        return high + (low - high) * (1 + math.cos(math.pi * fraction)) / 2
+
+    def factor(step: int) -> float:
+        if step <= rise:
+            return cosine(start, 1.0, step / rise)
+        return cosine(1.0, end, min(1.0, (step - rise) / fall))
+
+    return factor
+
+
 class SynthesisModule(pl.LightningModule):
     """Base LightningModule for 3T → 7T synthesis.
 
@@ -179,8 +202,29 @@ class SynthesisModule(pl.LightningModule):
     def configure_optimizers(self):
         optim = self.config.optim
         optimizer = torch.optim.Adam(self.generator().parameters(), lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_every, gamma=optim.step_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_schedule(optimizer)}
+
+    def lr_schedule(self, optimizer) -> dict:
+        """``optim.schedule``'s scheduler for ``optimizer``, as Lightning's ``lr_scheduler`` entry.
+
+        * ``step``: StepLR, ``optim.lr`` times ``optim.step_gamma`` every
+          ``optim.step_every`` epochs.
+        * ``onecycle``: the one-cycle policy (Smith & Topin 2019, "Super-convergence"),
+          stepped every optimiser step: ``optim.lr / 25`` rising to ``optim.lr`` over
+          the first 30% of the run's steps, then annealed to ``optim.lr / 2.5e5``, both
+          along half cosines (``torch.optim.lr_scheduler.OneCycleLR``'s defaults and
+          formula). Written as a ``LambdaLR`` that holds the final rate past the planned
+          step count: OneCycleLR raises there, and an epoch of ``slab_sampling: every``
+          may be a batch longer than Lightning's estimate.
+        """
+        optim = self.config.optim
+        if optim.schedule == "step":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_every, gamma=optim.step_gamma)
+            return {"scheduler": scheduler, "interval": "epoch"}
+        if not self.automatic_optimization:
+            raise UserError(f"config key optim.schedule onecycle needs automatic optimisation; {self.config.model.name} steps its optimisers itself: use step")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle(total)), "interval": "step"}
 
     # -- whole volumes ----------------------------------------------------------
     def predict_subject(self, source: torch.Tensor, meta: dict[str, float], mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -68,8 +68,7 @@ class WATNetModule(SynthesisModule):
         optim = self.config.optim
         groups = self.net.param_groups(optim.lr, optim.weight_decay)
         optimizer = torch.optim.Adam(groups, lr=optim.lr, betas=tuple(optim.betas))
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_every, gamma=optim.step_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_schedule(optimizer)}
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

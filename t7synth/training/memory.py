@@ -45,8 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from t7synth.data.batches import batch_share, micro_batch
+from t7synth.data.batches import SUBJECT_KEYS, batch_share, micro_batch
 from t7synth.errors import UserError
 
 GIB = 1024**3
@@ -101,7 +103,7 @@ class Footprint:
         return micro
 
 
-class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
+class _LiveBytes(TorchDispatchMode):
     """Counts the bytes of live tensor storages created inside it, and their peak.
 
     Every op's outputs are recorded once per storage; a weak-reference finaliser on the
@@ -155,7 +157,7 @@ _LOW_PRECISION_OPS = frozenset(
 _FP32_OPS = frozenset({"group_norm", "layer_norm", "softmax", "log_softmax", "binary_cross_entropy_with_logits", "l1_loss", "mse_loss"})
 
 
-class _MetaTraining(torch.overrides.TorchFunctionMode):
+class _MetaTraining(TorchFunctionMode):
     """Autocast's casts (``dtype``, or none) and fused attention, emulated on the meta device."""
 
     def __init__(self, dtype: torch.dtype | None) -> None:
@@ -185,7 +187,11 @@ class _MetaTraining(torch.overrides.TorchFunctionMode):
 
 
 def compute_dtype(precision: str) -> torch.dtype | None:
-    """The dtype autocast computes in for a Lightning precision (``None``: no autocast)."""
+    """The dtype autocast computes in for a Lightning precision (``None``: no autocast).
+
+    ``bf16-true``/``16-true`` (the whole network in half precision) are estimated as
+    their mixed counterparts, an upper bound: fp32 weights and normalisations.
+    """
     if precision.startswith("bf16"):
         return torch.bfloat16
     if precision.startswith("16"):
@@ -200,13 +206,14 @@ def sample_shape(config, volume_shape: Sequence[int]) -> tuple[int, ...]:
     return (1, *sample_size(config, tuple(volume_shape)))
 
 
-def _meta_batch(config, volume_shape: Sequence[int], size: int) -> dict:
+def meta_batch(config, volume_shape: Sequence[int], size: int) -> dict:
+    """A training batch of ``size`` samples on the meta device (shapes only)."""
     shape = sample_shape(config, volume_shape)
     with torch.device("meta"):
         volume = torch.empty(size, *shape)
         batch = {"source": volume, "target": torch.empty_like(volume), "mask": torch.empty(size, *shape, dtype=torch.uint8)}
         batch["location"] = torch.zeros(size, 6, dtype=torch.long)
-        for key in ("age", "sex", "brain_mid", "n_slices"):
+        for key in SUBJECT_KEYS:
             batch[key] = torch.ones(size)
     return batch
 
@@ -277,7 +284,7 @@ def measure(config, volume_shape: Sequence[int], precision: str, model=None) -> 
         p.grad = torch.zeros_like(p)
     peaks = []  # [batch size][phase]
     for size in (1, 2):
-        batch = _meta_batch(config, volume_shape, size)
+        batch = meta_batch(config, volume_shape, size)
         with _MetaTraining(compute_dtype(precision)), _LiveBytes() as tracker:
             phase_peaks = []
             for phase in _training_phases(model, batch):

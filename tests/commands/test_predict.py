@@ -213,3 +213,17 @@ def test_plan_refuses_unsafe_or_contradictory_requests(tmp_path, dataset):
         plan_jobs(scan.parent, tmp_path / "out", split="test", config=Config())
     jobs = plan_jobs(dataset, tmp_path / "out", split="test", config=Config())
     assert [(j.output.name, j.age, j.sex, j.mask is not None) for j in jobs] == [("sub-004_desc-synth7T_T1w.nii.gz", 63.0, 1.0, True)]
+
+
+def test_split_of_an_external_test_set(identity_checkpoint, tmp_path):
+    # A dataset whose subjects are all "test" (an external site): no training subjects needed.
+    from conftest import make_dataset
+
+    root = make_dataset(tmp_path / "external", n_subjects=2)
+    table = root / "participants.tsv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([lines[0]] + [line.rsplit("\t", 1)[0] + "\ttest" for line in lines[1:]]) + "\n")
+    out = tmp_path / "synth"
+    argv = ["--ckpt", str(identity_checkpoint("slab")), "--input", str(root), "--split", "test", "--output", str(out), "--no-progress"]
+    assert run_main(predict.main, argv) == 0
+    assert sorted(p.name for p in out.rglob("*_desc-synth7T_T1w.nii.gz")) == ["sub-001_desc-synth7T_T1w.nii.gz", "sub-002_desc-synth7T_T1w.nii.gz"]

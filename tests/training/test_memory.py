@@ -33,13 +33,13 @@ _PROBE = """
 import resource, sys, torch
 from t7synth import registry
 from t7synth.registry import resolve
-from t7synth.training.memory import _meta_batch
+from t7synth.training.memory import meta_batch
 size, sets = int(sys.argv[1]), sys.argv[2:]
 config = resolve("unet", None, sets)
 torch.manual_seed(0)
 model = registry.get("unet")(config.to_dict())
 optimizer = torch.optim.Adam(model.parameters())
-meta = _meta_batch(config, config.data.shape, max(size, 1))
+meta = meta_batch(config, config.data.shape, max(size, 1))
 batch = {k: torch.rand(v.shape) if v.dtype.is_floating_point else torch.zeros(v.shape, dtype=v.dtype) for k, v in meta.items()}
 for _ in range(2 if size else 0):
     x, context = model.net_input(batch)
@@ -88,8 +88,8 @@ def test_bf16_autocast_emulation_keeps_normalisation_in_fp32():
     fp32 = memory.measure(config, config.data.shape, "32-true").per_sample
     bf16 = memory.measure(config, config.data.shape, "bf16-mixed").per_sample
     # Convolutions save bf16 inputs, GroupNorm and SiLU fp32 ones (CUDA's autocast
-    # lists): less than fp32, more than a network run entirely in bf16.
-    assert 0.55 * fp32 < bf16 < 0.95 * fp32
+    # lists): less than fp32 (0.79x here), more than with GroupNorm in bf16 too (0.60x).
+    assert 0.7 * fp32 < bf16 < 0.9 * fp32
 
 
 def _footprint(per_sample_gib: float, states_gib: float = 4.0, accumulates: bool = True) -> memory.Footprint:
@@ -186,3 +186,24 @@ def test_paper_configs_plan_fits_four_80gb_gpus_at_the_published_batch(name, cap
     config = resolve(None, REPO / "experiments" / f"{name}.yaml", [])
     footprint = memory.measure(config, config.data.shape, "bf16-mixed")
     assert memory.make_plan(config, footprint, world=4, capacity=80e9).fits
+
+
+@pytest.mark.slow
+def test_cpu_fit_accumulates_micro_batches(dataset, tmp_path):
+    runs = tmp_path / "runs"
+    sets = [x for item in TINY_UNET for x in ("--set", item)]  # batch 2, 2 samples per volume
+    argv = ["--model", "unet", "--data", str(dataset), "--set", f"runs_dir={runs}", *sets]
+    argv += ["--set", "trainer.accumulate_grad_batches=2", "--max-epochs", "1", "--wandb", "disabled"]
+    import pytorch_lightning as pl
+
+    sizes = []
+
+    class Sizes(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            sizes.append(len(batch["source"]))
+
+    assert fit.main(argv, callbacks=[Sizes()]) == 0
+    checkpoint = torch.load(runs / "unet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    # 2 training subjects x 2 samples = 4 micro-batches of 1, 2 optimiser steps.
+    assert sizes == [1, 1, 1, 1]
+    assert checkpoint["global_step"] == 2

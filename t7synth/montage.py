@@ -1,4 +1,4 @@
-"""A zoomed montage of several models' synthetic 7T beside the 3T and the 7T (README's comparison).
+"""``python -m t7synth.montage``: several models' synthetic 7T beside the 3T and the 7T, one cortical region enlarged.
 
 Each model's predictions come from ``predict`` into a folder; the montage shows one
 subject's axial slice through the upper brain and enlarges a square of the left
@@ -10,7 +10,7 @@ differ most visibly. Example (the demo's four models, after ``fit`` of each)::
         python -m t7synth.predict --ckpt runs/demo_$m/version_0/checkpoints/best.ckpt \\
             --input $DEMO --split test --output runs/demo_$m/version_0/predictions
     done
-    python scripts/zoom_montage.py --data $DEMO --subject sub-019 \\
+    python -m t7synth.montage --data $DEMO --subject sub-019 \\
         --ckpt runs/demo_unet/version_0/checkpoints/best.ckpt \\
         --pred "U-Net=runs/demo_unet/version_0/predictions" \\
         --pred "GAN U-Net=runs/demo_gan_unet/version_0/predictions" \\
@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import sys
 
-from t7synth.cli import ArgumentParser, run_main
+from t7synth.cli import ArgumentParser, console_entry, run_main
 from t7synth.errors import UserError
 
 
 def main(argv=None) -> int:
-    parser = ArgumentParser(prog="python scripts/zoom_montage.py", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m t7synth.montage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, metavar="DATASET", help="the dataset the predictions were made from")
     parser.add_argument("--subject", required=True, metavar="sub-XXX")
     parser.add_argument("--pred", required=True, action="append", metavar="LABEL=DIR", help="a model's label and prediction folder (repeat)")
@@ -51,6 +51,9 @@ def main(argv=None) -> int:
     print(zoom_montage(args.data, args.subject, predictions, args.out, ckpt=args.ckpt, config_file=args.config, size=args.size))
     return 0
 
+
+#: The ``t7synth-montage`` console script.
+console = console_entry(main)
 
 if __name__ == "__main__":
     sys.exit(run_main(main))
