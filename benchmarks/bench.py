@@ -19,13 +19,12 @@ import argparse
 import platform
 import time
 
-import torch
-
 import common
 import inference
 import loop
 import pipeline
 import step_time
+import torch
 
 
 def machine() -> str:

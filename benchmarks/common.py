@@ -69,7 +69,7 @@ def peak_rss(script: str, *args: str, repeats: int = 2) -> int:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     peaks = []
     for _ in range(repeats):
-        done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, cwd=REPO)
+        done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, cwd=REPO, check=False)
         if done.returncode:
             raise RuntimeError(f"{script} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
         peaks.append(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss"])

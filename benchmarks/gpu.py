@@ -21,9 +21,8 @@ import os
 import sys
 import time
 
-import torch
-
 import common
+import torch
 
 #: Dense (non-sparse) bf16 peak TFLOP/s from the vendors' datasheets, by device-name part.
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.5, "H100 PCIe": 756.5, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
@@ -118,9 +117,9 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench-gpu: no CUDA GPU is visible; skipped (docs/performance.md holds the projections).")
         return 0
-    from t7synth.registry import resolve
-
     from projections import flops_per_sample
+
+    from t7synth.registry import resolve
 
     _, flops = flops_per_sample(resolve(None, args.config, list(args.set)))
     count = torch.cuda.device_count()

@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 import common
+import torch
 
 VARIANTS = ("ours3d", "monai3d", "ours2d", "plain2d")
 
@@ -85,8 +84,9 @@ def run(repeats: int = 3) -> dict:
         model, volume, meta, config = setup(kind)
         with torch.no_grad():
             difference = float((ours(model, volume, meta, config) - reference(model, volume, meta, config)).abs().max())
+        arguments = (model, volume, meta, config)
         timings = common.interleaved(
-            {"ours": lambda: ours(model, volume, meta, config), "reference": lambda: reference(model, volume, meta, config)},
+            {"ours": lambda a=arguments: ours(*a), "reference": lambda a=arguments, f=reference: f(*a)},
             repeats,
         )
         peaks = {variant: common.peak_rss(__file__, "--peak", variant) for variant in (f"ours{kind}", f"{'monai' if kind == '3d' else 'plain'}{kind}")}

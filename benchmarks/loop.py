@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-
-import torch
+import warnings
 
 import common
+import torch
 
 
 def _batches(config, count: int) -> list[dict]:
@@ -47,7 +47,11 @@ def hand_loop(model, batches: list[dict]) -> float:
 
 
 def lightning_loop(model, batches: list[dict]) -> float:
+    import logging
+
     import pytorch_lightning as pl
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no banner per repetition
 
     class Clock(pl.Callback):
         start = end = 0.0
@@ -75,7 +79,9 @@ def lightning_loop(model, batches: list[dict]) -> float:
         callbacks=[Clock()],
     )
     loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=lambda batch: batch)
-    trainer.fit(model, train_dataloaders=loader)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice on workers and logging, not ours to act on
+        trainer.fit(model, train_dataloaders=loader)
     return Clock.end - Clock.start
 
 

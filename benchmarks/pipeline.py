@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import common
 import numpy as np
 import torch
-
-import common
 
 PAPER_SHAPE = (222, 288, 242)
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 
-import torch
-
 import common
 
 H100_BF16_DENSE = 989.4e12

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import common
+import torch
 
 
 def make_step(model, batch, bf16: bool):

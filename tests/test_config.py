@@ -94,3 +94,23 @@ def test_every_experiment_resolves_and_builds(path):
     with torch.device("meta"):
         model = registry.get(config.model.name)(config.to_dict())
     assert sum(p.numel() for p in model.generator().parameters()) > 0
+
+
+@pytest.mark.parametrize("path", sorted(REPO.joinpath("experiments").glob("demo_*.yaml")), ids=lambda p: p.name)
+def test_demo_files_hold_only_what_differs_from_the_model_defaults(path):
+    # One place per value: a demo file that repeats a default hides which choices are the demo's.
+    import yaml
+
+    from t7synth.config import deep_merge
+
+    data = yaml.safe_load(path.read_text())
+    base = deep_merge(Config().to_dict(), registry.get(data["model"]["name"]).DEFAULTS)
+
+    def repeated(file_part, base_part, prefix=""):
+        for key, value in file_part.items():
+            if isinstance(value, dict) and value and isinstance(base_part.get(key), dict):
+                yield from repeated(value, base_part[key], f"{prefix}{key}.")
+            elif prefix + key != "model.name" and base_part.get(key) == value:
+                yield prefix + key
+
+    assert not list(repeated(data, base))

@@ -40,7 +40,6 @@ from t7synth.data.preprocess import Preprocessing, load_or_preprocess
 from t7synth.data.seeds import seed_all, training_seed
 from t7synth.errors import UserError
 
-
 #: Training batches made ahead when ``data.num_workers > 0``: they must cover a Queue
 #: fill (about 9 s at the paper geometry) at the GPU's pace (about 2 s per batch of 56),
 #: in shared memory (95 MB per batch of 56 paper slabs).

@@ -161,12 +161,12 @@ def _produce(make_loader, epoch: int, out, parent: int) -> None:
             if not put(("end", epoch, None)):
                 return
             epoch += 1
-    except BaseException as error:  # handed to the training process, which raises it
+    except BaseException as error:  # noqa: BLE001 - any failure is handed to the training process, which raises it
         try:
             import pickle
 
             pickle.dumps(error)
-        except Exception:
+        except Exception:  # noqa: BLE001 - an unpicklable exception travels as its text
             error = RuntimeError(f"the training data process failed: {type(error).__name__}: {error}")
         put(("error", epoch, error))
     # Tensors reach the training process through shared memory whose file descriptors

@@ -40,7 +40,7 @@ sample); ``null`` means one on the CPU and, on GPUs, the fewest that fit.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -507,10 +507,14 @@ def summary_lines(config, world: int | None = None) -> list[str]:
     sample = "x".join(map(str, sample_shape(config, shape)[1:]))
     scope = "global batch" if config.data.batch_scope == "global" else "batch per GPU"
     lines = [
-        f"memory per GPU, estimated ({precision}; docs/performance.md): volumes {'x'.join(map(str, shape))}, samples {sample}, "
-        f"{scope} {config.data.batch_size}",
-        f"  weights + gradients + Adam {footprint.states / GIB:.2f} GiB (+{footprint.gradients / GIB:.2f} GiB DDP buckets); "
-        f"activations {footprint.per_sample / GIB:.3f} GiB per sample (+{footprint.activations(0) / GIB:.2f} GiB per step)",
+        (
+            f"memory per GPU, estimated ({precision}; docs/performance.md): volumes {'x'.join(map(str, shape))}, "
+            f"samples {sample}, {scope} {config.data.batch_size}"
+        ),
+        (
+            f"  weights + gradients + Adam {footprint.states / GIB:.2f} GiB (+{footprint.gradients / GIB:.2f} GiB DDP buckets); "
+            f"activations {footprint.per_sample / GIB:.3f} GiB per sample (+{footprint.activations(0) / GIB:.2f} GiB per step)"
+        ),
     ]
     sizes = dict(REFERENCE_GPUS)
     if torch.cuda.is_available():
