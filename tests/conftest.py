@@ -96,3 +96,22 @@ TINY_UNET = [
     "data.inference_batch_size=8",
     "trainer.log_every_n_steps=1",
 ]
+
+
+def constant_module(config: dict, value: float = 0.7):
+    """A SynthesisModule whose 'network' answers ``value`` everywhere, inside the brain
+    or not: what masking and resampling do to a prediction shows in its output."""
+    import torch
+    from torch import nn
+
+    from t7synth.models.base import SynthesisModule
+
+    class _Constant(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(x[:, :1], value)
+
+    class ConstantModule(SynthesisModule):
+        def build_net(self) -> nn.Module:
+            return _Constant()
+
+    return ConstantModule(config)

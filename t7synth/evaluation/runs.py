@@ -296,17 +296,6 @@ def markdown_table(entries: Sequence[Entry]) -> str:
     return "\n\n".join(tables)
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1e-4}}`` -> ``{"optim.lr": 1e-4}``; lists stay values."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_differences(runs: Sequence[Run]) -> dict[str, list[Any]]:
     """``{dotted key: [value per run]}`` for the keys whose values differ between the runs.
 
@@ -314,6 +303,8 @@ def config_differences(runs: Sequence[Run]) -> dict[str, list[Any]]:
     by an older t7synth) counts as a difference, shown as :data:`NOT_SET`. Keys in
     :data:`IGNORED_KEYS` never count.
     """
+    from t7synth.config import flatten
+
     configs = [flatten(run.config) for run in runs if run.config]
     if len(configs) < 2:
         return {}

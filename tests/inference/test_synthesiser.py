@@ -5,23 +5,11 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import torch
-from conftest import make_pair, write_nifti
-from torch import nn
+from conftest import constant_module, make_pair, write_nifti
 
 from t7synth.config import Config
 from t7synth.inference.jobs import Job
 from t7synth.inference.synthesiser import Synthesiser
-from t7synth.models.base import SynthesisModule
-
-
-class _Constant(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(x[:, :1], 0.7)
-
-
-class ConstantModule(SynthesisModule):
-    def build_net(self) -> nn.Module:
-        return _Constant()
 
 
 def test_output_is_zero_outside_the_mask_after_resampling(tmp_path):
@@ -31,7 +19,7 @@ def test_output_is_zero_outside_the_mask_after_resampling(tmp_path):
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     scan = write_nifti(tmp_path / "scan.nii.gz", source, affine)
     mask_file = write_nifti(tmp_path / "mask.nii.gz", mask, affine)
-    model = ConstantModule(Config().to_dict())
+    model = constant_module(Config().to_dict())
     model.voxel_size.copy_(torch.tensor([2.0, 2.0, 2.0]))
     out = Synthesiser(model).write(Job(source=scan, output=tmp_path / "synth.nii.gz", mask=mask_file))
     data = np.asarray(nib.load(str(out)).dataobj)

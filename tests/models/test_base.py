@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import torch
+from conftest import constant_module
 from torch import nn
 
 from t7synth.config import Config
 from t7synth.models.base import SynthesisModule
 
 
-class _Constant(nn.Module):
-    """A 'network' that answers 0.7 everywhere, inside the brain or not."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(x[:, :1], 0.7)
-
-
-class ConstantModule(SynthesisModule):
-    def build_net(self) -> nn.Module:
-        return _Constant()
-
-
-def _module(mode: str) -> ConstantModule:
+def _module(mode: str):
     config = Config().to_dict()
     if mode == "patch":
         config["geometry"].update(mode="patch", patch=[8, 8, 8], overlap=4)
-    return ConstantModule(config)
+    return constant_module(config)
 
 
 def test_prediction_is_zero_outside_the_brain_mask():
@@ -42,7 +31,10 @@ def test_prediction_is_zero_outside_the_brain_mask():
         assert torch.allclose(unmasked, torch.tensor(0.7)), mode  # no mask: nothing zeroed
 
 
-class ContextModule(ConstantModule):
+class ContextModule(SynthesisModule):
+    def build_net(self) -> nn.Module:
+        return nn.Identity()
+
     def uses_context(self) -> bool:
         return True
 

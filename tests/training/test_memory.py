@@ -67,7 +67,14 @@ def test_estimate_matches_measured_cpu_memory(checkpointing):
     sets = [*SMALL_UNET, f"model.net.checkpointing={str(checkpointing).lower()}"]
     config = resolve("unet", None, sets)
     footprint = memory.measure(config, config.data.shape, "32-true")
-    baseline, two, six = (_peak_rss(size, sets) for size in (0, 2, 6))
+    for _ in range(3):
+        baseline, two, six = (_peak_rss(size, sets) for size in (0, 2, 6))
+        if six > two > baseline:
+            break
+    else:
+        # Seen once inside a full CI run (never alone): every probe's peak was the same,
+        # so the peak RSS did not see the batch at all. That is no verdict on the estimate.
+        pytest.skip(f"peak RSS did not grow with the batch (0: {baseline}, 2: {two}, 6: {six} bytes)")
     measured_per_sample = (six - two) / 4
     assert footprint.per_sample == pytest.approx(measured_per_sample, rel=0.25)
     estimated, measured = footprint.peak(6), six - baseline
