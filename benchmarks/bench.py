@@ -7,7 +7,7 @@ Prints a table, then, last, one line of the headline ratios::
 
 Each ratio comes from one run of this script: timings interleaved in one process
 (medians of ``--repeats`` rounds; minima in the table), peak memories from fresh
-processes (``ru_maxrss``, the minimum of two runs each). Targets: headroom >= 3,
+processes (``VmHWM``, the minimum of two runs each). Targets: headroom >= 3,
 Lightning overhead <= 1.05, every ``*_vs_*`` ratio <= 1.0. The paper-geometry loader
 (samples/s per worker, epoch-start stall) is in the table. Under 10 minutes on 2 cores
 once the demo dataset exists (its simulation adds about a minute on a fresh clone).

@@ -3,8 +3,10 @@
 Timing: the variants of a comparison run interleaved in one process (A, B, A, B, ...),
 so a slow spell of a shared machine hits both; a ratio is reported from the medians,
 next to the minima. Peak memory: each variant runs in its own fresh process and reports
-its peak resident set size (``ru_maxrss``), the memory a user's job would be charged;
-the reported figure is the minimum over repetitions.
+its peak resident set size (``VmHWM``), the memory a user's job would be charged; the
+reported figure is the minimum over repetitions. Not ``ru_maxrss``: Linux carries it
+across ``exec``, so a child forked from a large benchmark process would report the
+parent's size on both sides of a comparison and hide the difference.
 """
 
 from __future__ import annotations
@@ -78,9 +80,9 @@ def peak_rss(script: str, *args: str, repeats: int = 2) -> int:
 
 def report_peak(**extra) -> None:
     """Print this process's peak RSS as the JSON line :func:`peak_rss` reads."""
-    import resource
-
-    print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, **extra}))
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_rss": peak, **extra}))
 
 
 def demo_config(name: str = "unet", *overrides: str):
