@@ -85,6 +85,20 @@ def report_peak(**extra) -> None:
     print(json.dumps({"peak_rss": peak, **extra}))
 
 
+def train_step(model, optimizer, batch: dict, bf16: bool = True) -> None:
+    """One hand-written training step of a SynthesisModule: what the loop and pipeline
+    benchmarks time, so both measure the same work (bf16 autocast as the demo trains)."""
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        x, context = model.net_input(batch)
+        prediction = model(x, context)
+    loss = model.reconstruction_losses(prediction, model.net_view(batch["target"]), model.net_view(batch["mask"]))["loss"]
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
 def demo_config(name: str = "unet", *overrides: str):
     """The resolved demo config of a model (``experiments/demo_<name>.yaml``)."""
     from t7synth.registry import resolve

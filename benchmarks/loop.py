@@ -36,13 +36,7 @@ def hand_loop(model, batches: list[dict]) -> float:
     for index, batch in enumerate(batches):
         if index == 1:
             start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            x, context = model.net_input(batch)
-            prediction = model(x, context)
-        loss = model.reconstruction_losses(prediction, model.net_view(batch["target"]), model.net_view(batch["mask"]))["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        common.train_step(model, optimizer, batch)
     return time.perf_counter() - start
 
 

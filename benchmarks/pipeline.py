@@ -54,13 +54,7 @@ def headroom(repeats: int = 3, steps: int = 3) -> dict:
         times = []
         for batch in kept[:steps]:
             start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                x, context = model.net_input(batch)
-                prediction = model(x, context)
-            loss = model.reconstruction_losses(prediction, model.net_view(batch["target"]), model.net_view(batch["mask"]))["loss"]
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            common.train_step(model, optimizer, batch, bf16)
             times.append((time.perf_counter() - start) / len(batch["source"]))
         return statistics.median(times)
 
