@@ -503,8 +503,8 @@ def validate(config: Config) -> None:
             )
         if len(geo.patch) != 3 or min(geo.patch) < 1:
             raise UserError(f"config key geometry.patch must be three positive integers, got {geo.patch}")
-        if geo.overlap % 2 or geo.overlap < 0:
-            raise UserError(f"geometry.overlap must be even and not negative (TorchIO's GridSampler), got {geo.overlap}")
+        if geo.overlap < 0:
+            raise UserError(f"config key geometry.overlap must not be negative, got {geo.overlap}")
     if data.inference == "authors" and (geo.mode != "slab" or geo.slices != 3 or geo.target != "center" or data.shape is None):
         raise UserError(
             "config key data.inference authors (inferer3T.py) needs geometry.mode slab, slices 3, target center "

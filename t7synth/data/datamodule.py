@@ -2,8 +2,8 @@
 
 Training draws 2.5D slabs or 3D patches through a TorchIO ``Queue`` (a subject is
 loaded and augmented once, then many samples are cut from it). Validation and test
-yield whole preprocessed volumes, which the model tiles itself with TorchIO's
-``GridSampler``/``GridAggregator`` so the scores are those a user gets from predict.
+yield whole preprocessed volumes, which the model tiles itself with predict's tiling
+(``t7synth.inference.tiling``) so the scores are those a user gets from predict.
 
 Under DDP, subjects (not patches) are sharded:
 

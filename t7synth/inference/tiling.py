@@ -76,7 +76,9 @@ def patch_grid(geometry: GeometryConfig, shape: Sequence[int]) -> tuple[tuple[in
 
 
 @torch.no_grad()
-def predict_volume(predict: PatchPredictor, source: torch.Tensor, geometry: GeometryConfig, batch_size: int = 16) -> torch.Tensor:
+def predict_volume(
+    predict: PatchPredictor, source: torch.Tensor, geometry: GeometryConfig, batch_size: int = 16, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Predict a whole (1, I, J, K) volume; returns a float32 (1, I, J, K) CPU tensor.
 
     Args:
@@ -86,16 +88,39 @@ def predict_volume(predict: PatchPredictor, source: torch.Tensor, geometry: Geom
         source: the preprocessed input volume (any device; tiled on the CPU).
         geometry: the model's geometry.
         batch_size: windows or patches per forward pass.
+        mask: the (1, I, J, K) brain mask, or None. The prediction is zeroed outside
+            it (the target is zero there too), and a window that would write no voxel
+            inside it is not run at all: a demo volume has 23 such slabs of 144, a scan
+            in the paper's 222-slice frame a few dozen. A voxel inside the mask gets
+            every window that covers it (each of those contains it), so its value and
+            its blend weights are those of the unmasked tiling.
     """
     volume = source.detach()[0].float().cpu()
+    inside = None if mask is None else mask.detach()[0].cpu() > 0
     if geometry.mode == "slab":
-        output = _predict_slabs(predict, volume, geometry, max(1, batch_size))
+        output = _predict_slabs(predict, volume, geometry, max(1, batch_size), inside)
     else:
-        output = _predict_patches(predict, volume, geometry, max(1, batch_size))
+        output = _predict_patches(predict, volume, geometry, max(1, batch_size), inside)
+    if inside is not None:
+        output *= inside
     return output[None]
 
 
-def _predict_slabs(predict: PatchPredictor, volume: torch.Tensor, geometry: GeometryConfig, batch_size: int) -> torch.Tensor:
+def _slab_centres(inside: torch.Tensor | None, n: int, axis: int, half: int, centre_only: bool) -> torch.Tensor:
+    """The centre slices of the 2.5D windows worth running: all ``n`` without a mask;
+    with one, those whose written slices (the centre, or the whole window for
+    ``target: all``) hold a brain voxel."""
+    if inside is None:
+        return torch.arange(n)
+    has_brain = inside.movedim(axis, 0).reshape(n, -1).any(dim=1)
+    if not centre_only:
+        # Window c writes slices c - half .. c + half: dilate along the slice axis.
+        padded = torch.nn.functional.pad(has_brain.float()[None, None], (half, half))
+        has_brain = torch.nn.functional.max_pool1d(padded, 2 * half + 1, stride=1)[0, 0] > 0
+    return torch.nonzero(has_brain).flatten()
+
+
+def _predict_slabs(predict: PatchPredictor, volume: torch.Tensor, geometry: GeometryConfig, batch_size: int, inside: torch.Tensor | None) -> torch.Tensor:
     axis, k = geometry.axis, geometry.slices
     half = k // 2
     along = volume.movedim(axis, 0)  # a view: slices first
@@ -104,36 +129,35 @@ def _predict_slabs(predict: PatchPredictor, volume: torch.Tensor, geometry: Geom
     out_along = output.movedim(axis, 0)
     average = geometry.target != "center"
     offsets = torch.arange(-half, half + 1)
-    for first in range(0, n, batch_size):
-        centres = torch.arange(first, min(first + batch_size, n))
+    wanted = _slab_centres(inside, n, axis, half, centre_only=not average)
+    for first in range(0, len(wanted), batch_size):
+        centres = wanted[first : first + batch_size]
         size = len(centres)
         index = centres[:, None] + offsets  # (B, k) slice indices, maybe outside
-        inside = (index >= 0) & (index < n)
+        within = (index >= 0) & (index < n)
         windows = along.index_select(0, index.clamp(0, n - 1).flatten()).reshape(size, k, *along.shape[1:])
-        windows *= inside.reshape(size, k, 1, 1)  # zero slices beyond the ends
+        windows *= within.reshape(size, k, 1, 1)  # zero slices beyond the ends
         location = torch.zeros(size, 6, dtype=torch.long)
         location[:, axis] = centres - half
         location[:, 3:] = location[:, :3] + torch.tensor(batches.slab_patch_size(volume.shape, k, axis))
         prediction = predict(batches.channels_to_slab(windows, axis), location).float().cpu()
         if not average:
-            out_along[first : first + size] = prediction[:, 0]
+            out_along[centres] = prediction[:, 0]
             continue
         for offset in range(k):
             # Window c predicts slice c + offset - half in its channel ``offset``.
-            low = max(0, half - offset - first)
-            high = min(size, n + half - offset - first)
-            if high > low:
-                start = first + low + offset - half
-                out_along[start : start + high - low] += prediction[low:high, offset]
+            rows = within[:, offset]
+            out_along.index_add_(0, index[rows, offset], prediction[rows, offset])
     if average:
-        # Slice j is covered by the windows centred on j - half .. j + half that exist.
+        # Slice j is covered by the windows centred on j - half .. j + half that exist
+        # (all of them run wherever the mask keeps the result).
         centre_index = torch.arange(n)
         counts = (torch.minimum(centre_index + half, torch.tensor(n - 1)) - torch.clamp(centre_index - half, min=0) + 1).float()
         out_along /= counts.reshape(n, *([1] * (out_along.ndim - 1)))
     return output
 
 
-def _predict_patches(predict: PatchPredictor, volume: torch.Tensor, geometry: GeometryConfig, batch_size: int) -> torch.Tensor:
+def _predict_patches(predict: PatchPredictor, volume: torch.Tensor, geometry: GeometryConfig, batch_size: int, inside: torch.Tensor | None) -> torch.Tensor:
     shape = volume.shape
     patch, overlap = patch_grid(geometry, shape)
     starts = [window_starts(s, p, o) for s, p, o in zip(shape, patch, overlap)]
@@ -141,6 +165,8 @@ def _predict_patches(predict: PatchPredictor, volume: torch.Tensor, geometry: Ge
     weight = windows_1d[0][:, None, None] * windows_1d[1][None, :, None] * windows_1d[2][None, None, :]
     output = torch.zeros_like(volume)
     positions = [(i, j, k) for i in starts[0] for j in starts[1] for k in starts[2]]
+    if inside is not None:
+        positions = [(i, j, k) for i, j, k in positions if inside[i : i + patch[0], j : j + patch[1], k : k + patch[2]].any()]
     for first in range(0, len(positions), batch_size):
         chunk = positions[first : first + batch_size]
         windows = torch.stack([volume[i : i + patch[0], j : j + patch[1], k : k + patch[2]] for i, j, k in chunk])[:, None]

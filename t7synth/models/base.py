@@ -233,7 +233,8 @@ class SynthesisModule(pl.LightningModule):
         Args:
             source: the 3T volume in [0, 1].
             meta: ``age``, ``sex``, ``brain_mid``, ``n_slices`` (context tokens).
-            mask: brain mask; the prediction is zeroed outside it, as the target is.
+            mask: brain mask; the prediction is zeroed outside it, as the target is,
+                and windows that write nothing inside it are skipped (:func:`predict_volume`).
         """
 
         def predict(patch: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
@@ -243,10 +244,7 @@ class SynthesisModule(pl.LightningModule):
             x, context = self.net_input(batch)
             return self(x, context)
 
-        prediction = predict_volume(predict, source, self.geometry, self.config.data.inference_batch_size)
-        if mask is not None:
-            prediction = prediction * (mask.cpu() > 0)
-        return prediction
+        return predict_volume(predict, source, self.geometry, self.config.data.inference_batch_size, mask)
 
     def _score_batch(self, batch: dict, stage: str, batch_idx: int) -> None:
         subject = batch["subject"][0]

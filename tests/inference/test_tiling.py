@@ -19,7 +19,7 @@ def _conv_net(dims: int, channels_in: int, channels_out: int, seed: int = 0):
 
 @pytest.mark.parametrize(
     ("shape", "patch", "overlap"),
-    [((21, 30, 17), (8, 12, 8), 4), ((16, 16, 16), (16, 8, 20), 2), ((19, 13, 24), (6, 6, 6), 2)],
+    [((21, 30, 17), (8, 12, 8), 4), ((16, 16, 16), (16, 8, 20), 2), ((19, 13, 24), (6, 6, 6), 2), ((20, 17, 23), (9, 7, 8), 3)],
 )
 def test_3d_matches_monai_sliding_window_with_the_same_window(shape, patch, overlap):
     from monai.inferers import sliding_window_inference
@@ -120,3 +120,53 @@ def test_identity_slabs_reproduce_the_volume_exactly():
         return slab[:, 0].movedim(2, 1)[:, 1:2]
 
     assert torch.equal(predict_volume(centre_channel, volume, geometry, batch_size=4), volume)
+
+
+@pytest.mark.parametrize(
+    ("geometry", "shape"),
+    [
+        (GeometryConfig(mode="slab", slices=3, axis=1, target="center"), (10, 12, 9)),
+        (GeometryConfig(mode="slab", slices=5, axis=0, target="all"), (12, 8, 9)),
+        (GeometryConfig(mode="slab", slices=3, axis=2, target="center"), (9, 8, 12)),
+        (GeometryConfig(mode="patch", patch=[6, 6, 6], overlap=2), (20, 18, 16)),
+    ],
+    ids=["center-axis1", "all-axis0", "center-axis2", "patch"],
+)
+def test_a_mask_skips_windows_that_write_nothing_inside_it(geometry, shape):
+    """With a mask, windows that write only voxels outside it are not run, and the
+    result is the unmasked tiling's, zeroed outside the mask: every window that covers
+    a brain voxel still runs, so its value and its blend weights are unchanged."""
+    dims = 3 if geometry.mode == "patch" else 2
+    k = 1 if geometry.mode == "patch" else geometry.slices
+    out_channels = k if geometry.mode == "slab" and geometry.target == "all" else 1
+    net = _conv_net(dims, k, out_channels, seed=3)
+    volume = torch.rand(1, *shape)
+    mask = torch.zeros(1, *shape, dtype=torch.uint8)
+    # A brain away from every edge: whole slices (and whole 3D windows) are empty.
+    mask[:, 4:7, 3:6, 3:6] = 1
+    runs = []
+
+    def predict(windows, location):
+        runs.append(location.clone())
+        if geometry.mode == "patch":
+            return net(windows)
+        axis = geometry.axis
+        return net(windows[:, 0].movedim(axis + 1, 1))
+
+    full = predict_volume(predict, volume, geometry, batch_size=4)
+    every = sum(len(r) for r in runs)
+    runs.clear()
+    masked = predict_volume(predict, volume, geometry, batch_size=4, mask=mask)
+    # Equal up to float rounding (other windows share a batch), and exactly 0 outside.
+    torch.testing.assert_close(masked, full * mask, rtol=1e-5, atol=1e-6)
+    assert torch.all(masked[mask == 0] == 0)
+    assert masked[mask == 1].abs().min() > 0  # the brain is predicted, not zeroed
+    ran = torch.cat(runs)
+    assert 0 < len(ran) < every
+    if geometry.mode == "slab":
+        axis, half = geometry.axis, geometry.slices // 2
+        centres = sorted((ran[:, axis] + half).tolist())
+        brain = mask[0].movedim(axis, 0).reshape(shape[axis], -1).any(dim=1).nonzero().flatten()
+        reach = 0 if geometry.target == "center" else half  # the slices a window writes
+        expected = [c for c in range(shape[axis]) if any(abs(c - b) <= reach for b in brain.tolist())]
+        assert centres == expected
