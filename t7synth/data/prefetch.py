@@ -143,6 +143,10 @@ def _produce(make_loader, epoch: int, out, parent: int) -> None:
     # Its own process group: _stop ends it with its workers, and a Ctrl-C in the
     # terminal reaches the training process alone, which then stops this one.
     os.setpgrp()
+    # One intra-op thread, as DataLoader workers do (torch/utils/data/_utils/worker.py):
+    # the parent's OpenMP thread pool does not survive the fork, and the first parallel
+    # op here (slab sampling over a paper-sized mask) would wait for it forever.
+    torch.set_num_threads(1)
 
     def put(item) -> bool:
         while True:

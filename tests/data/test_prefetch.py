@@ -82,3 +82,35 @@ def test_close_stops_the_process():
     assert process.is_alive()
     prefetcher.close()
     assert not process.is_alive()
+
+
+_AFTER_PARALLEL_OPS = """
+import torch
+from t7synth.data.prefetch import EpochPrefetcher
+
+torch.set_num_threads(2)
+mask = torch.rand(1, 160, 192, 160) > 0.5  # large enough for OpenMP to run it in parallel
+for _ in range(3):
+    mask.any(dim=0).flatten(1).any(dim=1)  # the parent's thread pool is now in use
+
+def make_loader(epoch):
+    for i in range(2):  # what slab sampling does to a paper-sized mask, in the producer
+        yield torch.nonzero(mask.any(dim=0).movedim(1, 0).flatten(1).any(dim=1)).numel() + i
+
+prefetcher = EpochPrefetcher(make_loader)
+print(list(prefetcher.batches(0)))
+prefetcher.close()
+"""
+
+
+def test_the_producer_runs_parallel_ops_after_the_parent_did():
+    """The producer is forked from a process whose OpenMP threads have run; a parallel op
+    in it waited forever for the parent's pool (the paper-geometry benchmark hung so)
+    until it kept to one thread, as DataLoader workers do."""
+    import subprocess
+    import sys
+
+    expected = [192, 193]
+    done = subprocess.run([sys.executable, "-c", _AFTER_PARALLEL_OPS], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(expected)
