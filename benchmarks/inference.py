@@ -4,8 +4,10 @@ against a plain batched slice loop (same U-Net and batch).
 
 Time: the two run interleaved in this process (fp32, no autograd). Peak memory: each
 runs alone in a fresh process (``python benchmarks/inference.py --peak VARIANT``) that
-builds the model, reads one demo volume and predicts it once; the peak RSS of the whole
-process is compared. Run: ``python benchmarks/inference.py``.
+builds the model, reads one demo volume and predicts it once; the prediction's peak
+above the process's resident size before it is compared (medians of three processes;
+the whole process's peak is printed beside it, see ``common``). Run:
+``python benchmarks/inference.py``.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def run(repeats: int = 3) -> dict:
             repeats,
         )
         peaks = {variant: common.peak_rss(__file__, "--peak", variant) for variant in (f"ours{kind}", f"{'monai' if kind == '3d' else 'plain'}{kind}")}
-        ours_peak, reference_peak = peaks.values()
+        ours_peak, reference_peak = peaks.values()  # common.Peak each
         results[kind] = {
             "reference": reference_name,
             "ours_s": timings["ours"].median,
@@ -98,7 +100,7 @@ def run(repeats: int = 3) -> dict:
             "time_ratio": common.ratio(timings["ours"], timings["reference"]),
             "ours_peak": ours_peak,
             "reference_peak": reference_peak,
-            "peak_ratio": ours_peak / reference_peak,
+            "peak_ratio": ours_peak.call / reference_peak.call,
             "max_difference": difference,
             "shape": tuple(volume.shape[1:]),
         }
@@ -109,6 +111,7 @@ def _peak(variant: str) -> None:
     kind = variant[-2:]
     model, volume, meta, config = setup(kind)
     function = {"ours3d": ours, "monai3d": monai_3d, "ours2d": ours, "plain2d": plain_2d}[variant]
+    common.start_peak()
     with torch.no_grad():
         function(model, volume, meta, config)
     common.report_peak(variant=variant)
@@ -125,8 +128,8 @@ def main() -> None:
     for kind, result in run(args.repeats).items():
         print(
             f"{kind}: ours {result['ours_s']:.2f} s, {result['reference']} {result['reference_s']:.2f} s "
-            f"(x{result['time_ratio']:.2f}); peak {result['ours_peak'] / common.MIB:.0f} vs "
-            f"{result['reference_peak'] / common.MIB:.0f} MiB (x{result['peak_ratio']:.3f}); max |difference| {result['max_difference']:.2e}"
+            f"(x{result['time_ratio']:.2f}); prediction's peak {result['ours_peak'].call / common.MIB:.0f} vs "
+            f"{result['reference_peak'].call / common.MIB:.0f} MiB (x{result['peak_ratio']:.3f}); max |difference| {result['max_difference']:.2e}"
         )
 
 

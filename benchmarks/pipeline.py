@@ -63,6 +63,7 @@ def headroom(repeats: int = 3, steps: int = 3) -> dict:
         "loader_samples_s": 1 / timings["loader"].median,
         "model_samples_s": 1 / timings["model"].median,
         "step_s": timings["model"].median * config.data.batch_size,
+        "batch": f"{config.data.batch_size} x {'x'.join(map(str, kept[0]['source'].shape[2:]))}",
         "headroom": timings["model"].median / timings["loader"].median,
     }
 
