@@ -66,6 +66,13 @@ def test_even_slab_is_rejected():
         resolve("unet", None, ["geometry.slices=4"])
 
 
+def test_3d_overlap_may_be_odd_but_not_negative():
+    # MONAI-style window placement needs no even overlap (TorchIO's GridSampler did).
+    assert resolve("vnet", None, ["geometry.overlap=5"]).geometry.overlap == 5
+    with pytest.raises(UserError, match="geometry.overlap must not be negative, got -2"):
+        resolve("vnet", None, ["geometry.overlap=-2"])
+
+
 def test_bad_yaml_names_the_file(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("data: [unclosed\n")
