@@ -90,8 +90,8 @@ def predict_volume(
         batch_size: windows or patches per forward pass.
         mask: the (1, I, J, K) brain mask, or None. The prediction is zeroed outside
             it (the target is zero there too), and a window that would write no voxel
-            inside it is not run at all: a demo volume has 23 such slabs of 144, a scan
-            in the paper's 222-slice frame a few dozen. A voxel inside the mask gets
+            inside it is not run at all (a demo volume has 23 such coronal slabs of
+            144; a frame padded around the brain has more). A voxel inside the mask gets
             every window that covers it (each of those contains it), so its value and
             its blend weights are those of the unmasked tiling.
     """
