@@ -121,23 +121,28 @@ def load_image(path: str | Path):
         raise UserError(f"cannot read {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
 
 
-def to_file_axes(canonical: np.ndarray, original) -> np.ndarray:
-    """A RAS+ array of :func:`load_volume` in the axes of the ``original`` image (the
-    inverse of its ``as_closest_canonical``: flips and a permutation, exact)."""
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+def _canonical_to_file(original) -> np.ndarray:
+    """The orientation transform from RAS+ back to the ``original`` image's axes: the
+    inverse of the ``as_closest_canonical`` in :func:`load_volume` (flips and a
+    permutation, exact)."""
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
-    return apply_orientation(canonical, ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(original.affine)))
+    return ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(original.affine))
+
+
+def to_file_axes(canonical: np.ndarray, original) -> np.ndarray:
+    """A RAS+ array of :func:`load_volume` in the axes of the ``original`` image."""
+    from nibabel.orientations import apply_orientation
+
+    return apply_orientation(canonical, _canonical_to_file(original))
 
 
 def image_like(canonical: np.ndarray, canonical_affine: np.ndarray, original):
     """A RAS+ array (with its affine) as a float32 image in the ``original`` image's
     orientation, affine and header (see :func:`image_on_file_grid`)."""
     import nibabel as nib
-    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
-    # load_volume reoriented with as_closest_canonical; apply the inverse flips/permutation.
-    back = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(original.affine))
-    image = nib.Nifti1Image(canonical, canonical_affine).as_reoriented(back)
+    image = nib.Nifti1Image(canonical, canonical_affine).as_reoriented(_canonical_to_file(original))
     if not np.allclose(image.affine, original.affine, atol=1e-4):
         raise RuntimeError("reorientation to the input's axes did not restore its affine")
     return image_on_file_grid(np.asarray(image.dataobj, dtype=np.float32), original)

@@ -110,17 +110,15 @@ class Synthesiser:
             UserError: an unreadable or invalid scan or mask, a mask on another grid,
                 or an empty brain mask.
         """
-
-        from t7synth.data.volumes import brain_mask, load_volume
         from t7synth.data.preprocess import normalise
 
         source = Path(source)
         if self.config.data.inference == "authors":
             return self._synthesise_authors(source, mask, age, sex)
-        array, affine = load_volume(source)
+        array, affine = volumes.load_volume(source)
         # Reorienting flips by negative strides, which torch.from_numpy refuses.
         array = np.ascontiguousarray(array)
-        inside = brain_mask(source, array, affine, Path(mask) if mask is not None else None)
+        inside = volumes.brain_mask(source, array, affine, Path(mask) if mask is not None else None)
         mask_t = torch.from_numpy(inside[None].astype(np.uint8))
         normalised = normalise(torch.from_numpy(array[None]), mask_t, self.percentiles, self.normalisation)[0].numpy()
 
@@ -166,12 +164,11 @@ class Synthesiser:
         frame is predicted; the raw output goes back in place, zero outside the box.
         """
         from t7synth.data.preprocess import normalise
-        from t7synth.data.volumes import brain_mask, load_volume
         from t7synth.inference import official
 
-        array, affine = load_volume(source)
+        array, affine = volumes.load_volume(source)
         original = volumes.load_image(source)
-        inside = brain_mask(source, array, affine, Path(mask) if mask is not None else None)
+        inside = volumes.brain_mask(source, array, affine, Path(mask) if mask is not None else None)
         native = np.ascontiguousarray(volumes.to_file_axes(array, original))
         native_mask = torch.from_numpy(np.ascontiguousarray(volumes.to_file_axes(inside, original))[None].astype(np.uint8))
         normalised = normalise(torch.from_numpy(native[None]), native_mask, self.percentiles, self.normalisation)[0].numpy()
