@@ -42,47 +42,88 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-paper-loader", action="store_true", help="leave out the paper-geometry loader (about 3 minutes)")
+    parser.add_argument(
+        "--skip-paper-loader", action="store_true", help="leave out the paper-geometry loader (about 3 minutes)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     print(f"machine: {machine()}")
     rows = ["| measurement | value | note |", "|---|---|---|"]
 
     flow = pipeline.headroom(args.repeats)
-    rows.append(common.row("demo loader / demo U-Net training", f"{flow['loader_samples_s']:.0f} / {flow['model_samples_s']:.1f} samples/s", f"headroom x{flow['headroom']:.1f}; bf16 step {flow['step_s']:.2f} s (batch {flow['batch']})"))
+    rows.append(
+        common.row(
+            "demo loader / demo U-Net training",
+            f"{flow['loader_samples_s']:.0f} / {flow['model_samples_s']:.1f} samples/s",
+            f"headroom x{flow['headroom']:.1f}; bf16 step {flow['step_s']:.2f} s (batch {flow['batch']})",
+        )
+    )
 
     lightning = loop.run(args.repeats)
-    rows.append(common.row("Lightning loop / hand-written loop", f"{lightning['lightning_s']:.3f} / {lightning['hand_s']:.3f} s per step", f"x{lightning['ratio']:.3f} (best x{lightning['ratio_best']:.3f})"))
+    rows.append(
+        common.row(
+            "Lightning loop / hand-written loop",
+            f"{lightning['lightning_s']:.3f} / {lightning['hand_s']:.3f} s per step",
+            f"x{lightning['ratio']:.3f} (best x{lightning['ratio_best']:.3f})",
+        )
+    )
 
     bf16 = step_time.bf16_speedup("unet", args.repeats)
-    rows.append(common.row("demo U-Net step fp32 / bf16", f"{bf16['fp32_s']:.2f} / {bf16['bf16_s']:.2f} s", f"x{bf16['ratio']:.2f} ({bf16['batch']})"))
+    rows.append(
+        common.row(
+            "demo U-Net step fp32 / bf16",
+            f"{bf16['fp32_s']:.2f} / {bf16['bf16_s']:.2f} s",
+            f"x{bf16['ratio']:.2f} ({bf16['batch']})",
+        )
+    )
 
     predicted = inference.run(args.repeats)
     for kind, label in (("3d", "3D tiling (demo V-Net)"), ("2d", "2.5D tiling (demo U-Net)")):
         result = predicted[kind]
-        rows.append(common.row(f"{label} time vs {result['reference']}", f"{result['ours_s']:.2f} / {result['reference_s']:.2f} s", f"x{result['time_ratio']:.3f}; outside the network {1000 * result['ours_outside_s']:.0f} / {1000 * result['reference_outside_s']:.0f} ms; max abs difference {result['max_difference']:.1e}"))
+        rows.append(
+            common.row(
+                f"{label} time vs {result['reference']}",
+                f"{result['ours_s']:.2f} / {result['reference_s']:.2f} s",
+                f"x{result['time_ratio']:.3f}; outside the network {1000 * result['ours_outside_s']:.0f} / "
+                f"{1000 * result['reference_outside_s']:.0f} ms; max abs difference {result['max_difference']:.1e}",
+            )
+        )
         ours_peak, reference_peak = result["ours_peak"], result["reference_peak"]
         rows.append(
             common.row(
                 f"{label} peak memory vs {result['reference']}",
                 f"{ours_peak.call / common.MIB:.0f} / {reference_peak.call / common.MIB:.0f} MiB",
-                f"x{result['peak_ratio']:.3f} (the prediction's own, one {'x'.join(map(str, result['shape']))} volume); "
+                f"x{result['peak_ratio']:.3f} (the prediction's own, one "
+                f"{'x'.join(map(str, result['shape']))} volume); "
                 f"whole process {ours_peak.process / common.MIB:.0f} / {reference_peak.process / common.MIB:.0f} MiB",
             )
         )
 
     if not args.skip_paper_loader:
         paper = pipeline.paper_geometry()
-        rows.append(common.row("paper geometry loader", f"{paper['samples_s_1']:.0f} / {paper['samples_s_2']:.0f} samples/s", f"1 / 2 subject-loading workers; queue {paper['queue_length']}, batch 56"))
+        rows.append(
+            common.row(
+                "paper geometry loader",
+                f"{paper['samples_s_1']:.0f} / {paper['samples_s_2']:.0f} samples/s",
+                f"1 / 2 subject-loading workers; queue {paper['queue_length']}, batch 56",
+            )
+        )
         for name in ("in_process", "prefetched"):
             waits = paper[name]
-            rows.append(common.row(f"paper geometry epoch-start stall, {name.replace('_', '-')}", f"{waits['first_of_epoch_2']:.2f} s", f"median batch {waits['median']:.3f} s; consumer {paper['step']:.2f} s per batch"))
+            rows.append(
+                common.row(
+                    f"paper geometry epoch-start stall, {name.replace('_', '-')}",
+                    f"{waits['first_of_epoch_2']:.2f} s",
+                    f"median batch {waits['median']:.3f} s; consumer {paper['step']:.2f} s per batch",
+                )
+            )
 
     print("\n".join(rows))
     print(f"({time.perf_counter() - started:.0f} s)")
     print(
         f"pipeline_headroom={flow['headroom']:.2f} lightning_overhead={lightning['ratio']:.3f} "
-        f"predict3d_vs_monai_time={predicted['3d']['time_ratio']:.3f} predict3d_vs_monai_peak_mem={predicted['3d']['peak_ratio']:.3f} "
+        f"predict3d_vs_monai_time={predicted['3d']['time_ratio']:.3f} "
+        f"predict3d_vs_monai_peak_mem={predicted['3d']['peak_ratio']:.3f} "
         f"predict2d_vs_plain_peak_mem={predicted['2d']['peak_ratio']:.3f} bf16_speedup={bf16['ratio']:.2f}"
     )
 

@@ -84,11 +84,15 @@ def peak_rss(script: str, *args: str, repeats: int = 3) -> Peak:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     runs = []
     for _ in range(repeats):
-        done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, cwd=REPO, check=False)
+        done = subprocess.run(
+            [sys.executable, script, *args], capture_output=True, text=True, env=env, cwd=REPO, check=False
+        )
         if done.returncode:
             raise RuntimeError(f"{script} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return Peak(int(statistics.median(r["peak_rss"] for r in runs)), int(statistics.median(r["call_peak"] for r in runs)))
+    return Peak(
+        int(statistics.median(r["peak_rss"] for r in runs)), int(statistics.median(r["call_peak"] for r in runs))
+    )
 
 
 def _status(key: str) -> int:
@@ -128,7 +132,9 @@ def train_step(model, optimizer, batch: dict, bf16: bool = True) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         x, context = model.net_input(batch)
         prediction = model(x, context)
-    loss = model.reconstruction_losses(prediction, model.net_view(batch["target"]), model.net_view(batch["mask"]))["loss"]
+    loss = model.reconstruction_losses(prediction, model.net_view(batch["target"]), model.net_view(batch["mask"]))[
+        "loss"
+    ]
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -159,7 +165,9 @@ def demo_subject(config, split: str = "val"):
 
     module = PairedDataModule(config)
     data = config.data
-    records = assign_splits(discover(resolve_root(config)), data.val_fraction, data.test_fraction, data.split_seed)[split]
+    records = assign_splits(discover(resolve_root(config)), data.val_fraction, data.test_fraction, data.split_seed)[
+        split
+    ]
     return module._subject(records[0])
 
 

@@ -25,7 +25,17 @@ import common
 import torch
 
 #: Dense (non-sparse) bf16 peak TFLOP/s from the vendors' datasheets, by device-name part.
-PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.5, "H100 PCIe": 756.5, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.4,
+    "H100 SXM": 989.4,
+    "H100 NVL": 835.5,
+    "H100 PCIe": 756.5,
+    "H100": 989.4,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+    "L4": 121.0,
+}
 
 
 def peak_tflops(name: str, override: float | None) -> float | None:
@@ -54,7 +64,14 @@ def _train(rank: int, world: int, args, results) -> None:
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank]) if world > 1 else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     meta = memory.meta_batch(config, shape, micro)
-    batch = {k: (torch.rand(v.shape, device="cuda") if v.dtype.is_floating_point else torch.zeros(v.shape, dtype=v.dtype, device="cuda")) for k, v in meta.items()}
+    batch = {
+        k: (
+            torch.rand(v.shape, device="cuda")
+            if v.dtype.is_floating_point
+            else torch.zeros(v.shape, dtype=v.dtype, device="cuda")
+        )
+        for k, v in meta.items()
+    }
     x, context = model.net_input(batch)
     target = model.net_view(batch["target"]).float()
 

@@ -48,13 +48,20 @@ def monai_3d(model, volume, meta, config):
     from t7synth.inference.tiling import hann_window, patch_grid
 
     roi, overlap = patch_grid(config.geometry, volume.shape[1:])
-    weight = hann_window(roi[0])[:, None, None] * hann_window(roi[1])[None, :, None] * hann_window(roi[2])[None, None, :]
+    weight = (
+        hann_window(roi[0])[:, None, None] * hann_window(roi[1])[None, :, None] * hann_window(roi[2])[None, None, :]
+    )
     # MONAI's stride is int(roi * (1 - overlap)); half a voxel less overlap keeps it
     # exactly roi - overlap despite float rounding.
     fractions = [(o - 0.5) / r if o else 0.0 for o, r in zip(overlap, roi)]
     with torch.no_grad():
         return sliding_window_inference(
-            volume[None], roi, config.data.inference_batch_size, lambda x: model(x), overlap=fractions, roi_weight_map=weight
+            volume[None],
+            roi,
+            config.data.inference_batch_size,
+            lambda x: model(x),
+            overlap=fractions,
+            roi_weight_map=weight,
         )[0]
 
 
@@ -84,7 +91,10 @@ def plain_2d(model, volume, meta, config):
 def run(repeats: int = 3) -> dict:
     """Times (interleaved) and peak memories (fresh processes) of both comparisons."""
     results = {}
-    for kind, reference_name, reference in (("3d", "MONAI sliding_window_inference", monai_3d), ("2d", "plain batched slice loop", plain_2d)):
+    for kind, reference_name, reference in (
+        ("3d", "MONAI sliding_window_inference", monai_3d),
+        ("2d", "plain batched slice loop", plain_2d),
+    ):
         model, volume, meta, config = setup(kind)
         with torch.no_grad():
             difference = float((ours(model, volume, meta, config) - reference(model, volume, meta, config)).abs().max())
@@ -93,12 +103,15 @@ def run(repeats: int = 3) -> dict:
         network = _network_clock(model)
         timings = common.interleaved(
             {
-                "ours": lambda a=arguments: _outside(network, outside["ours"], ours, a),
-                "reference": lambda a=arguments, f=reference: _outside(network, outside["reference"], f, a),
+                "ours": lambda a=arguments, n=network, o=outside: _outside(n, o["ours"], ours, a),
+                "reference": lambda a=arguments, f=reference, n=network, o=outside: _outside(n, o["reference"], f, a),
             },
             repeats,
         )
-        peaks = {variant: common.peak_rss(__file__, "--peak", variant) for variant in (f"ours{kind}", f"{'monai' if kind == '3d' else 'plain'}{kind}")}
+        peaks = {
+            variant: common.peak_rss(__file__, "--peak", variant)
+            for variant in (f"ours{kind}", f"{'monai' if kind == '3d' else 'plain'}{kind}")
+        }
         ours_peak, reference_peak = peaks.values()  # common.Peak each
         results[kind] = {
             "reference": reference_name,
@@ -163,8 +176,11 @@ def main() -> None:
     for kind, result in run(args.repeats).items():
         print(
             f"{kind}: ours {result['ours_s']:.2f} s, {result['reference']} {result['reference_s']:.2f} s "
-            f"(x{result['time_ratio']:.3f}; outside the network {1000 * result['ours_outside_s']:.0f} vs {1000 * result['reference_outside_s']:.0f} ms); prediction's peak {result['ours_peak'].call / common.MIB:.0f} vs "
-            f"{result['reference_peak'].call / common.MIB:.0f} MiB (x{result['peak_ratio']:.3f}); max |difference| {result['max_difference']:.2e}"
+            f"(x{result['time_ratio']:.3f}; outside the network {1000 * result['ours_outside_s']:.0f} vs "
+            f"{1000 * result['reference_outside_s']:.0f} ms); prediction's peak "
+            f"{result['ours_peak'].call / common.MIB:.0f} vs "
+            f"{result['reference_peak'].call / common.MIB:.0f} MiB (x{result['peak_ratio']:.3f}); max |difference| "
+            f"{result['max_difference']:.2e}"
         )
 
 

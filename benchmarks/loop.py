@@ -87,7 +87,10 @@ def run(repeats: int = 3, steps: int = 6) -> dict:
     template = registry.get("unet")(config.to_dict())
     batches = _batches(config, steps)
     timings = common.interleaved(
-        {"lightning": lambda: lightning_loop(copy.deepcopy(template), batches), "hand": lambda: hand_loop(copy.deepcopy(template), batches)},
+        {
+            "lightning": lambda: lightning_loop(copy.deepcopy(template), batches),
+            "hand": lambda: hand_loop(copy.deepcopy(template), batches),
+        },
         repeats,
         warmup=False,
     )
@@ -105,7 +108,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     result = run(args.repeats)
-    print(f"Lightning {result['lightning_s']:.3f} s/step, hand-written {result['hand_s']:.3f} s/step: x{result['ratio']:.3f}")
+    print(
+        f"Lightning {result['lightning_s']:.3f} s/step, hand-written {result['hand_s']:.3f} s/step: "
+        f"x{result['ratio']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -83,7 +83,9 @@ def write_paper_subjects(root: Path, count: int) -> Path:
         subject = f"sub-{index + 1:03d}"
         for path in (naming.source_path(root, subject), naming.target_path(root, subject)):
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_nifti(path, ((0.5 + 0.3 * grid[index % 3] + 0.05 * rng.random()) * mask).astype(np.float32), np.eye(4))
+            write_nifti(
+                path, ((0.5 + 0.3 * grid[index % 3] + 0.05 * rng.random()) * mask).astype(np.float32), np.eye(4)
+            )
         write_nifti(naming.mask_path(root, subject), mask, np.eye(4))
         lines.append(f"{subject}\t70\tF\t{'train' if index < count - 1 else 'val'}")
     (root / naming.PARTICIPANTS).write_text("\n".join(lines) + "\n")
@@ -136,7 +138,11 @@ def paper_geometry(subjects: int = 4, queue_length: int = 600, step: float = 56 
             module = paper_module(root, cache, workers, queue_length)
             first, second = batch_waits(module, 2, step)
             module.teardown("fit")
-            result[name] = {"first_of_epoch_2": second[0], "median": statistics.median(first[1:] + second[1:]), "batches": len(first)}
+            result[name] = {
+                "first_of_epoch_2": second[0],
+                "median": statistics.median(first[1:] + second[1:]),
+                "batches": len(first),
+            }
         return result
 
 
@@ -150,12 +156,18 @@ def main() -> None:
     args = parser.parse_args()
     if not args.skip_headroom:
         result = headroom(args.repeats)
-        print(f"demo: loader {result['loader_samples_s']:.1f} samples/s, U-Net {result['model_samples_s']:.1f} samples/s: headroom x{result['headroom']:.1f}")
+        print(
+            f"demo: loader {result['loader_samples_s']:.1f} samples/s, U-Net {result['model_samples_s']:.1f} "
+            f"samples/s: headroom x{result['headroom']:.1f}"
+        )
     result = paper_geometry(args.subjects, args.queue_length, args.step)
     print(f"paper geometry: {result['samples_s_1']:.1f} samples/s with 1 worker, {result['samples_s_2']:.1f} with 2")
     for name in ("in_process", "prefetched"):
         waits = result[name]
-        print(f"  {name}: first batch of epoch 2 waits {waits['first_of_epoch_2']:.2f} s, median batch {waits['median']:.3f} s")
+        print(
+            f"  {name}: first batch of epoch 2 waits {waits['first_of_epoch_2']:.2f} s, median batch "
+            f"{waits['median']:.3f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,11 @@ def project(config, mfu: float, subjects: int, slices: int, loader_rate: float) 
         "footprint": footprint,
         "checkpointed": checkpointed,
         "largest": {name: footprint.largest_micro_batch(capacity) for name, capacity in memory.REFERENCE_GPUS.items()},
-        "largest_checkpointed": {name: checkpointed.largest_micro_batch(capacity) for name, capacity in memory.REFERENCE_GPUS.items()} if checkpointed else None,
+        "largest_checkpointed": {
+            name: checkpointed.largest_micro_batch(capacity) for name, capacity in memory.REFERENCE_GPUS.items()
+        }
+        if checkpointed
+        else None,
         "plan_4x80": memory.make_plan(config, footprint, 4, 80e9),
         "rate": rate,
         "rate_checkpointed": mfu * H100_BF16_DENSE / (training + forward),
@@ -79,7 +83,9 @@ def main() -> None:
     parser.add_argument("--mfu", type=float, default=0.40)
     parser.add_argument("--subjects", type=int, default=172)
     parser.add_argument("--slices", type=int, default=200)
-    parser.add_argument("--loader-rate", type=float, default=0.0, help="loader samples/s per worker (make bench); 0: skip")
+    parser.add_argument(
+        "--loader-rate", type=float, default=0.0, help="loader samples/s per worker (make bench); 0: skip"
+    )
     args = parser.parse_args()
     config = resolve(None, args.config, [])
     result = project(config, args.mfu, args.subjects, args.slices, args.loader_rate)
@@ -87,17 +93,32 @@ def main() -> None:
     footprint = result["footprint"]
     print(f"| quantity | {config.model.name} |")
     print("|---|---|")
-    print(f"| generator FLOPs per training sample (forward + backward) | {result['training'] / 1e12:.2f} TFLOP ({result['forward'] / 1e12:.2f} forward) |")
-    print(f"| weights + gradients + Adam | {footprint.states / gib:.2f} GiB (+{footprint.gradients / gib:.2f} GiB DDP buckets) |")
-    print(f"| activations per sample, bf16 autocast | {footprint.per_sample / gib:.2f} GiB (+{footprint.activations(0) / gib:.2f} GiB per step) |")
+    print(
+        f"| generator FLOPs per training sample (forward + backward) | {result['training'] / 1e12:.2f} TFLOP "
+        f"({result['forward'] / 1e12:.2f} forward) |"
+    )
+    print(
+        f"| weights + gradients + Adam | {footprint.states / gib:.2f} GiB (+{footprint.gradients / gib:.2f} GiB "
+        "DDP buckets) |"
+    )
+    print(
+        f"| activations per sample, bf16 autocast | {footprint.per_sample / gib:.2f} GiB "
+        f"(+{footprint.activations(0) / gib:.2f} GiB per step) |"
+    )
     if result["checkpointed"] is not None:
         print(f"| ... with model.net.checkpointing | {result['checkpointed'].per_sample / gib:.2f} GiB |")
     largest = ", ".join(f"{name}: {count}" for name, count in result["largest"].items())
     print(f"| largest micro-batch per GPU (1 GPU) | {largest} |")
     if result["largest_checkpointed"]:
-        print(f"| ... with model.net.checkpointing | {', '.join(f'{n}: {c}' for n, c in result['largest_checkpointed'].items())} |")
+        print(
+            "| ... with model.net.checkpointing | "
+            f"{', '.join(f'{n}: {c}' for n, c in result['largest_checkpointed'].items())} |"
+        )
     print(f"| plan for the global batch on 4 x 80 GB | {result['plan_4x80'].describe()} |")
-    print(f"| samples/s per GPU at {args.mfu:.0%} of H100 bf16 dense peak | {result['rate']:.1f} ({result['rate_checkpointed']:.1f} with checkpointing) |")
+    print(
+        f"| samples/s per GPU at {args.mfu:.0%} of H100 bf16 dense peak | {result['rate']:.1f} "
+        f"({result['rate_checkpointed']:.1f} with checkpointing) |"
+    )
     print(f"| epoch over {args.subjects} subjects x {args.slices} slabs, one GPU | {result['epoch_minutes']:.0f} min |")
     if result["workers"] is not None:
         print(f"| loader workers per GPU at {args.loader_rate:.0f} samples/s per worker | {result['workers']} |")

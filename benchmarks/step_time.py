@@ -64,7 +64,9 @@ def bf16_speedup(name: str = "unet", repeats: int = 3) -> dict:
     config = common.demo_config(name)
     model = registry.get(name)(config.to_dict())
     batch = demo_batch(config)
-    timings = common.interleaved({"fp32": make_step(model, batch, False), "bf16": make_step(model, batch, True)}, repeats)
+    timings = common.interleaved(
+        {"fp32": make_step(model, batch, False), "bf16": make_step(model, batch, True)}, repeats
+    )
     shape = "x".join(map(str, batch["source"].shape[2:]))
     return {
         "model": name,
@@ -86,7 +88,9 @@ def main() -> None:
     print(f"{'model':10} {'batch':>16} {'fp32 s/step':>12} {'bf16 s/step':>12} {'fp32/bf16':>10}")
     for name in args.models:
         result = bf16_speedup(name, args.repeats)
-        print(f"{name:10} {result['batch']:>16} {result['fp32_s']:12.3f} {result['bf16_s']:12.3f} {result['ratio']:10.2f}")
+        print(
+            f"{name:10} {result['batch']:>16} {result['fp32_s']:12.3f} {result['bf16_s']:12.3f} {result['ratio']:10.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -20,11 +20,26 @@ from t7synth.cli import ArgumentParser, console_entry, run_main
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m t7synth.compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", metavar="FOLDER",
-                        help="fit run folders (runs/<experiment>/<version>), evaluate outputs, sweep study folders (runs/<study>)")
-    parser.add_argument("--trials", type=int, default=3, metavar="K", help="from each sweep study folder, its K best complete trials (default 3)")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="FOLDER",
+        help="fit run folders (runs/<experiment>/<version>), evaluate outputs, sweep study folders (runs/<study>)",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=3,
+        metavar="K",
+        help="from each sweep study folder, its K best complete trials (default 3)",
+    )
     parser.add_argument("--out", default="comparison", metavar="DIR", help="output folder (default: comparison)")
-    parser.add_argument("--wandb", choices=["online", "offline", "disabled"], default="disabled", help="also log to W&B (default: disabled)")
+    parser.add_argument(
+        "--wandb",
+        choices=["online", "offline", "disabled"],
+        default="disabled",
+        help="also log to W&B (default: disabled)",
+    )
     return parser
 
 
@@ -32,7 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from t7synth.evaluation.runs import compare
 
     args = build_parser().parse_args(argv)
-    print(compare(args.runs, args.out, args.wandb, warn=lambda message: print(f"warning: {message}", file=sys.stderr), trials=args.trials))
+    print(
+        compare(
+            args.runs,
+            args.out,
+            args.wandb,
+            warn=lambda message: print(f"warning: {message}", file=sys.stderr),
+            trials=args.trials,
+        )
+    )
     return 0
 
 

@@ -169,7 +169,14 @@ class OptimConfig:
 #: Lightning's precision names (``lightning_fabric.connector._PRECISION_INPUT_STR``,
 #: a test keeps the two equal); spelled out so that reading a config imports no Lightning.
 PRECISIONS = Literal[
-    "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true"
+    "transformer-engine",
+    "transformer-engine-float16",
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
 ]
 
 
@@ -412,7 +419,9 @@ def resume_differences(stored: Config, requested: Config) -> list[tuple[str, Any
     old, new = flatten(stored.to_dict()), flatten(requested.to_dict())
 
     def may_change(key: str) -> bool:
-        return any(key == allowed or (allowed.endswith(".*") and key.startswith(allowed[:-1])) for allowed in RESUMABLE_KEYS)
+        return any(
+            key == allowed or (allowed.endswith(".*") and key.startswith(allowed[:-1])) for allowed in RESUMABLE_KEYS
+        )
 
     keys = list(dict.fromkeys([*old, *new]))
     return [(key, old.get(key), new.get(key)) for key in keys if not may_change(key) and old.get(key) != new.get(key)]
@@ -460,7 +469,11 @@ def validate(config: Config) -> None:
         "seed": config.seed,
         "data.split_seed": data.split_seed,
         "data.demo_seed": data.demo_seed,
-        **{f"loss.{f.name}": getattr(config.loss, f.name) for f in dataclasses.fields(LossConfig) if f.type in ("float", float)},
+        **{
+            f"loss.{f.name}": getattr(config.loss, f.name)
+            for f in dataclasses.fields(LossConfig)
+            if f.type in ("float", float)
+        },
         **{f"data.augment.{f.name}": getattr(data.augment, f.name) for f in dataclasses.fields(AugmentConfig)},
     }
     for key, value in non_negative.items():
@@ -487,7 +500,9 @@ def validate(config: Config) -> None:
             f"got {data.val_fraction} + {data.test_fraction}"
         )
     if len(data.percentiles) != 2 or not 0 <= data.percentiles[0] < data.percentiles[1] <= 100:
-        raise UserError(f"config key data.percentiles must be [low, high] with 0 <= low < high <= 100, got {data.percentiles}")
+        raise UserError(
+            f"config key data.percentiles must be [low, high] with 0 <= low < high <= 100, got {data.percentiles}"
+        )
     if data.shape is not None and (len(data.shape) != 3 or min(data.shape) < 1):
         raise UserError(f"config key data.shape must be three positive integers, got {data.shape}")
     if geo.mode == "slab":
@@ -498,14 +513,16 @@ def validate(config: Config) -> None:
     else:
         if data.slab_sampling != "label":
             raise UserError(
-                f"config key data.slab_sampling is {data.slab_sampling!r}, which picks 2.5D slabs (geometry.mode slab); "
-                "3D patches are centred on brain voxels: use label"
+                f"config key data.slab_sampling is {data.slab_sampling!r}, which picks 2.5D slabs "
+                "(geometry.mode slab); 3D patches are centred on brain voxels: use label"
             )
         if len(geo.patch) != 3 or min(geo.patch) < 1:
             raise UserError(f"config key geometry.patch must be three positive integers, got {geo.patch}")
         if geo.overlap < 0:
             raise UserError(f"config key geometry.overlap must not be negative, got {geo.overlap}")
-    if data.inference == "authors" and (geo.mode != "slab" or geo.slices != 3 or geo.target != "center" or data.shape is None):
+    if data.inference == "authors" and (
+        geo.mode != "slab" or geo.slices != 3 or geo.target != "center" or data.shape is None
+    ):
         raise UserError(
             "config key data.inference authors (inferer3T.py) needs geometry.mode slab, slices 3, target center "
             f"and a data.shape frame; got {geo.mode}, {geo.slices}, {geo.target}, data.shape {data.shape}"

@@ -20,20 +20,39 @@ from t7synth.cli import ArgumentParser, console_entry, run_main
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m t7synth.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pred", required=True, metavar="DIR", help="folder of predictions (sub-XXX anywhere in each name)")
+    parser.add_argument(
+        "--pred", required=True, metavar="DIR", help="folder of predictions (sub-XXX anywhere in each name)"
+    )
     parser.add_argument("--data", required=True, metavar="DATASET", help="dataset folder with the 7T targets")
-    parser.add_argument("--split", choices=["train", "val", "test"], help="score exactly this split (default: every subject with a prediction)")
+    parser.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        help="score exactly this split (default: every subject with a prediction)",
+    )
     parser.add_argument("--out", metavar="DIR", help="output folder (default: <pred>/evaluation)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--ckpt", metavar="CKPT", help="read the preprocessing settings, split and intensity LUT from this checkpoint")
-    source.add_argument("--model", metavar="FILE.zip", help="read them from this model package (python -m t7synth.export)")
-    source.add_argument("--config", metavar="FILE", help="read them from this experiment YAML (default: built-in defaults)")
-    parser.add_argument("--perceptual-weights", metavar="FILE", help="MedicalNet ResNet-10 or -50 weights: adds a 3D perceptual distance")
+    source.add_argument(
+        "--ckpt", metavar="CKPT", help="read the preprocessing settings, split and intensity LUT from this checkpoint"
+    )
+    source.add_argument(
+        "--model", metavar="FILE.zip", help="read them from this model package (python -m t7synth.export)"
+    )
+    source.add_argument(
+        "--config", metavar="FILE", help="read them from this experiment YAML (default: built-in defaults)"
+    )
+    parser.add_argument(
+        "--perceptual-weights",
+        metavar="FILE",
+        help="MedicalNet ResNet-10 or -50 weights: adds a 3D perceptual distance",
+    )
     parser.add_argument(
         "--ssim",
         choices=["t7synth", "authors"],
         default="t7synth",
-        help="authors: add the paper's SSIM forms (scikit-image default, flattened in-brain) beside t7synth's (docs/metrics.md)",
+        help=(
+            "authors: add the paper's SSIM forms (scikit-image default, flattened in-brain) beside t7synth's "
+            "(docs/metrics.md)"
+        ),
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

@@ -25,9 +25,15 @@ from t7synth.cli import ArgumentParser, console_entry, run_main
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m t7synth.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", metavar="RUN_OR_CKPT", help="a run folder (its checkpoints/best.ckpt) or a .ckpt file")
+    parser.add_argument(
+        "source", metavar="RUN_OR_CKPT", help="a run folder (its checkpoints/best.ckpt) or a .ckpt file"
+    )
     parser.add_argument("--out", metavar="FILE.zip", help="package to write (default: <run>/model.zip)")
-    parser.add_argument("--torchscript", action="store_true", help="also add the network traced to TorchScript (checked against the model)")
+    parser.add_argument(
+        "--torchscript",
+        action="store_true",
+        help="also add the network traced to TorchScript (checked against the model)",
+    )
     return parser
 
 

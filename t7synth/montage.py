@@ -33,11 +33,19 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m t7synth.montage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, metavar="DATASET", help="the dataset the predictions were made from")
     parser.add_argument("--subject", required=True, metavar="sub-XXX")
-    parser.add_argument("--pred", required=True, action="append", metavar="LABEL=DIR", help="a model's label and prediction folder (repeat)")
+    parser.add_argument(
+        "--pred",
+        required=True,
+        action="append",
+        metavar="LABEL=DIR",
+        help="a model's label and prediction folder (repeat)",
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--ckpt", metavar="CKPT", help="preprocessing settings from this checkpoint (as evaluate)")
     source.add_argument("--config", metavar="FILE", help="or from this experiment YAML")
-    parser.add_argument("--size", type=int, metavar="VOXELS", help="side of the enlarged square (default: a third of the brain)")
+    parser.add_argument(
+        "--size", type=int, metavar="VOXELS", help="side of the enlarged square (default: a third of the brain)"
+    )
     parser.add_argument("--out", required=True, metavar="PNG")
     args = parser.parse_args(argv)
     predictions = []
@@ -48,7 +56,11 @@ def main(argv=None) -> int:
         predictions.append((label, folder))
     from t7synth.evaluation.evaluator import zoom_montage
 
-    print(zoom_montage(args.data, args.subject, predictions, args.out, ckpt=args.ckpt, config_file=args.config, size=args.size))
+    print(
+        zoom_montage(
+            args.data, args.subject, predictions, args.out, ckpt=args.ckpt, config_file=args.config, size=args.size
+        )
+    )
     return 0
 
 

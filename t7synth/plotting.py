@@ -107,10 +107,19 @@ def save_montage(
     source, prediction, target = map(_as_array, (source, prediction, target))
     shown = prediction if prediction is not None else source
     error_label = "|synthetic − 7T|" if prediction is not None else "|3T − 7T|"
-    columns = [("3T input", source, "gray", 1.0), ("synthetic 7T", prediction, "gray", 1.0), ("7T target", target, "gray", 1.0),
-               (error_label, np.abs(np.clip(shown, 0, 1) - target), "magma", ERROR_MAX)]
-    return save_panels(path, [c for c in columns if c[1] is not None], mask, title,
-                       colorbar=(error_label, "absolute error (intensity, 0–1 scale)"))
+    columns = [
+        ("3T input", source, "gray", 1.0),
+        ("synthetic 7T", prediction, "gray", 1.0),
+        ("7T target", target, "gray", 1.0),
+        (error_label, np.abs(np.clip(shown, 0, 1) - target), "magma", ERROR_MAX),
+    ]
+    return save_panels(
+        path,
+        [c for c in columns if c[1] is not None],
+        mask,
+        title,
+        colorbar=(error_label, "absolute error (intensity, 0–1 scale)"),
+    )
 
 
 def save_panels(path: str | Path, columns, mask=None, title: str = "", colorbar: tuple[str, str] | None = None) -> Path:
@@ -136,10 +145,16 @@ def save_panels(path: str | Path, columns, mask=None, title: str = "", colorbar:
     figure, axes = plt.subplots(3, len(columns), figsize=(width, 7.8), squeeze=False)
     bar_image = None
     for col, (label, volume, cmap, vmax) in enumerate(columns):
-        for row, (view, axis_index, letters) in enumerate(VIEWS):
+        for row, (_, axis_index, letters) in enumerate(VIEWS):
             axis = axes[row][col]
-            image = axis.imshow(_view(volume, axis_index, centre[axis_index]), cmap=cmap, vmin=0, vmax=vmax,
-                                origin="lower", interpolation="nearest")
+            image = axis.imshow(
+                _view(volume, axis_index, centre[axis_index]),
+                cmap=cmap,
+                vmin=0,
+                vmax=vmax,
+                origin="lower",
+                interpolation="nearest",
+            )
             axis.set_xticks([])
             axis.set_yticks([])
             if col == 0:  # every column shows the same slices: the letters once per row
@@ -310,7 +325,9 @@ def _finish(axis, title: str, ylabel: str, has_data: bool, log: bool = False, le
         axis.legend(fontsize=7, loc="best", framealpha=0.8)
 
 
-def save_curves(runs: Sequence[tuple[str, str | Path]], path: str | Path, names: Sequence[str] = ("psnr_brain", "ssim_brain")) -> Path | None:
+def save_curves(
+    runs: Sequence[tuple[str, str | Path]], path: str | Path, names: Sequence[str] = ("psnr_brain", "ssim_brain")
+) -> Path | None:
     """Validation curves of several runs in one picture: one panel per score, one line per run.
 
     The identity and intensity-LUT references of the first run that logged them are
@@ -338,7 +355,9 @@ def save_curves(runs: Sequence[tuple[str, str | Path]], path: str | Path, names:
             epochs, values = per_epoch(rows, metric_key("val", "model", name))
             axis.plot(epochs, values, marker="o", markersize=3, label=label)
         for kind, label, style in _REFERENCE_STYLES:
-            reference = next((v for _, rows in histories if (v := last_value(rows, metric_key("val", kind, name))) is not None), None)
+            reference = next(
+                (v for _, rows in histories if (v := last_value(rows, metric_key("val", kind, name))) is not None), None
+            )
             if reference is not None:
                 axis.axhline(reference, color="gray", linestyle=style, label=label)
         _finish(axis, f"validation {COLUMNS[name].heading}", COLUMNS[name].heading, True)
@@ -387,14 +406,23 @@ def save_spectra(path: str | Path, rows, model_label: str = "synthetic 7T", titl
     for kind in ROW_KINDS:
         selected = [np.asarray(row[SPECTRUM], dtype=np.float64) for row in rows if row["model"] == kind]
         if selected:
-            curves.append((row_label(kind, model_label), np.mean(selected, axis=0), colours[kind], "-" if kind == "model" else "--"))
+            curves.append(
+                (
+                    row_label(kind, model_label),
+                    np.mean(selected, axis=0),
+                    colours[kind],
+                    "-" if kind == "model" else "--",
+                )
+            )
     plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     keep = target > 0
     for label, curve, colour, style in curves:
         left.plot(SPECTRUM_FREQUENCIES[keep], curve[keep], color=colour, linestyle=style, label=label)
         if label != "7T target":
-            right.plot(SPECTRUM_FREQUENCIES[keep], curve[keep] / target[keep], color=colour, linestyle=style, label=label)
+            right.plot(
+                SPECTRUM_FREQUENCIES[keep], curve[keep] / target[keep], color=colour, linestyle=style, label=label
+            )
     right.axhline(1.0, color="black", linewidth=1)
     for axis, ylabel in ((left, "power (mean over subjects)"), (right, "power / 7T power")):
         axis.axvline(HF_CUTOFF, color="gray", linestyle=":", label=f"hf_ratio cutoff ({HF_CUTOFF} cycles/voxel)")
@@ -411,8 +439,9 @@ def save_spectra(path: str | Path, rows, model_label: str = "synthetic 7T", titl
     return _save(figure, path, dpi=90)
 
 
-def zoom_region(mask: np.ndarray | None, shape: Sequence[int], fractions: Sequence[float] = ZOOM_FRACTIONS,
-                size: int | None = None) -> tuple[int, slice, slice]:
+def zoom_region(
+    mask: np.ndarray | None, shape: Sequence[int], fractions: Sequence[float] = ZOOM_FRACTIONS, size: int | None = None
+) -> tuple[int, slice, slice]:
     """The axial slice ``k`` and the square ``(i, j)`` window :func:`save_zoom` enlarges.
 
     The window is centred at ``fractions`` of the brain's bounding box (the array's
@@ -435,8 +464,14 @@ def zoom_region(mask: np.ndarray | None, shape: Sequence[int], fractions: Sequen
     return centre[2], windows[0], windows[1]
 
 
-def save_zoom(path: str | Path, columns, mask=None, title: str = "", fractions: Sequence[float] = ZOOM_FRACTIONS,
-              size: int | None = None) -> Path:
+def save_zoom(
+    path: str | Path,
+    columns,
+    mask=None,
+    title: str = "",
+    fractions: Sequence[float] = ZOOM_FRACTIONS,
+    size: int | None = None,
+) -> Path:
     """Several volumes side by side, whole axial slice above and one cortical region enlarged below.
 
     Made to compare models' sharpness by eye: every column is shown on the same grey
@@ -469,9 +504,19 @@ def save_zoom(path: str | Path, columns, mask=None, title: str = "", fractions: 
     for col, (label, volume) in enumerate(columns):
         full = _view(volume, 2, k)
         axes[0][col].imshow(full, cmap="gray", vmin=0, vmax=1, origin="lower", interpolation="nearest")
-        axes[0][col].add_patch(Rectangle((window_i.start - 0.5, window_j.start - 0.5), window_i.stop - window_i.start,
-                                         window_j.stop - window_j.start, fill=False, edgecolor="#ffd54a", linewidth=1))
-        axes[1][col].imshow(full[window_j, window_i], cmap="gray", vmin=0, vmax=1, origin="lower", interpolation="nearest")
+        axes[0][col].add_patch(
+            Rectangle(
+                (window_i.start - 0.5, window_j.start - 0.5),
+                window_i.stop - window_i.start,
+                window_j.stop - window_j.start,
+                fill=False,
+                edgecolor="#ffd54a",
+                linewidth=1,
+            )
+        )
+        axes[1][col].imshow(
+            full[window_j, window_i], cmap="gray", vmin=0, vmax=1, origin="lower", interpolation="nearest"
+        )
         axes[0][col].set_title(label, fontsize=10)
         for row in (0, 1):
             axes[row][col].set_xticks([])

@@ -9,13 +9,13 @@ Examples::
     python -m t7synth.predict --model model.zip --input scan.nii.gz --output scan_synth7T.nii.gz
     python -m t7synth.predict --ckpt axis0.ckpt --ckpt axis1.ckpt --ckpt axis2.ckpt --input scans/ --output synth/
 
-The checkpoint (or a model package from ``python -m t7synth.export``) alone defines the model, its geometry and its preprocessing; the
-output lies on the input's grid (same affine, float32, [0, 1], zero outside the
-brain). See :mod:`t7synth.inference.synthesiser` for the steps. Several ``--ckpt`` (or
-``--model``) are fused: the output is their voxel-wise mean and their voxel-wise SD is
-written beside it (``*_desc-synth7Tsd_T1w.nii.gz``, ``*_synth7T_sd.nii.gz``, ``*_sd.nii.gz``).
-Folder inputs continue past unreadable files, report each on one line, and exit
-non-zero at the end.
+The checkpoint (or a model package from ``python -m t7synth.export``) alone defines the
+model, its geometry and its preprocessing; the output lies on the input's grid (same
+affine, float32, [0, 1], zero outside the brain). See :mod:`t7synth.inference.synthesiser`
+for the steps. Several ``--ckpt`` (or ``--model``) are fused: the output is their
+voxel-wise mean and their voxel-wise SD is written beside it
+(``*_desc-synth7Tsd_T1w.nii.gz``, ``*_synth7T_sd.nii.gz``, ``*_sd.nii.gz``). Folder inputs
+continue past unreadable files, report each on one line, and exit non-zero at the end.
 """
 
 from __future__ import annotations
@@ -33,13 +33,32 @@ PARTIAL_FAILURE_EXIT = 1
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m t7synth.predict", description=__doc__.split("\n\n")[0])
     weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--ckpt", action="append", help="checkpoint file (runs/<exp>/<version>/checkpoints/best.ckpt); repeat to fuse models")
-    weights.add_argument("--model", action="append", metavar="FILE.zip", help="model package written by python -m t7synth.export; repeat to fuse")
-    parser.add_argument("--input", required=True, metavar="FILE|DIR", help="a NIfTI file, a folder of them, or a dataset folder")
+    weights.add_argument(
+        "--ckpt",
+        action="append",
+        help="checkpoint file (runs/<exp>/<version>/checkpoints/best.ckpt); repeat to fuse models",
+    )
+    weights.add_argument(
+        "--model",
+        action="append",
+        metavar="FILE.zip",
+        help="model package written by python -m t7synth.export; repeat to fuse",
+    )
+    parser.add_argument(
+        "--input", required=True, metavar="FILE|DIR", help="a NIfTI file, a folder of them, or a dataset folder"
+    )
     parser.add_argument("--output", required=True, metavar="FILE|DIR", help="output file (for a file input) or folder")
-    parser.add_argument("--mask", metavar="FILE|DIR", help="brain mask(s); default: the dataset's masks, else voxels > 0")
-    parser.add_argument("--split", choices=["train", "val", "test"], help="dataset input: only this split (as in training)")
-    parser.add_argument("--age", type=float, help="file input: age in years for conditioned models (dataset inputs use participants.tsv)")
+    parser.add_argument(
+        "--mask", metavar="FILE|DIR", help="brain mask(s); default: the dataset's masks, else voxels > 0"
+    )
+    parser.add_argument(
+        "--split", choices=["train", "val", "test"], help="dataset input: only this split (as in training)"
+    )
+    parser.add_argument(
+        "--age",
+        type=float,
+        help="file input: age in years for conditioned models (dataset inputs use participants.tsv)",
+    )
     parser.add_argument("--sex", choices=["F", "M"], help="file input: sex for conditioned models (default: unknown)")
     parser.add_argument("--gpus", type=int, default=0, help="0 = CPU (default), 1 = the first CUDA GPU")
     parser.add_argument("--batch-size", type=int, help="windows/patches per forward pass (default: the config's)")
@@ -66,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(outcome.summary)
     if outcome.failures:
-        print(f"error: {len(outcome.failures)} of {outcome.total} volumes failed (see the lines above)", file=sys.stderr)
+        print(
+            f"error: {len(outcome.failures)} of {outcome.total} volumes failed (see the lines above)", file=sys.stderr
+        )
         return PARTIAL_FAILURE_EXIT
     return 0
 

@@ -30,18 +30,41 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn raw paired 3T/7T scans (any grids) into the dataset folder that fit reads.",
     )
     inputs = parser.add_mutually_exclusive_group(required=True)
-    inputs.add_argument("--raw", type=Path, metavar="DIR", help="raw BIDS folder (sub-*/anat or sub-*/ses-*/anat), scans on any grids")
-    inputs.add_argument("--pairs", type=Path, metavar="FILE", help="table (.tsv/.csv): subject, source, target[, mask, age, sex, split, ...]")
+    inputs.add_argument(
+        "--raw", type=Path, metavar="DIR", help="raw BIDS folder (sub-*/anat or sub-*/ses-*/anat), scans on any grids"
+    )
+    inputs.add_argument(
+        "--pairs",
+        type=Path,
+        metavar="FILE",
+        help="table (.tsv/.csv): subject, source, target[, mask, age, sex, split, ...]",
+    )
     parser.add_argument(
-        "--field-strength", metavar="ENTITY-LABEL=3T|7T,...",
+        "--field-strength",
+        metavar="ENTITY-LABEL=3T|7T,...",
         help="--raw: which scans are 3T and 7T when neither their ses-/acq- labels nor their JSON sidecars say, "
         "e.g. ses-pre=3T,ses-post=7T",
     )
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="dataset folder to write (new, empty, or an earlier prepare output)")
-    parser.add_argument("--no-register", action="store_true", help="only resample by the scanner affines (scans already co-registered)")
-    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="linear", help="3T resampling (default linear, as predict uses)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="dataset folder to write (new, empty, or an earlier prepare output)",
+    )
+    parser.add_argument(
+        "--no-register", action="store_true", help="only resample by the scanner affines (scans already co-registered)"
+    )
+    parser.add_argument(
+        "--interpolation",
+        choices=INTERPOLATIONS,
+        default="linear",
+        help="3T resampling (default linear, as predict uses)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="prepare every subject again, even complete ones")
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="subjects prepared in parallel processes (default 1)")
+    parser.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="subjects prepared in parallel processes (default 1)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

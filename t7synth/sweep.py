@@ -22,9 +22,16 @@ from t7synth.cli import ArgumentParser, console_entry, run_main
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m t7synth.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", help="sweep file (sweeps/*.yaml)")
-    parser.add_argument("--n-trials", type=int, help="finished trials the study should hold (default: the sweep file's)")
-    parser.add_argument("--storage", help="Optuna storage: a database URL or a journal file path (default: <runs_dir>/<study>/optuna.journal)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed override for every trial, repeatable")
+    parser.add_argument(
+        "--n-trials", type=int, help="finished trials the study should hold (default: the sweep file's)"
+    )
+    parser.add_argument(
+        "--storage",
+        help="Optuna storage: a database URL or a journal file path (default: <runs_dir>/<study>/optuna.journal)",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="fixed override for every trial, repeatable"
+    )
     parser.add_argument("--data", help="dataset folder (default: the embedded demo dataset)")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs per trial (0 = CPU)")
     parser.add_argument("--nodes", type=int, default=1, help="nodes per trial")
@@ -34,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     from t7synth.tuning.study import DEFAULT_HEARTBEAT  # light: the module imports Optuna lazily
 
     parser.add_argument(
-        "--heartbeat", type=int, default=DEFAULT_HEARTBEAT, metavar="SECONDS",
+        "--heartbeat",
+        type=int,
+        default=DEFAULT_HEARTBEAT,
+        metavar="SECONDS",
         help="database storages: a running trial's heartbeat interval; a trial silent for twice as long "
         "(its worker died) is marked failed by the other workers (default %(default)s, 0 = off)",
     )

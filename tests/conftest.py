@@ -9,12 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-#: The repository root: tests find ``experiments/``, ``sweeps/`` and ``pyproject.toml``
-#: from here, never from the working directory, so pytest runs from any folder.
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, make_dataset
 
 
 @pytest.fixture(scope="session")
@@ -30,48 +26,6 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    import nibabel as nib
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
-    return path
-
-
-def make_pair(shape=(20, 24, 18), seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A 'brain' (an ellipsoid with two tissue classes) as 7T, and a degraded 3T copy."""
-    from scipy.ndimage import gaussian_filter
-
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    radius = np.sqrt((grid**2).sum(0))
-    mask = radius < 0.8
-    texture = gaussian_filter(rng.standard_normal(shape), 1.5)
-    target = np.where(texture > 0, 0.8, 0.45) * mask + 0.01 * rng.standard_normal(shape) * mask
-    source = gaussian_filter(target, 0.8) ** 1.3 + 0.03 * rng.standard_normal(shape) * mask
-    return source.astype(np.float32) * mask, target.astype(np.float32), mask.astype(np.uint8)
-
-
-def make_dataset(root: Path, n_subjects: int = 4, shape=(20, 24, 18), splits: bool = True, masks: bool = True) -> Path:
-    """Write a paired dataset folder in t7synth's layout and return its path."""
-    from t7synth.data import naming
-
-    root.mkdir(parents=True, exist_ok=True)
-    affine = np.diag([1.5, 1.5, 1.5, 1.0])
-    lines = ["participant_id\tage\tsex" + ("\tsplit" if splits else "")]
-    for index in range(n_subjects):
-        subject = f"sub-{index + 1:03d}"
-        source, target, mask = make_pair(shape, seed=index)
-        write_nifti(naming.source_path(root, subject), source, affine)
-        write_nifti(naming.target_path(root, subject), target, affine)
-        if masks:
-            write_nifti(naming.mask_path(root, subject), mask, affine)
-        split = "test" if index == n_subjects - 1 else "val" if index == n_subjects - 2 else "train"
-        lines.append(f"{subject}\t{60 + index}\t{'F' if index % 2 else 'M'}" + (f"\t{split}" if splits else ""))
-    (root / naming.PARTICIPANTS).write_text("\n".join(lines) + "\n")
-    return root
-
-
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
     """A 4-subject dataset (2 train, 1 val, 1 test) of 20x24x18 volumes."""
@@ -82,36 +36,3 @@ def dataset(tmp_path: Path) -> Path:
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own preprocessing cache, so no test reads another's files."""
     monkeypatch.setenv("T7SYNTH_CACHE", str(tmp_path / "cache"))
-
-
-TINY_UNET = [
-    "model.net.channels=8",
-    "model.net.channel_mult=[1,2]",
-    "model.net.num_res_blocks=1",
-    "model.net.attention_levels=[1]",
-    "model.net.norm_groups=4",
-    "data.batch_size=2",
-    "data.samples_per_volume=2",
-    "data.queue_length=4",
-    "data.inference_batch_size=8",
-    "trainer.log_every_n_steps=1",
-]
-
-
-def constant_module(config: dict, value: float = 0.7):
-    """A SynthesisModule whose 'network' answers ``value`` everywhere, inside the brain
-    or not: what masking and resampling do to a prediction shows in its output."""
-    import torch
-    from torch import nn
-
-    from t7synth.models.base import SynthesisModule
-
-    class _Constant(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.full_like(x[:, :1], value)
-
-    class ConstantModule(SynthesisModule):
-        def build_net(self) -> nn.Module:
-            return _Constant()
-
-    return ConstantModule(config)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from t7synth import registry
 from t7synth.config import Config, parse_override
@@ -54,8 +54,18 @@ def test_booleans_are_not_integers(key):
         resolve("unet", None, [f"{key}=true"])
 
 
-@pytest.mark.parametrize("key, value", [("geometry.mode", "slices"), ("geometry.axis", "3"), ("geometry.target", "middle"), ("wandb.mode", "dryrun"),
-                                        ("data.normalisation", "minmax"), ("data.slab_sampling", "all"), ("trainer.test_checkpoint", "first")])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("geometry.mode", "slices"),
+        ("geometry.axis", "3"),
+        ("geometry.target", "middle"),
+        ("wandb.mode", "dryrun"),
+        ("data.normalisation", "minmax"),
+        ("data.slab_sampling", "all"),
+        ("trainer.test_checkpoint", "first"),
+    ],
+)
 def test_enum_keys_list_their_values(key, value):
     with pytest.raises(UserError, match=f"config key {key} must be one of"):
         resolve("unet", None, [f"{key}={value}"])

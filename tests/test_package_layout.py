@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 PACKAGE = REPO / "t7synth"
 COMMANDS = ("fit", "predict", "evaluate", "compare", "sweep", "prepare", "demo", "convert", "export", "montage")
@@ -41,7 +41,9 @@ def _modules() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                    )
                 # "from t7synth.data import naming" imports the module t7synth.data.naming.
                 targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in names else base for alias in node.names]
             else:
@@ -56,12 +58,18 @@ def test_commands_are_thin():
     for name in COMMANDS:
         path = PACKAGE / f"{name}.py"
         if path.exists():
-            assert len(path.read_text().splitlines()) <= MAX_COMMAND_LINES, f"{path.name} holds logic: move it to its stage's package"
+            assert len(path.read_text().splitlines()) <= MAX_COMMAND_LINES, (
+                f"{path.name} holds logic: move it to its stage's package"
+            )
 
 
 def test_no_library_module_imports_a_command():
     commands = {f"t7synth.{name}" for name in COMMANDS}
-    offenders = {module: sorted(edges & commands) for module, edges in _modules().items() if module not in commands and edges & commands}
+    offenders = {
+        module: sorted(edges & commands)
+        for module, edges in _modules().items()
+        if module not in commands and edges & commands
+    }
     assert not offenders
 
 
@@ -91,7 +99,9 @@ def test_no_import_cycles():
 def test_nets_do_not_import_the_framework():
     for module, edges in _modules().items():
         if module.startswith("t7synth.nets"):
-            assert not {e for e in edges if e.startswith(("t7synth.training", "t7synth.models", "t7synth.evaluation"))}, module
+            assert not {
+                e for e in edges if e.startswith(("t7synth.training", "t7synth.models", "t7synth.evaluation"))
+            }, module
     for path in (PACKAGE / "nets").glob("*.py"):
         assert "pytorch_lightning" not in path.read_text(), path.name
 
@@ -99,6 +109,9 @@ def test_nets_do_not_import_the_framework():
 @pytest.mark.parametrize("command", [c for c in COMMANDS if (PACKAGE / f"{c}.py").exists()])
 def test_importing_a_command_is_cheap(command):
     # A command's --help must answer at once: no torch, Lightning or MONAI at import time.
-    code = f"import sys, t7synth.{command}; print(sorted(m for m in ('torch', 'pytorch_lightning', 'monai', 'torchio') if m in sys.modules))"
+    code = (
+        f"import sys, t7synth.{command}; print(sorted(m for m in ('torch', 'pytorch_lightning', 'monai', "
+        "'torchio') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"

@@ -29,14 +29,18 @@ def _capture(monkeypatch):
 def test_montage_has_an_error_scale_and_orientation_letters(monkeypatch, tmp_path):
     figures = _capture(monkeypatch)
     volume = np.random.default_rng(0).random((12, 14, 10)).astype(np.float32)
-    plotting.save_montage(tmp_path / "m.png", volume, volume * 0.9, volume, volume > 0.2, "sub-001  test, checkpoint best.ckpt (epoch 4)")
+    plotting.save_montage(
+        tmp_path / "m.png", volume, volume * 0.9, volume, volume > 0.2, "sub-001  test, checkpoint best.ckpt (epoch 4)"
+    )
     figure = figures[0]
     images, bars = figure.axes[:12], figure.axes[12:]
     assert len(bars) == 1  # one colour bar, for the error column
     assert "absolute error" in bars[0].get_ylabel() and bars[0].get_ylim()[1] == pytest.approx(plotting.ERROR_MAX)
     # The first column, per row: the letters at the left, right, bottom and top edges.
-    letters = ["".join(t.get_text() for t in sorted(axis.texts, key=lambda t: (t.get_position()[1] != 0.5, t.get_position())))
-               for axis in images[::4]]
+    letters = [
+        "".join(t.get_text() for t in sorted(axis.texts, key=lambda t: (t.get_position()[1] != 0.5, t.get_position())))
+        for axis in images[::4]
+    ]
     assert letters == ["LRPA", "LRIS", "PAIS"]
     assert [axis.get_ylabel().split(" ")[0] for axis in images[::4]] == ["axial", "coronal", "sagittal"]
     assert figure._suptitle.get_text().endswith("(epoch 4)")
@@ -57,13 +61,18 @@ def _metrics(path, rows):
 
 def test_metrics_rows_without_an_epoch_belong_to_the_next_epoch(tmp_path):
     """Lightning's LR monitor logs at an epoch's start without the epoch column."""
-    path = _metrics(tmp_path / "metrics.csv", [
-        {"step": 0, "lr-Adam": 1e-3},
-        {"epoch": 0, "step": 0, "train/loss": 0.5}, {"epoch": 0, "step": 1, "train/loss": 0.3},
-        {"epoch": 0, "step": 1, "val/psnr_brain": 20.0},
-        {"step": 2, "lr-Adam": 5e-4},
-        {"epoch": 1, "step": 2, "train/loss": 0.2}, {"epoch": 1, "step": 3, "val/psnr_brain": 19.0},
-    ])
+    path = _metrics(
+        tmp_path / "metrics.csv",
+        [
+            {"step": 0, "lr-Adam": 1e-3},
+            {"epoch": 0, "step": 0, "train/loss": 0.5},
+            {"epoch": 0, "step": 1, "train/loss": 0.3},
+            {"epoch": 0, "step": 1, "val/psnr_brain": 20.0},
+            {"step": 2, "lr-Adam": 5e-4},
+            {"epoch": 1, "step": 2, "train/loss": 0.2},
+            {"epoch": 1, "step": 3, "val/psnr_brain": 19.0},
+        ],
+    )
     rows = plotting.read_metrics(path)
     assert plotting.per_epoch(rows, "lr-Adam") == ([0, 1], [1e-3, 5e-4])
     assert plotting.per_epoch(rows, "train/loss", "mean") == ([0, 1], [pytest.approx(0.4), pytest.approx(0.2)])
@@ -75,11 +84,20 @@ def test_progress_marks_the_best_epoch_and_draws_both_baselines(tmp_path, monkey
     figures = _capture(monkeypatch)
     rows = []
     for epoch, psnr in enumerate((18.0, 21.0, 20.0)):
-        rows += [{"step": epoch * 2, "lr-Adam": 1e-3},
-                 {"epoch": epoch, "step": epoch * 2, "train/loss": 0.5 / (epoch + 1)},
-                 {"epoch": epoch, "step": epoch * 2 + 1, "val/psnr_brain": psnr, "val/ssim_brain": 0.8, "val/mae": 0.02,
-                  "val/identity/psnr_brain": 16.0, "val/lut/psnr_brain": 17.0},
-                 {"epoch": epoch, "step": epoch * 2 + 1, "train/epoch_time": 30.0 + epoch}]
+        rows += [
+            {"step": epoch * 2, "lr-Adam": 1e-3},
+            {"epoch": epoch, "step": epoch * 2, "train/loss": 0.5 / (epoch + 1)},
+            {
+                "epoch": epoch,
+                "step": epoch * 2 + 1,
+                "val/psnr_brain": psnr,
+                "val/ssim_brain": 0.8,
+                "val/mae": 0.02,
+                "val/identity/psnr_brain": 16.0,
+                "val/lut/psnr_brain": 17.0,
+            },
+            {"epoch": epoch, "step": epoch * 2 + 1, "train/epoch_time": 30.0 + epoch},
+        ]
     path = _metrics(tmp_path / "metrics.csv", rows)
     assert plotting.save_progress(path, tmp_path / "progress.png", "run") == tmp_path / "progress.png"
     axes = {axis.get_title(): axis for axis in figures[0].axes}

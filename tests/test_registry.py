@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from t7synth import registry
 from t7synth.models.base import SynthesisModule

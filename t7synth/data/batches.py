@@ -40,7 +40,9 @@ def collate(items: Sequence) -> dict:
     return batch
 
 
-def slab_patch_size(shape: Sequence[int], slices: int, axis: int, inplane: Sequence[int] | None = None) -> tuple[int, int, int]:
+def slab_patch_size(
+    shape: Sequence[int], slices: int, axis: int, inplane: Sequence[int] | None = None
+) -> tuple[int, int, int]:
     """Patch size of a 2.5D slab: ``slices`` along ``axis``, the rest full or ``inplane``."""
     size = list(shape) if inplane is None else _insert(list(inplane), axis, 0)
     size[axis] = slices
@@ -111,6 +113,7 @@ def micro_batch(data, world: int, accumulate: int) -> int:
     if accumulate < 1 or share % accumulate:
         raise UserError(
             f"config key trainer.accumulate_grad_batches {accumulate} must divide the {share} samples each process "
-            f"takes per step (data.batch_size {data.batch_size}, data.batch_scope {data.batch_scope}, {world} processes)"
+            f"takes per step (data.batch_size {data.batch_size}, data.batch_scope {data.batch_scope}, {world} "
+            "processes)"
         )
     return share // accumulate

@@ -65,7 +65,10 @@ def parse_field_map(text: str | None) -> dict[tuple[str, str], str]:
         match = ENTITY.match(key.strip())
         value = value.strip().upper()
         if not sep or not match or value not in FIELDS:
-            raise UserError(f"--field-strength {text!r}: expected ENTITY-LABEL=3T|7T items separated by commas, e.g. ses-pre=3T,ses-post=7T; got {item.strip()!r}")
+            raise UserError(
+                f"--field-strength {text!r}: expected ENTITY-LABEL=3T|7T items separated by commas, e.g. "
+                f"ses-pre=3T,ses-post=7T; got {item.strip()!r}"
+            )
         entity = (match.group(1).lower(), match.group(2))
         if entity in mapping:
             raise UserError(f"--field-strength {text!r}: {key.strip()} is given twice")
@@ -131,7 +134,9 @@ def _nifti_files(folders: list[Path], subject: str, suffix: str) -> list[Path]:
     return found
 
 
-def find_scans(raw: Path, subject: str, mapping: dict[tuple[str, str], str] | None = None) -> tuple[Path, Path, Path | None]:
+def find_scans(
+    raw: Path, subject: str, mapping: dict[tuple[str, str], str] | None = None
+) -> tuple[Path, Path, Path | None]:
     """``(3T scan, 7T scan, brain mask or None)`` of ``subject`` in the raw folder ``raw``.
 
     Raises:
@@ -142,16 +147,17 @@ def find_scans(raw: Path, subject: str, mapping: dict[tuple[str, str], str] | No
     scans = [field_strength(path, mapping or {}) for path in _nifti_files(folders, subject, naming.T1W_SUFFIX)]
     if not scans:
         raise UserError(
-            f"no T1w scan of {subject} in {raw / subject}: expected {naming.source_path(raw, subject)} and its 7T partner, "
-            f"or sessions {subject}/ses-*/anat/{subject}_ses-*_T1w.nii.gz; for another layout, list the pairs in a table (--pairs)"
+            f"no T1w scan of {subject} in {raw / subject}: expected {naming.source_path(raw, subject)} and its 7T "
+            f"partner, or sessions {subject}/ses-*/anat/{subject}_ses-*_T1w.nii.gz; for another layout, list the "
+            "pairs in a table (--pairs)"
         )
     found = {field: [s for s in scans if s.field == field] for field in FIELDS}
     listing = "; ".join(f"{s.path.relative_to(raw)} ({s.field or '?'}: {s.reason})" for s in scans)
     for field, expected in (("3T", naming.source_path(raw, subject)), ("7T", naming.target_path(raw, subject))):
         if not found[field]:
             raise UserError(
-                f"missing {field} scan of {subject}: expected {expected}, or a T1w scan whose ses-/acq- label ends in {field} "
-                f"or whose JSON sidecar has {naming.FIELD_STRENGTH_KEY} {field[0]} (found: {listing}); "
+                f"missing {field} scan of {subject}: expected {expected}, or a T1w scan whose ses-/acq- label ends "
+                f"in {field} or whose JSON sidecar has {naming.FIELD_STRENGTH_KEY} {field[0]} (found: {listing}); "
                 f"map labels with --field-strength (e.g. ses-LABEL={field}) or list the pairs with --pairs"
             )
         if len(found[field]) > 1:
@@ -165,7 +171,10 @@ def find_scans(raw: Path, subject: str, mapping: dict[tuple[str, str], str] | No
         # One mask per session: the 7T's grid is the one the dataset is written on.
         preferred = [m for m in masks if m.parent == target.parent] or [m for m in masks if m.parent == source.parent]
         if len(preferred) != 1:
-            raise UserError(f"several brain masks of {subject}: {', '.join(str(m.relative_to(raw)) for m in masks)}; keep one, or use --pairs")
+            raise UserError(
+                f"several brain masks of {subject}: {', '.join(str(m.relative_to(raw)) for m in masks)}; keep one, "
+                "or use --pairs"
+            )
         masks = preferred
     return source, target, masks[0] if masks else None
 

@@ -187,7 +187,8 @@ class PairedDataModule(pl.LightningDataModule):
             raise UserError(
                 f"training subjects have different shapes ({a} {'x'.join(map(str, shape_a))}, {b} "
                 f"{'x'.join(map(str, shape_b))}) and full in-plane slabs need one: set data.shape (e.g. "
-                f"--set data.shape=[{','.join(map(str, common))}]) to crop or pad every subject to it, or geometry.inplane"
+                f"--set data.shape=[{','.join(map(str, common))}]) to crop or pad every subject to it, or "
+                "geometry.inplane"
             )
         mode = self.config.data.slab_sampling if geometry.mode == "slab" else "label"
         state = random.getstate(), np.random.get_state()
@@ -201,8 +202,8 @@ class PairedDataModule(pl.LightningDataModule):
                     except (RuntimeError, ValueError, StopIteration):
                         raise UserError(
                             f"training subject {name}: its brain mask leaves no place for a "
-                            f"{'x'.join(map(str, sizes[name]))} sample (a sample is centred in the mask and must fit in "
-                            f"the {'x'.join(map(str, shape))} volume); check the mask or use smaller samples"
+                            f"{'x'.join(map(str, sizes[name]))} sample (a sample is centred in the mask and must "
+                            f"fit in the {'x'.join(map(str, shape))} volume); check the mask or use smaller samples"
                         ) from None
         finally:
             random.setstate(state[0])
@@ -256,7 +257,9 @@ class PairedDataModule(pl.LightningDataModule):
         from t7synth.data.prefetch import EpochPrefetcher, PrefetchedEpoch
 
         if self._prefetcher is None:
-            self._prefetcher = EpochPrefetcher(lambda e: self.epoch_loader(e, partial(self.set_epoch, e)), depth=PREFETCH_BATCHES)
+            self._prefetcher = EpochPrefetcher(
+                lambda e: self.epoch_loader(e, partial(self.set_epoch, e)), depth=PREFETCH_BATCHES
+            )
         return PrefetchedEpoch(self._prefetcher, epoch, self.epoch_loader(epoch, self._begin_epoch), self._begin_epoch)
 
     def teardown(self, stage: str) -> None:
@@ -289,7 +292,9 @@ class PairedDataModule(pl.LightningDataModule):
         if world > 1:
             self.check_shardable(world)
             # drop_last keeps every rank's epoch the same length, so DDP cannot hang.
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.config.seed, drop_last=True)
+            sampler = DistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.config.seed, drop_last=True
+            )
         self._queue_sampler = sampler
         shape = subjects[0]["source"].shape[1:]
         patch = self.patch_size(shape)
@@ -343,7 +348,9 @@ class PairedDataModule(pl.LightningDataModule):
             epoch = self._upcoming_epoch() if epoch is None else epoch
             shards = []
             for rank in range(world):
-                shard = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.config.seed, drop_last=True)
+                shard = DistributedSampler(
+                    dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.config.seed, drop_last=True
+                )
                 shard.set_epoch(epoch)
                 shards.append(sum(counts[i] for i in shard))
             largest = max(shards)

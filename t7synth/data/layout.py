@@ -14,9 +14,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from t7synth.data import naming
 from t7synth.errors import UserError
+
 
 @dataclass(frozen=True)
 class SubjectRecord:
@@ -104,7 +104,10 @@ def check_listed(root: Path, folders: list[str], listed: set[str], table: Path) 
     unlisted = [name for name in folders if name not in listed]
     if unlisted:
         shown = ", ".join(unlisted[:3]) + (f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else "")
-        raise UserError(f"{shown} in {root} {'has' if len(unlisted) == 1 else 'have'} no row in {table}; add one or move the folder away")
+        raise UserError(
+            f"{shown} in {root} {'has' if len(unlisted) == 1 else 'have'} no row in {table}; add one or move the "
+            "folder away"
+        )
 
 
 def check_split_column(splits: dict[str, str | None], table: Path) -> None:

@@ -22,10 +22,11 @@ orientation):
   which go to ``participants.tsv``. Relative paths start at the table's folder; a
   subject without the ``sub-`` prefix gets it.
 
-Per subject (:func:`prepare_subject`, registration in :mod:`t7synth.data.registration`): both scans are reoriented to RAS+, the 3T is
-registered rigidly (6 degrees of freedom) to the 7T and resampled onto the 7T's grid;
-the 7T is written unchanged apart from the reorientation; a given brain mask (on the
-3T's or the 7T's grid) is carried onto the 7T grid by nearest neighbour.
+Per subject (:func:`prepare_subject`, registration in :mod:`t7synth.data.registration`):
+both scans are reoriented to RAS+, the 3T is registered rigidly (6 degrees of freedom) to
+the 7T and resampled onto the 7T's grid; the 7T is written unchanged apart from the
+reorientation; a given brain mask (on the 3T's or the 7T's grid) is carried onto the 7T
+grid by nearest neighbour.
 
 Output, ``--out DIR``::
 
@@ -137,9 +138,8 @@ def prepare(
     """
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
-    from t7synth.files import check_writable, remove_stale_temporaries
-
     from t7synth.data.bids import parse_field_map
+    from t7synth.files import check_writable, remove_stale_temporaries
 
     if field_strength and raw is None:
         raise UserError("--field-strength applies to --raw; a --pairs table names each file's role itself")
@@ -156,16 +156,32 @@ def prepare(
     mask_grids = check_inputs(pending, register, progress)
     threads = None if workers == 1 else max(1, (os.cpu_count() or 1) // workers)
     jobs = [
-        PairJob(s.subject, s.source, s.target, s.mask, mask_grids[s.subject], out, register, interpolation, stamps[s.subject], threads)
+        PairJob(
+            s.subject,
+            s.source,
+            s.target,
+            s.mask,
+            mask_grids[s.subject],
+            out,
+            register,
+            interpolation,
+            stamps[s.subject],
+            threads,
+        )
         for s in pending
     ]
     prepare_subjects(jobs, workers, progress)
     write_participants(out, subjects, columns)
     from t7synth.data.bids import write_description
 
-    write_description(out, f"t7synth paired 3T/7T T1w: {out.name}",
-                      "prepare: 3T registered rigidly to the 7T and resampled onto its grid" if register
-                      else "prepare: 3T resampled onto the 7T grid by the scanner coordinates", raw)
+    write_description(
+        out,
+        f"t7synth paired 3T/7T T1w: {out.name}",
+        "prepare: 3T registered rigidly to the 7T and resampled onto its grid"
+        if register
+        else "prepare: 3T resampled onto the 7T grid by the scanner coordinates",
+        raw,
+    )
     rows = write_qc_table(out, subjects)
     return describe_prepared(out, subjects, len(jobs), rows)
 
@@ -175,7 +191,10 @@ def describe_prepared(out: Path, subjects: list[RawSubject], prepared: int, rows
     a note on subject folders in ``out`` that are no longer among the inputs."""
     skipped = len(subjects) - prepared
     lines = [
-        f"{len(subjects)} subjects in {naming.PARTICIPANTS}: {prepared} prepared, {skipped} already complete and skipped"
+        (
+            f"{len(subjects)} subjects in {naming.PARTICIPANTS}: {prepared} prepared, "
+            f"{skipped} already complete and skipped"
+        )
         + (" (--overwrite prepares them again)" if skipped else "")
         + f"; QC in {QC_TABLE} and {QC_DIR}/"
     ]
@@ -226,8 +245,8 @@ def plan_from_raw(raw: Path, mapping: dict | None = None) -> tuple[list[RawSubje
         order = folders
     if not order:
         raise UserError(
-            f"no subjects found in {raw} (expected sub-*/anat/sub-*_acq-3T_T1w.nii.gz or sub-*/ses-*/anat/sub-*_ses-*_T1w.nii.gz; "
-            "for another layout, list the pairs in a table: --pairs)"
+            f"no subjects found in {raw} (expected sub-*/anat/sub-*_acq-3T_T1w.nii.gz or "
+            "sub-*/ses-*/anat/sub-*_ses-*_T1w.nii.gz; for another layout, list the pairs in a table: --pairs)"
         )
     subjects = []
     for subject in order:
@@ -274,7 +293,9 @@ def plan_from_table(table: Path) -> tuple[list[RawSubject], list[str]]:
                 raise UserError(f"{table}, line {line}: column {name} is empty")
         subject = row["subject"] if row["subject"].startswith("sub-") else f"sub-{row['subject']}"
         if not naming.SUBJECT_PATTERN.fullmatch(subject):
-            raise UserError(f"{table}, line {line}: subject {row['subject']!r} must be letters and digits (optionally after sub-)")
+            raise UserError(
+                f"{table}, line {line}: subject {row['subject']!r} must be letters and digits (optionally after sub-)"
+            )
         if subject in lines:
             raise UserError(f"{table}, line {line}: subject {subject} already appears on line {lines[subject]}")
         lines[subject] = line
@@ -316,7 +337,9 @@ def check_output(out: Path, subjects: list[RawSubject]) -> Path:
             if path is not None and path.resolve().is_relative_to(resolved):
                 raise UserError(f"input {path} lies inside the output folder {out}; choose another --out")
     if out.is_dir() and not (out / QC_DIR).is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
-        raise UserError(f"{out} is not empty and was not written by prepare (no {QC_DIR}/ folder); choose a new or empty folder")
+        raise UserError(
+            f"{out} is not empty and was not written by prepare (no {QC_DIR}/ folder); choose a new or empty folder"
+        )
     return out
 
 
@@ -442,7 +465,14 @@ def prepare_subject(job: PairJob) -> dict:
     """
     import SimpleITK as sitk
 
-    from t7synth.data.registration import correlation, describe_motion, head_region, register_rigid, resample_onto, to_sitk
+    from t7synth.data.registration import (
+        correlation,
+        describe_motion,
+        head_region,
+        register_rigid,
+        resample_onto,
+        to_sitk,
+    )
     from t7synth.data.volumes import load_volume, write_nifti
     from t7synth.files import atomic_dir, atomic_path
 
@@ -453,7 +483,11 @@ def prepare_subject(job: PairJob) -> dict:
     target, target_affine = load_volume(job.target)
     fixed, moving = to_sitk(target, target_affine), to_sitk(source, source_affine)
     identity = sitk.Euler3DTransform()
-    transform, init = (register_rigid(fixed, moving, f"{job.subject}: {job.source} to {job.target}") if job.register else (identity, "scanner"))
+    transform, init = (
+        register_rigid(fixed, moving, f"{job.subject}: {job.source} to {job.target}")
+        if job.register
+        else (identity, "scanner")
+    )
 
     interpolator = sitk.sitkBSpline if job.interpolation == "bspline" else sitk.sitkLinear
     after = resample_onto(moving, fixed, transform, interpolator)
@@ -463,7 +497,9 @@ def prepare_subject(job: PairJob) -> dict:
         mask_array, mask_affine = load_volume(job.mask)
         mask = (mask_array > 0).astype(np.uint8)
         if job.mask_grid == "3T":
-            mask = resample_onto(to_sitk(mask, mask_affine), fixed, transform, sitk.sitkNearestNeighbor).astype(np.uint8)
+            mask = resample_onto(to_sitk(mask, mask_affine), fixed, transform, sitk.sitkNearestNeighbor).astype(
+                np.uint8
+            )
         if not mask.any():
             raise UserError(f"{job.mask} lies outside the 7T scan {job.target} after registration")
 
@@ -510,7 +546,10 @@ def qc_verdict(before: float, after: float) -> str:
     if after < before - CORRELATION_DROP:
         return f"registration lowered the 3T-7T correlation ({before} -> {after})"
     if after < LOW_CORRELATION and after - before < CORRELATION_GAIN:
-        return f"the 3T and 7T agree poorly even after registration (r {before} -> {after}): are they scans of the same head?"
+        return (
+            f"the 3T and 7T agree poorly even after registration (r {before} -> {after}): are they scans of "
+            "the same head?"
+        )
     return "ok"
 
 
@@ -562,7 +601,9 @@ def write_participants(out: Path, subjects: list[RawSubject], columns: list[str]
         writer.writerow(header)
         for subject in subjects:
             # split stays empty when unknown: fit reads an empty split as "not fixed".
-            writer.writerow([subject.subject] + [subject.row.get(c) or ("" if c == "split" else "n/a") for c in header[1:]])
+            writer.writerow(
+                [subject.subject] + [subject.row.get(c) or ("" if c == "split" else "n/a") for c in header[1:]]
+            )
     return path
 
 

@@ -65,7 +65,9 @@ class EpochPrefetcher:
                 raise payload
             if item_epoch != epoch:  # cannot happen: epochs are delivered in order
                 self.close()
-                raise RuntimeError(f"the training data process delivered epoch {item_epoch} while epoch {epoch} was expected")
+                raise RuntimeError(
+                    f"the training data process delivered epoch {item_epoch} while epoch {epoch} was expected"
+                )
             if kind == "end":
                 self._next_epoch = epoch + 1
                 return
@@ -99,7 +101,10 @@ class EpochPrefetcher:
         context = torch.multiprocessing.get_context("fork")
         self._queue = context.Queue(maxsize=self.depth)
         self._process = context.Process(
-            target=_produce, args=(self.make_loader, epoch, self._queue, os.getpid()), daemon=False, name="t7synth-train-data"
+            target=_produce,
+            args=(self.make_loader, epoch, self._queue, os.getpid()),
+            daemon=False,
+            name="t7synth-train-data",
         )
         self._process.start()
         # The producer is not daemonic: stop it when this object is collected or, at the

@@ -50,7 +50,11 @@ class Preprocessing:
     @classmethod
     def from_config(cls, data) -> Preprocessing:
         """The settings of a config's ``data`` section (training, evaluate and predict agree)."""
-        return cls(percentiles=tuple(data.percentiles), shape=tuple(data.shape) if data.shape else None, normalisation=data.normalisation)
+        return cls(
+            percentiles=tuple(data.percentiles),
+            shape=tuple(data.shape) if data.shape else None,
+            normalisation=data.normalisation,
+        )
 
     def key(self) -> dict:
         return {
@@ -95,7 +99,10 @@ def normalise(volume: torch.Tensor, mask: torch.Tensor, percentiles=(1.0, 99.0),
             raise UserError("data.normalisation authors: the brain holds no voxel above 0 to take percentiles from")
         low, high = np.percentile(values, tuple(percentiles))
         if not high > low:
-            raise UserError(f"data.normalisation authors: the brain's {percentiles[0]}th and {percentiles[1]}th percentiles are equal ({low})")
+            raise UserError(
+                f"data.normalisation authors: the brain's {percentiles[0]}th and {percentiles[1]}th percentiles "
+                f"are equal ({low})"
+            )
         return ((x - low) / (high - low)).float()
     if mode != "clip":
         raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {mode!r}")
@@ -134,8 +141,14 @@ def preprocess_record(record: SubjectRecord, settings: Preprocessing) -> dict[st
     mask = brain_mask(record.source, source, source_affine, record.mask)
     mask_t = torch.from_numpy(mask[None].astype(np.uint8))
     subject = tio.Subject(
-        source=tio.ScalarImage(tensor=normalise(torch.from_numpy(source[None]), mask_t, settings.percentiles, settings.normalisation), affine=source_affine),
-        target=tio.ScalarImage(tensor=normalise(torch.from_numpy(target[None]), mask_t, settings.percentiles, settings.normalisation), affine=source_affine),
+        source=tio.ScalarImage(
+            tensor=normalise(torch.from_numpy(source[None]), mask_t, settings.percentiles, settings.normalisation),
+            affine=source_affine,
+        ),
+        target=tio.ScalarImage(
+            tensor=normalise(torch.from_numpy(target[None]), mask_t, settings.percentiles, settings.normalisation),
+            affine=source_affine,
+        ),
         mask=tio.LabelMap(tensor=mask_t, affine=source_affine),
     )
     if settings.shape is not None:

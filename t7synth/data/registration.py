@@ -98,7 +98,11 @@ def register_rigid(fixed, moving, what: str):
     method.MetricUseFixedImageGradientFilterOff()
     method.MetricUseMovingImageGradientFilterOff()
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-4, numberOfIterations=MAX_ITERATIONS, relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8
+        learningRate=2.0,
+        minStep=1e-4,
+        numberOfIterations=MAX_ITERATIONS,
+        relaxationFactor=0.5,
+        gradientMagnitudeTolerance=1e-8,
     )
     method.SetOptimizerScalesFromPhysicalShift()
     try:
@@ -107,9 +111,7 @@ def register_rigid(fixed, moving, what: str):
         method.Execute(fixed, moving)
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise UserError(
-            f"{what}: registration failed ({reason}); check that both show the same head"
-        ) from None
+        raise UserError(f"{what}: registration failed ({reason}); check that both show the same head") from None
     return transform, start
 
 
@@ -119,7 +121,9 @@ def _initial_transform(fixed, moving, shrink: int):
     mass aligned. Both rotate about the 7T's centre of mass."""
     import SimpleITK as sitk
 
-    moments = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)
+    moments = sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
+    )
     moments = sitk.Euler3DTransform(moments)
     scanner = sitk.Euler3DTransform()
     scanner.SetCenter(moments.GetCenter())

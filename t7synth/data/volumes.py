@@ -118,7 +118,9 @@ def load_image(path: str | Path):
     try:
         return nib.load(str(path))
     except Exception as error:  # the file changed since it was checked
-        raise UserError(f"cannot read {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        raise UserError(
+            f"cannot read {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from None
 
 
 def _canonical_to_file(original) -> np.ndarray:

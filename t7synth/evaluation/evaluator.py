@@ -36,7 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.errors import UserError
-from t7synth.evaluation.scores import MODEL, SECTION_COLUMNS, display_names, format_report, score_names, sort_rows, summarise, write_rows
+from t7synth.evaluation.scores import (
+    MODEL,
+    SECTION_COLUMNS,
+    display_names,
+    format_report,
+    score_names,
+    sort_rows,
+    summarise,
+    write_rows,
+)
 
 #: The per-subject file ``evaluate`` writes, in the format of ``fit``'s ``test_scores.csv``.
 SCORES_FILE = "scores.csv"
@@ -119,7 +128,10 @@ def find_predictions(folder: str | Path) -> dict[str, Path]:
         if not (path.is_file() and is_nifti(path) and label) or path.name.startswith(".") or is_uncertainty(path.name):
             continue
         if label in found:
-            raise UserError(f"two predictions for {label} in {folder}: {found[label].relative_to(folder)} and {path.relative_to(folder)}")
+            raise UserError(
+                f"two predictions for {label} in {folder}: {found[label].relative_to(folder)} and "
+                f"{path.relative_to(folder)}"
+            )
         found[label] = path
     return found
 
@@ -162,7 +174,13 @@ class Evaluator:
     SSIM_FORMS = ("t7synth", "authors")
 
     def __init__(
-        self, data_root: str | Path, config, perceptual=None, cache_dir: str | Path | None = None, ssim: str = "t7synth", lut=None
+        self,
+        data_root: str | Path,
+        config,
+        perceptual=None,
+        cache_dir: str | Path | None = None,
+        ssim: str = "t7synth",
+        lut=None,
     ):
         from t7synth.data.layout import assign_splits, discover
         from t7synth.data.preprocess import Preprocessing
@@ -179,7 +197,9 @@ class Evaluator:
             self.settings = dataclasses.replace(self.settings, shape=None)
         self.records = discover(self.root)
         # Scoring needs no training subjects: an external test site may have none.
-        self.splits = assign_splits(self.records, data.val_fraction, data.test_fraction, data.split_seed, require_train=False)
+        self.splits = assign_splits(
+            self.records, data.val_fraction, data.test_fraction, data.split_seed, require_train=False
+        )
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "preprocessed"
         self.perceptual = perceptual
         if ssim not in self.SSIM_FORMS:
@@ -206,9 +226,14 @@ class Evaluator:
             if self.splits["train"]:
                 from t7synth.data.intensity_lut import fit_lut
 
-                self._lut = fit_lut((d["source"], d["target"], d["mask"]) for d in map(self.preprocessed, self.splits["train"]))
+                self._lut = fit_lut(
+                    (d["source"], d["target"], d["mask"]) for d in map(self.preprocessed, self.splits["train"])
+                )
             else:
-                self.note("no intensity LUT row: no --ckpt to read it from, and the dataset has no training subjects to fit it on")
+                self.note(
+                    "no intensity LUT row: no --ckpt to read it from, and the dataset has no training subjects to "
+                    "fit it on"
+                )
         return self._lut
 
     def note(self, line: str) -> None:
@@ -231,7 +256,9 @@ class Evaluator:
         source, source_affine = load_volume(record.source)
         check_pair(record.source, source.shape, source_affine, path, volume.shape, affine)
         # Crop/pad only moves the origin by whole voxels: repeat it without interpolation.
-        return shift_to_grid(np.ascontiguousarray(volume), affine, tuple(data["source"].shape[1:]), data["affine"].numpy())
+        return shift_to_grid(
+            np.ascontiguousarray(volume), affine, tuple(data["source"].shape[1:]), data["affine"].numpy()
+        )
 
     def tissue_truth(self, record, data: dict):
         """The subject's true tissue labels on the preprocessed grid (1 CSF, 2 GM, 3 WM,
@@ -252,12 +279,16 @@ class Evaluator:
         if record.dseg_table is not None:
             lookup = segmentation.read_lookup(record.dseg_table)
             if not lookup:
-                self._unscored.setdefault("its dseg look-up table names no CSF, GM or WM label", []).append(record.subject)
+                self._unscored.setdefault("its dseg look-up table names no CSF, GM or WM label", []).append(
+                    record.subject
+                )
                 return None
         elif set(np.unique(np.rint(labels)).astype(int).tolist()) <= {0, *segmentation.DEFAULT_LOOKUP}:
             lookup = segmentation.DEFAULT_LOOKUP
         else:
-            self._unscored.setdefault("its dseg has labels beyond 1-3 and no dseg.tsv names them", []).append(record.subject)
+            self._unscored.setdefault("its dseg has labels beyond 1-3 and no dseg.tsv names them", []).append(
+                record.subject
+            )
             return None
         return segmentation.tissue_truth(labels, lookup)
 
@@ -286,7 +317,12 @@ class Evaluator:
         structure = StructureScorer(target, mask, self.tissue_truth(record, data))
         rows = []
         for model, guess in guesses.items():
-            row = {"model": model, "subject": record.subject, **metrics.volume_scores(guess, target, mask), **structure(guess)}
+            row = {
+                "model": model,
+                "subject": record.subject,
+                **metrics.volume_scores(guess, target, mask),
+                **structure(guess),
+            }
             if self.perceptual is not None:
                 row["perceptual"] = self.perceptual(guess.clamp(0, 1), target)
             if self.ssim == "authors":
@@ -296,11 +332,21 @@ class Evaluator:
             from t7synth.plotting import save_montage
 
             model_row = rows[0]
-            title = f"{record.subject}  PSNR(brain) {model_row['psnr_brain']:.2f} dB  SSIM(brain) {model_row['ssim_brain']:.3f}"
+            title = (
+                f"{record.subject}  PSNR(brain) {model_row['psnr_brain']:.2f} dB  SSIM(brain) "
+                f"{model_row['ssim_brain']:.3f}"
+            )
             save_montage(montage_dir / f"{record.subject}.png", source, prediction, target, mask, title)
         return rows
 
-    def run(self, predictions: dict[str, Path], split: str | None, pred_dir: Path, out_dir: Path | None, progress: bool = True) -> list[dict[str, Any]]:
+    def run(
+        self,
+        predictions: dict[str, Path],
+        split: str | None,
+        pred_dir: Path,
+        out_dir: Path | None,
+        progress: bool = True,
+    ) -> list[dict[str, Any]]:
         """Score every selected subject; rows in subject order, models grouped."""
         from tqdm.auto import tqdm
 
@@ -320,7 +366,10 @@ class Evaluator:
         having = {r["subject"] for r in rows if truth[0] in r}
         subjects = {r["subject"] for r in rows}
         if having and having != subjects:
-            self.note(f"true-label Dice left out: only {len(having)} of {len(subjects)} subjects have usable tissue labels (dseg)")
+            self.note(
+                f"true-label Dice left out: only {len(having)} of {len(subjects)} subjects have usable tissue "
+                "labels (dseg)"
+            )
             rows = [{k: v for k, v in r.items() if k not in truth} for r in rows]
         return rows
 
@@ -410,7 +459,9 @@ def evaluate(
 
     from t7synth.config import save_yaml
 
-    settings = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(Path(data).expanduser().resolve())))
+    settings = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, root=str(Path(data).expanduser().resolve()))
+    )
     save_yaml(settings.to_dict(), out_dir / "config.yaml")
     return (
         format_summary(rows)
@@ -465,4 +516,6 @@ def zoom_montage(
     columns.append(("7T target", volumes["target"]))
     # Clamped to [0, 1] as every score sees them (authors' normalisation extends beyond).
     columns = [(label, volume.clamp(0, 1)) for label, volume in columns]
-    return save_zoom(out, columns, volumes["mask"], title=f"{subject}: {', '.join(label for label, _ in predictions)}", size=size)
+    return save_zoom(
+        out, columns, volumes["mask"], title=f"{subject}: {', '.join(label for label, _ in predictions)}", size=size
+    )

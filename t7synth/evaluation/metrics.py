@@ -81,7 +81,9 @@ def ssim_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     mean_x, mean_y, xx, yy, xy = moments[:, 0]
     c1, c2 = 0.01**2, 0.03**2
     var_x, var_y, cov = xx - mean_x * mean_x, yy - mean_y * mean_y, xy - mean_x * mean_y
-    ssim = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / ((mean_x * mean_x + mean_y * mean_y + c1) * (var_x + var_y + c2))
+    ssim = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / (
+        (mean_x * mean_x + mean_y * mean_y + c1) * (var_x + var_y + c2)
+    )
     return ssim.float()
 
 
@@ -153,9 +155,14 @@ def skimage_ssim(prediction: torch.Tensor, target: torch.Tensor) -> float:
 
     x, y = prediction.detach().double().cpu(), target.detach().double().cpu()
     if x.shape != y.shape or not 1 <= x.ndim <= 3:
-        raise ValueError(f"expected two arrays of one shape with 1 to 3 axes, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"expected two arrays of one shape with 1 to 3 axes, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if min(x.shape) < SKIMAGE_WINDOW:
-        raise ValueError(f"every axis must have at least {SKIMAGE_WINDOW} voxels for scikit-image's SSIM window, got {tuple(x.shape)}")
+        raise ValueError(
+            f"every axis must have at least {SKIMAGE_WINDOW} voxels for scikit-image's SSIM window, got "
+            f"{tuple(x.shape)}"
+        )
     pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.ndim - 1]
     n = SKIMAGE_WINDOW**x.ndim
     cov_norm = n / (n - 1)

@@ -34,7 +34,9 @@ class MedicalNetDistance:
     def __init__(self, weights: str | Path, device: str = "cpu"):
         from t7synth.nets.features import load_resnet
 
-        self.net = load_resnet(weights, "--perceptual-weights", spatial_dims=3, kind="a MedicalNet 3D ResNet").to(device)
+        self.net = load_resnet(weights, "--perceptual-weights", spatial_dims=3, kind="a MedicalNet 3D ResNet").to(
+            device
+        )
         self.device = device
 
     def features(self, volume):

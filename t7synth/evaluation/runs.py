@@ -45,7 +45,16 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.errors import UserError
-from t7synth.evaluation.scores import COLUMNS, DISPLAY_ORDER, LABELS, MODEL, REFERENCES, SECTION_COLUMNS, format_cell, mean_sd
+from t7synth.evaluation.scores import (
+    COLUMNS,
+    DISPLAY_ORDER,
+    LABELS,
+    MODEL,
+    REFERENCES,
+    SECTION_COLUMNS,
+    format_cell,
+    mean_sd,
+)
 
 #: The columns a comparison shows, in order (every per-subject score file has them).
 COMPARED = DISPLAY_ORDER
@@ -113,10 +122,14 @@ def read_runs(path: str | Path, trials: int = 3) -> list[Run]:
     if (path / STUDY_TABLE).is_file():
         return read_study(path, trials)
     if (path / "config.yaml").is_file() or (path / "checkpoints").is_dir():
-        raise UserError(f"{path} has no {FIT_SCORES} (the run did not reach its test, or its dataset has no test split; "
-                        "pick another run, finish it, or score its predictions with evaluate)")
-    raise UserError(f"{path} holds no scores: expected {FIT_SCORES} (a fit run), {EVALUATE_SCORES} (an evaluate output) "
-                    f"or {STUDY_TABLE} (a sweep study)")
+        raise UserError(
+            f"{path} has no {FIT_SCORES} (the run did not reach its test, or its dataset has no test split; "
+            "pick another run, finish it, or score its predictions with evaluate)"
+        )
+    raise UserError(
+        f"{path} holds no scores: expected {FIT_SCORES} (a fit run), {EVALUATE_SCORES} (an evaluate output) "
+        f"or {STUDY_TABLE} (a sweep study)"
+    )
 
 
 def read_run(path: str | Path) -> Run:
@@ -158,10 +171,16 @@ def read_run(path: str | Path) -> Run:
 
     id_file = path / WANDB_ID_FILE
     return Run(
-        path, label, model, rows, source, config,
+        path,
+        label,
+        model,
+        rows,
+        source,
+        config,
         metrics=path / "metrics.csv" if source != "evaluate" and (path / "metrics.csv").is_file() else None,
         wandb_run=id_file.read_text().strip() if id_file.is_file() else "",
-        wandb_project=wandb.get("project") or "t7synth", wandb_entity=wandb.get("entity"),
+        wandb_project=wandb.get("project") or "t7synth",
+        wandb_entity=wandb.get("entity"),
     )
 
 
@@ -185,14 +204,21 @@ def read_scores(scores: Path) -> list[dict[str, str]]:
         rows = []
         for row in reader:
             if None in row.values() or None in row:
-                raise UserError(f"{scores}, line {reader.line_num}: {len(reader.fieldnames)} cells expected, the row has a different number")
+                raise UserError(
+                    f"{scores}, line {reader.line_num}: {len(reader.fieldnames)} cells expected, the row has a "
+                    "different number"
+                )
             for name in COMPARED:
                 try:
                     value = float(row[name])
                 except ValueError:
-                    raise UserError(f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}") from None
+                    raise UserError(
+                        f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}"
+                    ) from None
                 if math.isnan(value):
-                    raise UserError(f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}")
+                    raise UserError(
+                        f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}"
+                    )
             rows.append(row)
     except csv.Error as error:
         raise UserError(f"{scores}, line {reader.line_num}: {error}") from None
@@ -212,7 +238,10 @@ def read_study(path: Path, trials: int) -> list[Run]:
     with open(table, newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"rank", "run_dir"} <= set(reader.fieldnames):
-            raise UserError(f"{table} has no rank and run_dir columns (an older sweep wrote it): run the sweep command again to rewrite it")
+            raise UserError(
+                f"{table} has no rank and run_dir columns (an older sweep wrote it): run the sweep command again "
+                "to rewrite it"
+            )
         ranked = sorted((row for row in reader if row["rank"].strip()), key=lambda row: int(float(row["rank"])))
     if not ranked:
         raise UserError(f"{path}: no trial of the study is complete ({table}), so none was tested")
@@ -340,7 +369,16 @@ def differences_markdown(runs: Sequence[Run], differences: dict[str, list[Any]])
 
 def table_columns(entries: Sequence[Entry] = ()) -> list[str]:
     names = shown_columns(entries) if entries else COMPARED
-    return ["run", "model", "kind", "n", *(f"{n}_{s}" for n in names for s in ("mean", "sd")), "best", "path", "wandb_run"]
+    return [
+        "run",
+        "model",
+        "kind",
+        "n",
+        *(f"{n}_{s}" for n in names for s in ("mean", "sd")),
+        "best",
+        "path",
+        "wandb_run",
+    ]
 
 
 def table_rows(entries: Sequence[Entry]) -> list[list]:
@@ -390,7 +428,14 @@ def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
         margin = 0.15 * (high - low) or 0.05 * abs(high) or 1.0
         positions = range(len(runs))
         heights = [m if ok else high + margin for m, ok in zip(means, finite)]
-        axis.bar(positions, heights, yerr=[s if ok else 0.0 for s, ok in zip(sds, finite)], capsize=4, color="tab:blue", alpha=0.8)
+        axis.bar(
+            positions,
+            heights,
+            yerr=[s if ok else 0.0 for s, ok in zip(sds, finite)],
+            capsize=4,
+            color="tab:blue",
+            alpha=0.8,
+        )
         for position, mean, ok in zip(positions, means, finite):
             if not ok:
                 axis.annotate(f"{mean}", (position, high + margin), ha="center", va="top", fontsize=9)
@@ -411,8 +456,14 @@ def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
     return path
 
 
-def log_to_wandb(entries: Sequence[Entry], runs: Sequence[Run], differences: dict[str, list[Any]], images: dict[str, Path],
-                 mode: str, out_dir: Path) -> None:
+def log_to_wandb(
+    entries: Sequence[Entry],
+    runs: Sequence[Run],
+    differences: dict[str, list[Any]],
+    images: dict[str, Path],
+    mode: str,
+    out_dir: Path,
+) -> None:
     """Log the table, config differences and pictures to a new W&B run (job type ``compare``).
 
     The compared runs are linked from the run's config (their labels, folders and W&B
@@ -433,21 +484,30 @@ def log_to_wandb(entries: Sequence[Entry], runs: Sequence[Run], differences: dic
         dir=str(out_dir),
         config={
             "runs": [{"label": e.label, "path": e.path, "wandb_run": e.wandb_run} for e in entries if e.kind == "run"],
-            "config_differences": {key: [json.dumps(v, default=str) for v in values] for key, values in differences.items()},
+            "config_differences": {
+                key: [json.dumps(v, default=str) for v in values] for key, values in differences.items()
+            },
         },
     )
     try:
         rows = [[*row, run_link(run, row[-1], mode) if row[-1] else ""] for row in table_rows(entries)]
-        run.log({
-            "comparison/table": wandb.Table(columns=[*table_columns(entries), "wandb_link"], data=rows),
-            **{f"comparison/{name}": wandb.Image(str(path)) for name, path in images.items()},
-        })
+        run.log(
+            {
+                "comparison/table": wandb.Table(columns=[*table_columns(entries), "wandb_link"], data=rows),
+                **{f"comparison/{name}": wandb.Image(str(path)) for name, path in images.items()},
+            }
+        )
     finally:
         run.finish()
 
 
-def compare(run_dirs: Sequence[str | Path], out: str | Path = "comparison", wandb_mode: str = "disabled", warn=None,
-            trials: int = 3) -> str:
+def compare(
+    run_dirs: Sequence[str | Path],
+    out: str | Path = "comparison",
+    wandb_mode: str = "disabled",
+    warn=None,
+    trials: int = 3,
+) -> str:
     """Compare scored folders: write ``comparison.md``, ``.csv``, ``.png`` and ``curves.png`` into ``out``.
 
     Every folder is read and checked before anything is written.
@@ -494,5 +554,7 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path = "comparison", wand
         images["curves"] = curves
     if wandb_mode != "disabled":
         log_to_wandb(entries, runs, differences, images, wandb_mode, out)
-    pictures = f"Chart: {images['chart']}" + (f"\nCurves: {curves}" if curves else "\nCurves: none (no run has a metrics.csv)")
+    pictures = f"Chart: {images['chart']}" + (
+        f"\nCurves: {curves}" if curves else "\nCurves: none (no run has a metrics.csv)"
+    )
     return f"{table}\n\n{section}\n\nTable: {out / 'comparison.md'}, {out / 'comparison.csv'}\n{pictures}"

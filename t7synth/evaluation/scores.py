@@ -82,7 +82,13 @@ HEADLINE = "psnr_brain"
 #: intensity table (one wide table would wrap): ``{heading: columns}``.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Tissue segmentation (N4 + 3-class GMM), agreement with the 7T's:": (
-        "dice_csf", "dice_gm", "dice_wm", "vol_err_csf", "vol_err_gm", "vol_err_wm"),
+        "dice_csf",
+        "dice_gm",
+        "dice_wm",
+        "vol_err_csf",
+        "vol_err_gm",
+        "vol_err_wm",
+    ),
     "Tissue segmentation against the true tissue labels (dseg):": ("dice_true_csf", "dice_true_gm", "dice_true_wm"),
     "Sharpness against the 7T:": ("gmsd", "hf_ratio"),
 }
@@ -156,7 +162,9 @@ def gain_line(table: Summary) -> str | None:
     if MODEL not in table:
         return None
     gains = [
-        f"{table[MODEL][HEADLINE][0] - table[kind][HEADLINE][0]:+.2f} dB over {LABELS[kind]}" for kind in REFERENCES if kind in table
+        f"{table[MODEL][HEADLINE][0] - table[kind][HEADLINE][0]:+.2f} dB over {LABELS[kind]}"
+        for kind in REFERENCES
+        if kind in table
     ]
     return "In-brain PSNR gain: " + ", ".join(gains) if gains else None
 
@@ -175,7 +183,10 @@ def format_report(rows: Sequence[Mapping[str, Any]], model_label: str, columns: 
     per :data:`SECTIONS` group the rows carry (``columns`` lists the first table's)."""
     table = summarise(rows)
     present = next(iter(table.values()), {})
-    lines = [heading, *format_table(table, model_label, [c for c in columns if c in present and c not in SECTION_COLUMNS])]
+    lines = [
+        heading,
+        *format_table(table, model_label, [c for c in columns if c in present and c not in SECTION_COLUMNS]),
+    ]
     gain = gain_line(table)
     if gain:
         lines.append(gain)
@@ -190,7 +201,9 @@ def format_report(rows: Sequence[Mapping[str, Any]], model_label: str, columns: 
 TEST_SPECTRA = "samples/test_spectra.png"
 
 
-def format_test_report(rows: Sequence[Mapping[str, Any]], model_name: str, checkpoint: str | None, run_dir: Path) -> str:
+def format_test_report(
+    rows: Sequence[Mapping[str, Any]], model_name: str, checkpoint: str | None, run_dir: Path
+) -> str:
     """The table ``fit`` prints: the model's test scores next to both references."""
     subjects = sorted({r["subject"] for r in rows})
     heading = f"Test split: {len(subjects)} held-out subjects, checkpoint {checkpoint or 'final weights'}"

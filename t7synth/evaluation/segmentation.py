@@ -216,7 +216,9 @@ def read_lookup(path: Path) -> dict[int, str]:
             label = int((row["index"] or "").strip())
         except ValueError:
             raise UserError(f"{path}: index {row['index']!r} is not an integer") from None
-        tissue = _tissue_of(row.get("abbreviation")) if (row.get("abbreviation") or "").strip() else _tissue_of(row["name"])
+        tissue = (
+            _tissue_of(row.get("abbreviation")) if (row.get("abbreviation") or "").strip() else _tissue_of(row["name"])
+        )
         if tissue:
             mapping[label] = tissue
     return mapping
@@ -234,5 +236,3 @@ def tissue_truth(labels: np.ndarray, lookup: dict[int, str]) -> np.ndarray:
     for label, tissue in lookup.items():
         out[labels == label] = naming.TISSUE_LABELS[tissue]
     return out
-
-

@@ -76,7 +76,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise UserError(f"cannot read checkpoint {path}: the file is empty")
     if not _weights_only_is_honoured():
-        forced = " (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set)" if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") else ""
+        forced = (
+            " (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set)" if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") else ""
+        )
         raise UserError(
             f"refusing to read checkpoint {path}: this torch {torch.__version__} does not restrict "
             f"unpickling with weights_only=True{forced}; t7synth needs torch >= 2.6"
@@ -123,7 +125,9 @@ def _build_on_meta(path, config):
     except UserError as error:
         raise UserError(f"checkpoint {path}: {error}") from None
     except (TypeError, ValueError, RuntimeError, AssertionError) as error:
-        raise UserError(f"checkpoint {path}: its config does not build model {config.model.name!r}: {_first_line(error)}") from None
+        raise UserError(
+            f"checkpoint {path}: its config does not build model {config.model.name!r}: {_first_line(error)}"
+        ) from None
 
 
 def check_fits(path: str | Path, config, state_dict: dict[str, Any]):

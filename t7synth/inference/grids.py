@@ -17,7 +17,9 @@ def spacing(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
 
 
-def resampled_grid(shape: Sequence[int], affine: np.ndarray, voxel_size: Sequence[float]) -> tuple[tuple[int, int, int], np.ndarray]:
+def resampled_grid(
+    shape: Sequence[int], affine: np.ndarray, voxel_size: Sequence[float]
+) -> tuple[tuple[int, int, int], np.ndarray]:
     """A grid with the same axes and first voxel centre as ``(shape, affine)`` but
     ``voxel_size`` spacing, covering every voxel centre of the original grid."""
     affine = np.asarray(affine, dtype=np.float64)
@@ -30,7 +32,9 @@ def resampled_grid(shape: Sequence[int], affine: np.ndarray, voxel_size: Sequenc
     return new_shape, new_affine
 
 
-def resample(volume: np.ndarray, from_affine: np.ndarray, to_shape: Sequence[int], to_affine: np.ndarray, order: int) -> np.ndarray:
+def resample(
+    volume: np.ndarray, from_affine: np.ndarray, to_shape: Sequence[int], to_affine: np.ndarray, order: int
+) -> np.ndarray:
     """Sample ``volume`` (on ``from_affine``) at the voxel centres of another grid.
 
     Args:
@@ -44,12 +48,20 @@ def resample(volume: np.ndarray, from_affine: np.ndarray, to_shape: Sequence[int
     # affine_transform maps output voxel indices to input voxel indices.
     matrix = np.linalg.inv(np.asarray(from_affine, dtype=np.float64)) @ np.asarray(to_affine, dtype=np.float64)
     out = affine_transform(
-        np.asarray(volume, dtype=np.float32), matrix[:3, :3], matrix[:3, 3], output_shape=tuple(to_shape), order=order, mode="constant", cval=0.0
+        np.asarray(volume, dtype=np.float32),
+        matrix[:3, :3],
+        matrix[:3, 3],
+        output_shape=tuple(to_shape),
+        order=order,
+        mode="constant",
+        cval=0.0,
     )
     return out.astype(np.float32, copy=False)
 
 
-def shift_to_grid(volume: np.ndarray, from_affine: np.ndarray, to_shape: Sequence[int], to_affine: np.ndarray) -> np.ndarray:
+def shift_to_grid(
+    volume: np.ndarray, from_affine: np.ndarray, to_shape: Sequence[int], to_affine: np.ndarray
+) -> np.ndarray:
     """Copy ``volume`` onto a grid that differs from its own by a whole-voxel shift.
 
     This is how crops and pads (TorchIO's ``CropOrPad`` moves the affine's origin) are

@@ -79,7 +79,15 @@ def plan_jobs(
         if mask is not None and not mask.is_file():
             raise UserError(f"--mask must be a file when --input is a file: {mask}")
         target = output if is_nifti(output) and not output.is_dir() else output / f"{nifti_stem(input)}{PLAIN_SUFFIX}"
-        jobs = [Job(source=input, output=target, mask=mask, age=0.0 if age is None else float(age), sex=0.5 if sex is None else float(sex))]
+        jobs = [
+            Job(
+                source=input,
+                output=target,
+                mask=mask,
+                age=0.0 if age is None else float(age),
+                sex=0.5 if sex is None else float(sex),
+            )
+        ]
     elif input.is_dir():
         if age is not None or sex is not None:
             raise UserError("--age and --sex apply to a single file; a dataset folder takes them from participants.tsv")
@@ -89,7 +97,11 @@ def plan_jobs(
             raise UserError(f"--output is a file, not a folder: {output}")
         if mask is not None and not mask.is_dir():
             raise UserError(f"--mask must be a folder when --input is a folder: {mask}")
-        jobs = _dataset_jobs(input, output, mask, split, config) if is_dataset(input) else _folder_jobs(input, output, mask, split)
+        jobs = (
+            _dataset_jobs(input, output, mask, split, config)
+            if is_dataset(input)
+            else _folder_jobs(input, output, mask, split)
+        )
     else:
         raise UserError(f"input not found: {input}")
     if uncertainty:
@@ -125,14 +137,24 @@ def _dataset_jobs(root: Path, output: Path, mask_dir: Path | None, split: str | 
         if config is None:
             raise UserError("--split needs the model's config to split the dataset as training did")
         data = config.data
-        records = assign_splits(records, data.val_fraction, data.test_fraction, data.split_seed, require_train=False)[split]
+        records = assign_splits(records, data.val_fraction, data.test_fraction, data.split_seed, require_train=False)[
+            split
+        ]
         if not records:
             raise UserError(f"the {split} split of {root} has no subjects")
     jobs = []
     for record in records:
         mask = _match_mask(record.source, mask_dir) if mask_dir is not None else record.mask
         # A BIDS derivative dataset: OUT/sub-XXX/anat/sub-XXX_desc-synth7T_T1w.nii.gz.
-        jobs.append(Job(source=record.source, output=synthetic_path(output, record.subject), mask=mask, age=record.age, sex=record.sex))
+        jobs.append(
+            Job(
+                source=record.source,
+                output=synthetic_path(output, record.subject),
+                mask=mask,
+                age=record.age,
+                sex=record.sex,
+            )
+        )
     return jobs
 
 
@@ -143,7 +165,11 @@ def _folder_jobs(folder: Path, output: Path, mask_dir: Path | None, split: str |
     if not files:
         raise UserError(f"no NIfTI files (.nii, .nii.gz) in {folder}")
     return [
-        Job(source=path, output=output / f"{nifti_stem(path)}{PLAIN_SUFFIX}", mask=_match_mask(path, mask_dir) if mask_dir else None)
+        Job(
+            source=path,
+            output=output / f"{nifti_stem(path)}{PLAIN_SUFFIX}",
+            mask=_match_mask(path, mask_dir) if mask_dir else None,
+        )
         for path in files
     ]
 
@@ -158,7 +184,9 @@ def _match_mask(source: Path, mask_dir: Path) -> Path:
         return same
     label = subject_label(source.name)
     if label:
-        candidates = [p for p in sorted(mask_dir.iterdir()) if p.is_file() and is_nifti(p) and subject_label(p.name) == label]
+        candidates = [
+            p for p in sorted(mask_dir.iterdir()) if p.is_file() and is_nifti(p) and subject_label(p.name) == label
+        ]
         if len(candidates) == 1:
             return candidates[0]
         if len(candidates) > 1:
@@ -166,7 +194,9 @@ def _match_mask(source: Path, mask_dir: Path) -> Path:
     raise UserError(f"no mask for {source.name} in {mask_dir} (same file name or same sub-XXX label)")
 
 
-def run_jobs(synthesiser, jobs: Sequence[Job], report: Callable[[str], None] | None = None, progress: bool = True) -> list[str]:
+def run_jobs(
+    synthesiser, jobs: Sequence[Job], report: Callable[[str], None] | None = None, progress: bool = True
+) -> list[str]:
     """Synthesise every job, carrying on past volumes that fail.
 
     Args:
@@ -249,8 +279,20 @@ def predict(
     if fused:
         from t7synth.inference.synthesiser import Fusion
 
-        if split and len({(c.data.val_fraction, c.data.test_fraction, c.data.split_seed) for c in (s.config for s in synthesisers)}) > 1:
-            raise UserError(f"--split {split}: the models split the dataset differently (data.val_fraction, test_fraction, split_seed)")
+        if (
+            split
+            and len(
+                {
+                    (c.data.val_fraction, c.data.test_fraction, c.data.split_seed)
+                    for c in (s.config for s in synthesisers)
+                }
+            )
+            > 1
+        ):
+            raise UserError(
+                f"--split {split}: the models split the dataset differently (data.val_fraction, test_fraction, "
+                "split_seed)"
+            )
         synthesiser = Fusion(synthesisers)
     else:
         synthesiser = synthesisers[0]
@@ -264,14 +306,22 @@ def predict(
         from t7synth.data.bids import write_description
 
         names = ", ".join(sorted({s.config.model.name for s in synthesisers}))
-        write_description(Path(output).expanduser(), f"t7synth synthetic 7T: {Path(output).name}",
-                          f"predict: 7T-like T1w synthesised from each subject's 3T ({names})", Path(input))
+        write_description(
+            Path(output).expanduser(),
+            f"t7synth synthetic 7T: {Path(output).name}",
+            f"predict: 7T-like T1w synthesised from each subject's 3T ({names})",
+            Path(input),
+        )
     fusion = f" (each the mean of {len(synthesisers)} models, its SD map beside it)" if fused else ""
     if Path(input).expanduser().is_file():
         written = synthesiser.write(jobs[0])
-        return PredictOutcome(f"{written}" + (f" (mean of {len(synthesisers)} models; SD: {jobs[0].uncertainty})" if fused else ""), 1, [])
+        return PredictOutcome(
+            f"{written}" + (f" (mean of {len(synthesisers)} models; SD: {jobs[0].uncertainty})" if fused else ""), 1, []
+        )
     failures = run_jobs(synthesiser, jobs, progress=progress)
-    return PredictOutcome(f"{len(jobs) - len(failures)} of {len(jobs)} volumes written to {output}{fusion}", len(jobs), failures)
+    return PredictOutcome(
+        f"{len(jobs) - len(failures)} of {len(jobs)} volumes written to {output}{fusion}", len(jobs), failures
+    )
 
 
 def _as_list(value) -> list:

@@ -86,7 +86,10 @@ TENSOR_GLOBALS = frozenset(
         "torch._utils._rebuild_tensor_v2",
         "torch._utils._rebuild_parameter",
     }
-    | {f"torch.{kind}Storage" for kind in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")}
+    | {
+        f"torch.{kind}Storage"
+        for kind in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
+    }
 )
 #: Globals of a pickled pandas DataFrame of numbers and of a numpy array, as pandas 2.x
 #: with numpy 1.x (the authors' environment) and pandas 3.x with numpy 2.x write them
@@ -159,7 +162,11 @@ def _pickle_bytes(path: Path) -> bytes:
     """The ``data.pkl`` member of a torch zip file, size-checked before it is read."""
     try:
         with zipfile.ZipFile(path) as archive:
-            members = [info for info in archive.infolist() if info.filename.endswith("/data.pkl") and info.filename.count("/") == 1]
+            members = [
+                info
+                for info in archive.infolist()
+                if info.filename.endswith("/data.pkl") and info.filename.count("/") == 1
+            ]
             if len(members) != 1:
                 raise UserError(f"{path} is not a PyTorch checkpoint (no single <archive>/data.pkl inside)")
             if members[0].file_size > MAX_PICKLE_BYTES:
@@ -197,7 +204,8 @@ def _check_globals(path: Path, data: bytes) -> None:
     foreign = sorted(names - TENSOR_GLOBALS - set(DISCARDED_GLOBALS))
     if foreign:
         raise UserError(
-            f"{path} would call {foreign[0]}" + (f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else "")
+            f"{path} would call {foreign[0]}"
+            + (f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else "")
             + " when unpickled, which an official checkpoint never does; refused (no code from it was run)"
         )
 
@@ -226,7 +234,9 @@ def read_official(path: str | Path) -> OfficialCheckpoint:
         raise UserError(f"official checkpoint not found: {path}")
     _check_globals(path, _pickle_bytes(path))
     if torch.torch_version.TorchVersion(torch.__version__) < (2, 6):
-        raise UserError(f"reading {path} needs torch >= 2.6 (safe_globals with named stand-ins); this is torch {torch.__version__}")
+        raise UserError(
+            f"reading {path} needs torch >= 2.6 (safe_globals with named stand-ins); this is torch {torch.__version__}"
+        )
     stand_ins = [(Discarded, name) for name in DISCARDED_GLOBALS]
     try:
         with torch.serialization.safe_globals(stand_ins):
@@ -238,7 +248,9 @@ def read_official(path: str | Path) -> OfficialCheckpoint:
         raise UserError(f"cannot read official checkpoint {path}: {reason}") from None
     weights = content.get("model_state_dict") if isinstance(content, dict) else None
     if not isinstance(weights, dict) or not weights:
-        raise UserError(f"{path} is not an official checkpoint (no model_state_dict); a t7synth checkpoint needs no conversion")
+        raise UserError(
+            f"{path} is not an official checkpoint (no model_state_dict); a t7synth checkpoint needs no conversion"
+        )
     stripped: dict[str, Any] = {}
     for key, value in weights.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
@@ -246,10 +258,18 @@ def read_official(path: str | Path) -> OfficialCheckpoint:
         # nn.DataParallel saved every name under "module."; a file saved without it has none.
         stripped[key.removeprefix("module.")] = value
     epoch = content.get("epoch")
-    return OfficialCheckpoint(stripped, int(epoch) if isinstance(epoch, int) and not isinstance(epoch, bool) else None, _sha256(path))
+    return OfficialCheckpoint(
+        stripped, int(epoch) if isinstance(epoch, int) and not isinstance(epoch, bool) else None, _sha256(path)
+    )
 
 
-def converted_config(config_file: str | Path, overrides: Sequence[str] = (), slice_dim: int = OFFICIAL_SLICE_DIM, frame: Sequence[int] = OFFICIAL_FRAME, name: str | None = None):
+def converted_config(
+    config_file: str | Path,
+    overrides: Sequence[str] = (),
+    slice_dim: int = OFFICIAL_SLICE_DIM,
+    frame: Sequence[int] = OFFICIAL_FRAME,
+    name: str | None = None,
+):
     """The config of a converted checkpoint: the network of ``config_file`` (and
     ``--set`` overrides) with the authors' inference conventions (module docstring).
 
@@ -262,7 +282,10 @@ def converted_config(config_file: str | Path, overrides: Sequence[str] = (), sli
 
     config = resolve(None, config_file, list(overrides))
     if config.model.name not in ("unet", "gan_unet"):
-        raise UserError(f"the official checkpoints are U-Nets: --config must describe model unet or gan_unet, not {config.model.name!r} ({config_file})")
+        raise UserError(
+            "the official checkpoints are U-Nets: --config must describe model unet or gan_unet, not "
+            f"{config.model.name!r} ({config_file})"
+        )
     if slice_dim not in (0, 1, 2):
         raise UserError(f"--slice-dim must be 0, 1 or 2, got {slice_dim}")
     if len(frame) != 3 or min(frame) < OFFICIAL_SLICES:
@@ -324,10 +347,15 @@ def convert(
     try:
         check_fits(official, config, state_dict)
     except UserError as error:
-        raise UserError(f"{error} (the U-Net file needs experiments/paper_unet.yaml, the GAN generator experiments/paper_gan_unet.yaml)") from None
+        raise UserError(
+            f"{error} (the U-Net file needs experiments/paper_unet.yaml, the GAN generator "
+            "experiments/paper_gan_unet.yaml)"
+        ) from None
     provenance = {"file": official.name, "sha256": source.sha256, "epoch": source.epoch, "config": str(config_file)}
     with atomic_path(out) as tmp:
-        torch.save({"state_dict": state_dict, "hyper_parameters": {"config": config.to_dict()}, "official": provenance}, tmp)
+        torch.save(
+            {"state_dict": state_dict, "hyper_parameters": {"config": config.to_dict()}, "official": provenance}, tmp
+        )
     parameters = sum(v.numel() for v in source.weights.values())
     frame_text = "x".join(str(s) for s in config.data.shape)
     return (
@@ -362,7 +390,9 @@ def frame_region(box: Sequence[tuple[int, int]], shape: Sequence[int], frame: Se
         UserError: a crop larger than the frame along some axis (``inferer3T.py``
             would fail there too).
     """
-    region = tuple(slice(max(first - BOX_MARGIN, 0), min(last + BOX_MARGIN, size)) for (first, last), size in zip(box, shape))
+    region = tuple(
+        slice(max(first - BOX_MARGIN, 0), min(last + BOX_MARGIN, size)) for (first, last), size in zip(box, shape)
+    )
     sizes = tuple(r.stop - r.start for r in region)
     if any(s > f for s, f in zip(sizes, frame)):
         raise UserError(

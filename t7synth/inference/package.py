@@ -188,14 +188,19 @@ def read_package(path: str | Path, weights: bool = True) -> Package:
         except UserError as error:
             raise UserError(f"model package {path}: {CONFIG}: {error}") from None
         if manifest.get("model") != config.model.name:
-            raise UserError(f"model package {path}: the manifest names model {manifest.get('model')!r}, {CONFIG} {config.model.name!r}")
+            raise UserError(
+                f"model package {path}: the manifest names model {manifest.get('model')!r}, {CONFIG} "
+                f"{config.model.name!r}"
+            )
         state: dict[str, Any] = {}
         if weights:
             data = _read_member(path, archive, members, WEIGHTS)
             listed = manifest.get("weights")
             expected = listed.get("sha256") if isinstance(listed, dict) else None
             if hashlib.sha256(data).hexdigest() != expected:
-                raise UserError(f"model package {path}: {WEIGHTS} does not match the SHA-256 in {MANIFEST} (damaged or altered)")
+                raise UserError(
+                    f"model package {path}: {WEIGHTS} does not match the SHA-256 in {MANIFEST} (damaged or altered)"
+                )
             state = _load_weights(path, data)
     return Package(path, manifest, config, state)
 
@@ -212,7 +217,8 @@ def _parse_manifest(path: Path, data: bytes) -> dict[str, Any]:
         raise UserError(f"model package {path}: bad format_version {version!r} in {MANIFEST}")
     if version > FORMAT_VERSION:
         raise UserError(
-            f"model package {path} has format version {version}; this t7synth reads up to {FORMAT_VERSION} (upgrade t7synth)"
+            f"model package {path} has format version {version}; this t7synth reads up to {FORMAT_VERSION} "
+            "(upgrade t7synth)"
         )
     return manifest
 
@@ -223,12 +229,16 @@ def _load_weights(path: Path, data: bytes) -> dict[str, Any]:
     from t7synth.inference.checkpoint import _weights_only_is_honoured
 
     if not _weights_only_is_honoured():
-        raise UserError(f"refusing to read model package {path}: this torch {torch.__version__} does not restrict unpickling")
+        raise UserError(
+            f"refusing to read model package {path}: this torch {torch.__version__} does not restrict unpickling"
+        )
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # refused pickle opcodes or globals, a damaged file
         raise UserError(f"model package {path}: {WEIGHTS} was refused: {_first_line(error)}") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise UserError(f"model package {path}: {WEIGHTS} must hold a mapping of names to tensors")
     return state
 
@@ -265,7 +275,11 @@ def load_package(path: str | Path, device: str = "cpu"):
     problems += [f"{key} is not in the model" for key in package.state_dict if key not in expected]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise UserError(f"model package {package.path} does not fit model {package.config.model.name!r}: " + "; ".join(problems[:3]) + more)
+        raise UserError(
+            f"model package {package.path} does not fit model {package.config.model.name!r}: "
+            + "; ".join(problems[:3])
+            + more
+        )
     model = model.to_empty(device="cpu")
     # Parts left out of the package (a GAN's discriminator) are allocated, not trained:
     # zero them so that nothing in the module is uninitialised memory.
@@ -289,7 +303,10 @@ def _build_on_meta(package: Package):
     except UserError as error:
         raise UserError(f"model package {package.path}: {error}") from None
     except (TypeError, ValueError, RuntimeError, AssertionError) as error:
-        raise UserError(f"model package {package.path}: its config does not build model {package.config.model.name!r}: {_first_line(error)}") from None
+        raise UserError(
+            f"model package {package.path}: its config does not build model {package.config.model.name!r}: "
+            f"{_first_line(error)}"
+        ) from None
 
 
 def prediction_keys(model) -> set[str]:
@@ -319,7 +336,10 @@ class ExportResult:
 
     def summary(self) -> str:
         ratio = self.size / self.checkpoint_size if self.checkpoint_size else 0.0
-        parts = [f"{self.path}: {_megabytes(self.size)} ({ratio:.0%} of {self.checkpoint.name}, {_megabytes(self.checkpoint_size)})"]
+        parts = [
+            f"{self.path}: {_megabytes(self.size)} ({ratio:.0%} of {self.checkpoint.name}, "
+            f"{_megabytes(self.checkpoint_size)})"
+        ]
         parts.append("test scores in README.md" if self.scores else "no test scores (see README.md)")
         if self.torchscript:
             parts.append(f"TorchScript net in {TORCHSCRIPT}")
@@ -374,7 +394,11 @@ def tested_scores(checkpoint: Path, run: Path | None) -> tuple[list[dict[str, st
     with open(table, newline="") as handle:
         rows = list(csv.DictReader(handle))
     names = score_names(rows)
-    if not any(row.get("model") == MODEL for row in rows) or not names or not all(is_number(r.get(n)) for r in rows for n in names):
+    if (
+        not any(row.get("model") == MODEL for row in rows)
+        or not names
+        or not all(is_number(r.get(n)) for r in rows for n in names)
+    ):
         return [], f"No test scores: {table.name} of the run could not be read."
     return rows, f"Test scores from the run's {table.name}, computed by `fit` with this checkpoint."
 
@@ -400,7 +424,11 @@ def export_package(source: str | Path, out: str | Path | None = None, torchscrip
     from t7synth.inference.checkpoint import check_fits, checkpoint_config, read_checkpoint
 
     checkpoint_path, run = resolve_source(source)
-    out = Path(out).expanduser() if out is not None else (run / "model.zip" if run is not None else checkpoint_path.with_suffix(".zip"))
+    out = (
+        Path(out).expanduser()
+        if out is not None
+        else (run / "model.zip" if run is not None else checkpoint_path.with_suffix(".zip"))
+    )
     if out.suffix.lower() != ".zip":
         raise UserError(f"--out {out}: a model package is a .zip file")
     if out.exists() and out.resolve() == checkpoint_path.resolve():
@@ -413,7 +441,9 @@ def export_package(source: str | Path, out: str | Path | None = None, torchscrip
     meta_model = check_fits(checkpoint_path, config, checkpoint["state_dict"])
     keys = prediction_keys(meta_model)
     # clone(): a slice of a larger storage would otherwise save the whole storage.
-    state = {key: tensor.detach().clone().contiguous() for key, tensor in checkpoint["state_dict"].items() if key in keys}
+    state = {
+        key: tensor.detach().clone().contiguous() for key, tensor in checkpoint["state_dict"].items() if key in keys
+    }
     buffer = io.BytesIO()
     torch.save(state, buffer)
     weights = buffer.getvalue()
@@ -435,9 +465,17 @@ def export_package(source: str | Path, out: str | Path | None = None, torchscrip
             # the manifest and the card then say what the traced net takes.
             model = load_package(tmp)
             members[TORCHSCRIPT], shapes = trace_network(model)
-            manifest["torchscript"] = {"file": TORCHSCRIPT, "side_multiple": side_multiple(model), "checked_input_shapes": shapes}
-            _write_zip(tmp, {**members, MANIFEST: _json(manifest), CARD: model_card(manifest, rows, provenance).encode()})
-    return ExportResult(out, checkpoint_path, out.stat().st_size, checkpoint_path.stat().st_size, bool(rows), torchscript)
+            manifest["torchscript"] = {
+                "file": TORCHSCRIPT,
+                "side_multiple": side_multiple(model),
+                "checked_input_shapes": shapes,
+            }
+            _write_zip(
+                tmp, {**members, MANIFEST: _json(manifest), CARD: model_card(manifest, rows, provenance).encode()}
+            )
+    return ExportResult(
+        out, checkpoint_path, out.stat().st_size, checkpoint_path.stat().st_size, bool(rows), torchscript
+    )
 
 
 def _json(data: dict) -> bytes:
@@ -453,7 +491,9 @@ def _write_zip(path: Path, members: dict[str, bytes]) -> None:
             archive.writestr(info, members[name], compress_type=zipfile.ZIP_DEFLATED)
 
 
-def _manifest(config, checkpoint: dict, checkpoint_path: Path, state: dict, weights: bytes, context: bool) -> dict[str, Any]:
+def _manifest(
+    config, checkpoint: dict, checkpoint_path: Path, state: dict, weights: bytes, context: bool
+) -> dict[str, Any]:
     import datetime
 
     import torch
@@ -502,26 +542,37 @@ def model_card(manifest: dict, rows: list[dict[str, str]], provenance: str) -> s
 
     source, pre, geometry = manifest["source"], manifest["preprocessing"], manifest["geometry"]
     if geometry["mode"] == "slab":
-        shape = f"2.5D: windows of {geometry['slices']} slices along array axis {geometry['axis']} (after RAS+ reorientation)"
+        shape = (
+            f"2.5D: windows of {geometry['slices']} slices along array axis {geometry['axis']} (after RAS+ "
+            "reorientation)"
+        )
         net_input = f"(B, {geometry['slices']}, H, W) slices as channels" + (
-            ", plus (B, 3, 1) context tokens (age in years, sex 1 F / 0 M / 0.5 unknown, slice position)" if manifest.get("context_tokens") else ""
+            ", plus (B, 3, 1) context tokens (age in years, sex 1 F / 0 M / 0.5 unknown, slice position)"
+            if manifest.get("context_tokens")
+            else ""
         )
     else:
         shape = f"3D patches of {geometry['patch']} voxels, Hann-blended with overlap {geometry['overlap']}"
         net_input = "(B, 1, D, H, W) patches"
-    voxel = "x".join(f"{v:g}" for v in pre["voxel_size_mm"]) + " mm" if pre["voxel_size_mm"] else "the input's own voxel size"
+    voxel = (
+        "x".join(f"{v:g}" for v in pre["voxel_size_mm"]) + " mm"
+        if pre["voxel_size_mm"]
+        else "the input's own voxel size"
+    )
     lines = [
         f"# t7synth model: {manifest['model']}",
         "",
         f"Synthesises 7T-like T1-weighted brain MRI from 3T scans. Exported by t7synth {manifest['t7synth_version']} "
-        f"on {manifest['created'][:10]} from `{source['checkpoint']}` (epoch {source['epoch']}, step {source['global_step']}); "
+        f"on {manifest['created'][:10]} from `{source['checkpoint']}` (epoch {source['epoch']}, step "
+        f"{source['global_step']}); "
         f"{manifest['weights']['parameters']:,} parameters, weights only (no optimiser or discriminator state).",
         "",
         "## Use",
         "",
         "```bash",
         "# with t7synth installed (in a clone of its repository: make install)",
-        "python -m t7synth.predict --model model.zip --input scan.nii.gz --output scan_synth7T.nii.gz [--mask brain_mask.nii.gz]",
+        "python -m t7synth.predict --model model.zip --input scan.nii.gz --output scan_synth7T.nii.gz [--mask "
+        "brain_mask.nii.gz]",
         "python -m t7synth.predict --model model.zip --input scans/ --output synth/",
         "python -m t7synth.evaluate --model model.zip --pred synth/ --data DATASET --split test",
         "```",
@@ -534,7 +585,9 @@ def model_card(manifest: dict, rows: list[dict[str, str]], provenance: str) -> s
     ]
     if rows:
         n = len({r["subject"] for r in rows})
-        report = format_report(rows, f"{manifest['model']} (synthetic 7T)", REPORT_COLUMNS, f"{n} held-out subjects, mean ± SD")
+        report = format_report(
+            rows, f"{manifest['model']} (synthetic 7T)", REPORT_COLUMNS, f"{n} held-out subjects, mean ± SD"
+        )
         lines += ["", "```", report, "```"]
     lines += [
         "",
@@ -543,7 +596,8 @@ def model_card(manifest: dict, rows: list[dict[str, str]], provenance: str) -> s
         f"- Input: a 3T T1-weighted NIfTI in any orientation; it is reoriented to RAS+, resampled to {voxel}"
         + (f", cropped or padded to {pre['shape']} around the brain" if pre["shape"] else "")
         + ", and scaled per volume: "
-        + f"`{pre['normalisation']}` normalisation to [0, 1] by the intensity percentiles {pre['percentiles'][0]:g} and "
+        + f"`{pre['normalisation']}` normalisation to [0, 1] by the intensity percentiles "
+        f"{pre['percentiles'][0]:g} and "
         f"{pre['percentiles'][1]:g} inside the brain mask (the given mask, else the voxels above 0).",
         f"- Geometry: {shape}.",
         "- `predict` undoes every step on the way out.",
@@ -555,7 +609,10 @@ def model_card(manifest: dict, rows: list[dict[str, str]], provenance: str) -> s
         f"- `{CONFIG}`: the resolved training config; `{MANIFEST}`: provenance, preprocessing, SHA-256 of the weights.",
     ]
     if rows:
-        lines.append(f"- `{SCORES}`: per-subject test scores (`model` is the synthetic 7T, `identity` the 3T input, `lut` the intensity LUT).")
+        lines.append(
+            f"- `{SCORES}`: per-subject test scores (`model` is the synthetic 7T, `identity` the 3T input, `lut` "
+            "the intensity LUT)."
+        )
     traced = manifest.get("torchscript")
     if traced:
         multiple = traced["side_multiple"]
@@ -563,8 +620,11 @@ def model_card(manifest: dict, rows: list[dict[str, str]], provenance: str) -> s
         lines.append(
             f"- `{TORCHSCRIPT}`: the network alone, traced (`torch.jit.load`): input {net_input} of preprocessed "
             f"intensities, checked against the model at {checked}. "
-            + (f"Give it spatial sides that are multiples of {multiple} (pad with zeros, crop the output back); "
-               if geometry["mode"] == "slab" else f"Give it patches of exactly {geometry['patch']} voxels; ")
+            + (
+                f"Give it spatial sides that are multiples of {multiple} (pad with zeros, crop the output back); "
+                if geometry["mode"] == "slab"
+                else f"Give it patches of exactly {geometry['patch']} voxels; "
+            )
             + "the tiling and the pre- and post-processing above are not part of it."
         )
     return "\n".join(lines) + "\n"
@@ -643,7 +703,9 @@ def trace_network(model) -> tuple[bytes, list[list[int]]]:
                 except RuntimeError as error:
                     difference, why = float("nan"), _first_line(error)
                 if not difference <= TORCHSCRIPT_TOLERANCE:
-                    found = f"differs from the model by {difference:.2g}" if difference == difference else f"fails ({why})"
+                    found = (
+                        f"differs from the model by {difference:.2g}" if difference == difference else f"fails ({why})"
+                    )
                     raise UserError(
                         f"the TorchScript trace of {model.config.model.name} {found} on an input of shape "
                         f"{tuple(inputs[0].shape)}; export without --torchscript"

@@ -125,7 +125,9 @@ class Synthesiser:
         # Step 3: the training voxel size.
         grid_shape, grid_affine = array.shape, affine
         grid_image, grid_mask = normalised, inside.astype(np.float32)
-        resampled = self.voxel_size is not None and not np.allclose(spacing(affine), self.voxel_size, rtol=VOXEL_SIZE_TOLERANCE)
+        resampled = self.voxel_size is not None and not np.allclose(
+            spacing(affine), self.voxel_size, rtol=VOXEL_SIZE_TOLERANCE
+        )
         if resampled:
             grid_shape, grid_affine = resampled_grid(array.shape, affine, self.voxel_size)
             grid_image = resample(normalised, affine, grid_shape, grid_affine, order=1)
@@ -170,8 +172,12 @@ class Synthesiser:
         original = volumes.load_image(source)
         inside = volumes.brain_mask(source, array, affine, Path(mask) if mask is not None else None)
         native = np.ascontiguousarray(volumes.to_file_axes(array, original))
-        native_mask = torch.from_numpy(np.ascontiguousarray(volumes.to_file_axes(inside, original))[None].astype(np.uint8))
-        normalised = normalise(torch.from_numpy(native[None]), native_mask, self.percentiles, self.normalisation)[0].numpy()
+        native_mask = torch.from_numpy(
+            np.ascontiguousarray(volumes.to_file_axes(inside, original))[None].astype(np.uint8)
+        )
+        normalised = normalise(torch.from_numpy(native[None]), native_mask, self.percentiles, self.normalisation)[
+            0
+        ].numpy()
         try:
             box = official.brain_box(normalised)
             region = official.frame_region(box, normalised.shape, self.shape)
@@ -195,11 +201,19 @@ class Synthesiser:
 
         from t7synth.data.preprocess import crop_or_pad
 
-        subject = tio.Subject(source=tio.ScalarImage(tensor=image_t, affine=affine), mask=tio.LabelMap(tensor=mask_t, affine=affine))
+        subject = tio.Subject(
+            source=tio.ScalarImage(tensor=image_t, affine=affine), mask=tio.LabelMap(tensor=mask_t, affine=affine)
+        )
         subject = crop_or_pad(subject, self.shape)
-        return subject["source"].data.float(), subject["mask"].data.to(torch.uint8), np.asarray(subject["source"].affine, dtype=np.float64)
+        return (
+            subject["source"].data.float(),
+            subject["mask"].data.to(torch.uint8),
+            np.asarray(subject["source"].affine, dtype=np.float64),
+        )
 
-    def _predict(self, source: torch.Tensor, mask: torch.Tensor | None, age: float, sex: float, tokens: dict | None = None) -> torch.Tensor:
+    def _predict(
+        self, source: torch.Tensor, mask: torch.Tensor | None, age: float, sex: float, tokens: dict | None = None
+    ) -> torch.Tensor:
         """The model's prediction of a (1, I, J, K) volume; ``mask`` zeroes it outside
         the brain; ``tokens`` (``brain_mid``, ``n_slices``) replace those of the mask."""
         from t7synth.data import batches
@@ -210,7 +224,10 @@ class Synthesiser:
         meta = {"age": float(age), "sex": float(sex)}
         meta.update(tokens or {"brain_mid": batches.brain_middle(mask, axis), "n_slices": float(mask.shape[axis + 1])})
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        with torch.no_grad(), torch.autocast(device_type=device_type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+        with (
+            torch.no_grad(),
+            torch.autocast(device_type=device_type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None),
+        ):
             return self.model.predict_subject(source, meta, mask).float().cpu()
 
 
@@ -249,7 +266,9 @@ class Fusion:
                 mean += delta / count
                 spread += delta * (volume - mean)
         original = volumes.load_image(source)
-        sd_image = volumes.image_on_file_grid(np.sqrt(spread / len(self.synthesisers)), original, "t7synth synthetic 7T: SD across models")
+        sd_image = volumes.image_on_file_grid(
+            np.sqrt(spread / len(self.synthesisers)), original, "t7synth synthetic 7T: SD across models"
+        )
         return volumes.image_on_file_grid(mean, original), sd_image
 
     def write(self, job) -> Path:

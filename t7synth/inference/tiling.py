@@ -77,7 +77,11 @@ def patch_grid(geometry: GeometryConfig, shape: Sequence[int]) -> tuple[tuple[in
 
 @torch.no_grad()
 def predict_volume(
-    predict: PatchPredictor, source: torch.Tensor, geometry: GeometryConfig, batch_size: int = 16, mask: torch.Tensor | None = None
+    predict: PatchPredictor,
+    source: torch.Tensor,
+    geometry: GeometryConfig,
+    batch_size: int = 16,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Predict a whole (1, I, J, K) volume; returns a float32 (1, I, J, K) CPU tensor.
 
@@ -120,7 +124,13 @@ def _slab_centres(inside: torch.Tensor | None, n: int, axis: int, half: int, cen
     return torch.nonzero(has_brain).flatten()
 
 
-def _predict_slabs(predict: PatchPredictor, volume: torch.Tensor, geometry: GeometryConfig, batch_size: int, inside: torch.Tensor | None) -> torch.Tensor:
+def _predict_slabs(
+    predict: PatchPredictor,
+    volume: torch.Tensor,
+    geometry: GeometryConfig,
+    batch_size: int,
+    inside: torch.Tensor | None,
+) -> torch.Tensor:
     axis, k = geometry.axis, geometry.slices
     half = k // 2
     along = volume.movedim(axis, 0)  # a view: slices first
@@ -152,12 +162,20 @@ def _predict_slabs(predict: PatchPredictor, volume: torch.Tensor, geometry: Geom
         # Slice j is covered by the windows centred on j - half .. j + half that exist
         # (all of them run wherever the mask keeps the result).
         centre_index = torch.arange(n)
-        counts = (torch.minimum(centre_index + half, torch.tensor(n - 1)) - torch.clamp(centre_index - half, min=0) + 1).float()
+        counts = (
+            torch.minimum(centre_index + half, torch.tensor(n - 1)) - torch.clamp(centre_index - half, min=0) + 1
+        ).float()
         out_along /= counts.reshape(n, *([1] * (out_along.ndim - 1)))
     return output
 
 
-def _predict_patches(predict: PatchPredictor, volume: torch.Tensor, geometry: GeometryConfig, batch_size: int, inside: torch.Tensor | None) -> torch.Tensor:
+def _predict_patches(
+    predict: PatchPredictor,
+    volume: torch.Tensor,
+    geometry: GeometryConfig,
+    batch_size: int,
+    inside: torch.Tensor | None,
+) -> torch.Tensor:
     shape = volume.shape
     patch, overlap = patch_grid(geometry, shape)
     starts = [window_starts(s, p, o) for s, p, o in zip(shape, patch, overlap)]
@@ -166,10 +184,14 @@ def _predict_patches(predict: PatchPredictor, volume: torch.Tensor, geometry: Ge
     output = torch.zeros_like(volume)
     positions = [(i, j, k) for i in starts[0] for j in starts[1] for k in starts[2]]
     if inside is not None:
-        positions = [(i, j, k) for i, j, k in positions if inside[i : i + patch[0], j : j + patch[1], k : k + patch[2]].any()]
+        positions = [
+            (i, j, k) for i, j, k in positions if inside[i : i + patch[0], j : j + patch[1], k : k + patch[2]].any()
+        ]
     for first in range(0, len(positions), batch_size):
         chunk = positions[first : first + batch_size]
-        windows = torch.stack([volume[i : i + patch[0], j : j + patch[1], k : k + patch[2]] for i, j, k in chunk])[:, None]
+        windows = torch.stack([volume[i : i + patch[0], j : j + patch[1], k : k + patch[2]] for i, j, k in chunk])[
+            :, None
+        ]
         start = torch.tensor(chunk, dtype=torch.long)
         location = torch.cat([start, start + torch.tensor(patch)], dim=1)
         prediction = predict(windows, location).float().cpu()

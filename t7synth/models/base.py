@@ -27,9 +27,17 @@ from t7synth.data import batches
 from t7synth.data.intensity_lut import DEFAULT_BINS, apply_lut
 from t7synth.errors import UserError
 from t7synth.evaluation import metrics
-from t7synth.evaluation.scores import HEADLINE, MODEL, REFERENCES, ROW_KINDS, metric_key, score_names, sort_rows, write_rows
+from t7synth.evaluation.scores import (
+    HEADLINE,
+    MODEL,
+    REFERENCES,
+    ROW_KINDS,
+    metric_key,
+    score_names,
+    sort_rows,
+    write_rows,
+)
 from t7synth.inference.tiling import predict_volume
-
 
 
 def build_net(net_class: type, kwargs: dict[str, Any], **fixed: Any) -> nn.Module:
@@ -44,7 +52,9 @@ def build_net(net_class: type, kwargs: dict[str, Any], **fixed: Any) -> nn.Modul
     valid = [name for name in inspect.signature(net_class).parameters if name not in fixed]
     for key in kwargs:
         if key not in valid:
-            raise UserError(f"unknown config key 'model.net.{key}' for {net_class.__name__}; valid keys: {', '.join(valid)}")
+            raise UserError(
+                f"unknown config key 'model.net.{key}' for {net_class.__name__}; valid keys: {', '.join(valid)}"
+            )
     try:
         return net_class(**kwargs, **fixed)
     except (TypeError, ValueError, AssertionError) as error:
@@ -158,7 +168,9 @@ class SynthesisModule(pl.LightningModule):
             # submodule, which would put the frozen feature weights in every checkpoint
             # (and make them unloadable by predict, which builds no loss). Writing
             # __dict__ directly bypasses nn.Module.__setattr__.
-            self.__dict__["_perceptual"] = build_perceptual(self.config.loss.perceptual, self.config.loss.perceptual_weights)
+            self.__dict__["_perceptual"] = build_perceptual(
+                self.config.loss.perceptual, self.config.loss.perceptual_weights
+            )
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -201,7 +213,9 @@ class SynthesisModule(pl.LightningModule):
 
     def configure_optimizers(self):
         optim = self.config.optim
-        optimizer = torch.optim.Adam(self.generator().parameters(), lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+        optimizer = torch.optim.Adam(
+            self.generator().parameters(), lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay
+        )
         return {"optimizer": optimizer, "lr_scheduler": self.lr_schedule(optimizer)}
 
     def lr_schedule(self, optimizer) -> dict:
@@ -222,12 +236,17 @@ class SynthesisModule(pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.step_every, gamma=optim.step_gamma)
             return {"scheduler": scheduler, "interval": "epoch"}
         if not self.automatic_optimization:
-            raise UserError(f"config key optim.schedule onecycle needs automatic optimisation; {self.config.model.name} steps its optimisers itself: use step")
+            raise UserError(
+                f"config key optim.schedule onecycle needs automatic optimisation; {self.config.model.name} steps "
+                "its optimisers itself: use step"
+            )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle(total)), "interval": "step"}
 
     # -- whole volumes ----------------------------------------------------------
-    def predict_subject(self, source: torch.Tensor, meta: dict[str, float], mask: torch.Tensor | None = None) -> torch.Tensor:
+    def predict_subject(
+        self, source: torch.Tensor, meta: dict[str, float], mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Synthesise a whole preprocessed (1, I, J, K) volume; float32, on the CPU.
 
         Args:
@@ -240,7 +259,9 @@ class SynthesisModule(pl.LightningModule):
         def predict(patch: torch.Tensor, location: torch.Tensor) -> torch.Tensor:
             size = patch.shape[0]
             batch = {"source": patch.to(self.device), "location": location.to(self.device)}
-            batch.update({key: torch.full((size,), float(meta[key]), device=self.device) for key in batches.SUBJECT_KEYS})
+            batch.update(
+                {key: torch.full((size,), float(meta[key]), device=self.device) for key in batches.SUBJECT_KEYS}
+            )
             x, context = self.net_input(batch)
             return self(x, context)
 
@@ -258,13 +279,21 @@ class SynthesisModule(pl.LightningModule):
             from t7synth.evaluation.structure import StructureScorer
 
             structure = StructureScorer(target, mask)
-        row = {"subject": subject, "model": MODEL, **metrics.volume_scores(prediction, target, mask), **(structure(prediction) if structure else {})}
+        row = {
+            "subject": subject,
+            "model": MODEL,
+            **metrics.volume_scores(prediction, target, mask),
+            **(structure(prediction) if structure else {}),
+        }
         self._rows.append(row)
         for baseline in REFERENCES:
             key = (baseline, subject, stage == "test")
             if key not in self._baseline_scores:
                 guess = source if baseline == "identity" else apply_lut(self.lut, source, mask)
-                self._baseline_scores[key] = {**metrics.volume_scores(guess, target, mask), **(structure(guess) if structure else {})}
+                self._baseline_scores[key] = {
+                    **metrics.volume_scores(guess, target, mask),
+                    **(structure(guess) if structure else {}),
+                }
             self._rows.append({"subject": subject, "model": baseline, **self._baseline_scores[key]})
         # Validation draws one montage per epoch (rank 0's first subject); test draws
         # one per subject, since it runs once.
@@ -374,4 +403,6 @@ class SynthesisModule(pl.LightningModule):
                 continue
             for name in score_names(selected):
                 value = sum(r[name] for r in selected) / len(selected)
-                self.log(metric_key(stage, kind, name), value, prog_bar=(kind == MODEL and name == HEADLINE), sync_dist=False)
+                self.log(
+                    metric_key(stage, kind, name), value, prog_bar=(kind == MODEL and name == HEADLINE), sync_dist=False
+                )

@@ -98,7 +98,9 @@ class GANUNetModule(UNetModule):
             raise UserError(f"config key model.discriminator.norm must be one of {', '.join(NORMS)}, got {norm!r}")
         channels, layers = options.get("channels", 24), options.get("num_layers", 3)
         if not (isinstance(channels, int) and channels > 0 and isinstance(layers, int) and layers > 0):
-            raise UserError(f"model.discriminator.channels and num_layers must be positive integers, got {channels}, {layers}")
+            raise UserError(
+                f"model.discriminator.channels and num_layers must be positive integers, got {channels}, {layers}"
+            )
         return PatchDiscriminator(
             spatial_dims=2, in_channels=1, channels=channels, num_layers_d=layers, norm=norm_spec(norm)
         )

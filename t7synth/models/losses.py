@@ -54,7 +54,12 @@ class PerceptualLoss(nn.Module):
 
     def __init__(self, weights: str | Path):
         super().__init__()
-        self.features = load_resnet(weights, "config key loss.perceptual_weights", spatial_dims=2, kind="a 2D ResNet state dict (e.g. RadImageNet ResNet-50)")
+        self.features = load_resnet(
+            weights,
+            "config key loss.perceptual_weights",
+            spatial_dims=2,
+            kind="a 2D ResNet state dict (e.g. RadImageNet ResNet-50)",
+        )
         self.register_buffer("mean", torch.tensor(RADIMAGENET_BGR_MEAN).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True) -> PerceptualLoss:
@@ -75,7 +80,9 @@ class PerceptualLoss(nn.Module):
         if prediction.shape != target.shape:
             raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
         with torch.autocast(device_type=prediction.device.type, enabled=False):
-            distance = normalised_feature_distance(self.features(self.prepare(prediction)), self.features(self.prepare(target)))
+            distance = normalised_feature_distance(
+                self.features(self.prepare(prediction)), self.features(self.prepare(target))
+            )
         return distance.mean()
 
 
@@ -86,6 +93,7 @@ def build_perceptual(weight: float, weights_path: str | None) -> PerceptualLoss 
     if not weights_path:
         raise UserError(
             f"config key loss.perceptual is {weight} but loss.perceptual_weights is not set: give the path of a "
-            "ResNet-50 state dict (e.g. RadImageNet) with --set loss.perceptual_weights=PATH, or --set loss.perceptual=0"
+            "ResNet-50 state dict (e.g. RadImageNet) with --set loss.perceptual_weights=PATH, or --set "
+            "loss.perceptual=0"
         )
     return PerceptualLoss(weights_path)

@@ -21,7 +21,10 @@ def model_summary(config, world: int | None = None) -> str:
     geometry = config.geometry
     if geometry.mode == "slab":
         inplane = "x".join(map(str, geometry.inplane)) if geometry.inplane else "full in-plane"
-        shape = f"2.5D slab: {geometry.slices} slices along axis {geometry.axis} ({inplane}), target: {geometry.target} slice(s)"
+        shape = (
+            f"2.5D slab: {geometry.slices} slices along axis {geometry.axis} ({inplane}), target: "
+            f"{geometry.target} slice(s)"
+        )
     else:
         shape = f"3D patch: {'x'.join(map(str, geometry.patch))}, inference overlap {geometry.overlap}"
     lines = [f"model: {config.model.name}", f"parameters: {count}", f"geometry: {shape}", *summary_lines(config, world)]

@@ -82,7 +82,9 @@ LAYOUTS = {
 }
 
 
-def _conv(dims: int, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, bias: bool = False) -> nn.Module:
+def _conv(
+    dims: int, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, bias: bool = False
+) -> nn.Module:
     conv = nn.Conv2d if dims == 2 else nn.Conv3d
     return conv(cin, cout, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation, bias=bias)
 
@@ -103,7 +105,17 @@ class ResNetBlock(nn.Module):
         downsample: whether the shortcut is a 1×1 conv + BatchNorm.
     """
 
-    def __init__(self, layout: ResNetLayout, bottleneck: bool, cin: int, planes: int, cout: int, stride: int, dilation: int, downsample: bool):
+    def __init__(
+        self,
+        layout: ResNetLayout,
+        bottleneck: bool,
+        cin: int,
+        planes: int,
+        cout: int,
+        stride: int,
+        dilation: int,
+        downsample: bool,
+    ):
         super().__init__()
         dims, bias, eps = layout.spatial_dims, layout.conv_bias == "all", layout.eps
         self.bottleneck = bottleneck
@@ -124,7 +136,9 @@ class ResNetBlock(nn.Module):
         self.downsample = None
         if downsample:
             shortcut_bias = layout.conv_bias in ("all", "downsample")
-            self.downsample = nn.Sequential(_conv(dims, cin, cout, 1, stride=stride, bias=shortcut_bias), _norm(dims, cout, eps))
+            self.downsample = nn.Sequential(
+                _conv(dims, cin, cout, 1, stride=stride, bias=shortcut_bias), _norm(dims, cout, eps)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -171,7 +185,9 @@ class ResNetFeatures(nn.Module):
             layers = []
             for block, (planes, cout, downsample) in enumerate(blocks):
                 stride = layout.strides[index] if block == 0 else 1
-                layers.append(ResNetBlock(layout, bottleneck, width, planes, cout, stride, layout.dilations[index], downsample))
+                layers.append(
+                    ResNetBlock(layout, bottleneck, width, planes, cout, stride, layout.dilations[index], downsample)
+                )
                 width = cout
             setattr(self, f"layer{index + 1}", nn.Sequential(*layers))
 
@@ -281,7 +297,9 @@ def load_resnet(weights: str | Path, what: str, spatial_dims: int, kind: str) ->
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     shapes = [k for k in sorted(expected & set(state)) if net.state_dict()[k].shape != state[k].shape]
     if missing or unexpected or shapes:
-        detail = f"missing {missing[:3]}, unexpected {unexpected[:3]}" + (f", wrong shape {shapes[:3]}" if shapes else "")
+        detail = f"missing {missing[:3]}, unexpected {unexpected[:3]}" + (
+            f", wrong shape {shapes[:3]}" if shapes else ""
+        )
         raise UserError(f"{what}: {path} is not {kind} in the {layout.name} layout ({detail})")
     net.load_state_dict(state, strict=False)
     return net.eval().requires_grad_(False)

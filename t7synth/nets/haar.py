@@ -137,9 +137,7 @@ def haar_pyramid(x: Tensor, levels: int = 3) -> list[Tensor]:
     factor = 2**levels
     height, width = x.shape[-2:]
     if height % factor or width % factor:
-        raise ValueError(
-            f"haar_pyramid with {levels} levels needs H and W divisible by {factor}, got {height}x{width}"
-        )
+        raise ValueError(f"haar_pyramid with {levels} levels needs H and W divisible by {factor}, got {height}x{width}")
     batch, channels = x.shape[:2]
     outputs: list[Tensor] = []
     approx = x

@@ -68,9 +68,7 @@ class _DistillationBlock(nn.Module):
         negative_slope: LeakyReLU slope.
     """
 
-    def __init__(
-        self, features: int, groups: int, stride: int, activate_output: bool, negative_slope: float
-    ) -> None:
+    def __init__(self, features: int, groups: int, stride: int, activate_output: bool, negative_slope: float) -> None:
         super().__init__()
         self.distilled = features // 4
         wide = features - self.distilled
@@ -91,9 +89,7 @@ class _DistillationBlock(nn.Module):
             nn.LeakyReLU(negative_slope, inplace=True),
         )
         self.compress = nn.Conv2d(features + self.distilled, features, kernel_size=1, stride=stride)
-        self.out_act: nn.Module = (
-            nn.LeakyReLU(negative_slope, inplace=True) if activate_output else nn.Identity()
-        )
+        self.out_act: nn.Module = nn.LeakyReLU(negative_slope, inplace=True) if activate_output else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.enhance_a(x)

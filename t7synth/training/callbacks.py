@@ -164,4 +164,3 @@ class RunProgressBar(pl.callbacks.TQDMProgressBar):
         if "v_num" in items:
             items["v_num"] = self.version
         return items
-

@@ -42,10 +42,17 @@ def trainer_hardware(gpus: int, nodes: int, cpus: int, precision: str | None, fi
 
         if not torch.cuda.is_available():
             raise UserError(f"--gpus {gpus}: no CUDA GPU is visible on this machine (use --gpus 0 for the CPU)")
-        kwargs = {"accelerator": "gpu", "devices": gpus, "num_nodes": nodes, "precision": precision or default_gpu_precision()}
+        kwargs = {
+            "accelerator": "gpu",
+            "devices": gpus,
+            "num_nodes": nodes,
+            "precision": precision or default_gpu_precision(),
+        }
         processes = gpus * nodes
     if processes > 1:
-        kwargs["strategy"] = DDPStrategy(find_unused_parameters=find_unused, process_group_backend="gloo" if gpus == 0 else None)
+        kwargs["strategy"] = DDPStrategy(
+            find_unused_parameters=find_unused, process_group_backend="gloo" if gpus == 0 else None
+        )
     return kwargs
 
 

@@ -80,11 +80,15 @@ def detect_launch(environ: Mapping[str, str] | None = None) -> Launch:
     slurm = "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
     # Same order as Lightning's cluster-environment detection: SLURM before torchrun.
     if slurm:
-        return Launch("slurm", _int(env, "SLURM_PROCID") == 0, _int(env, "SLURM_NTASKS", 1), env.get("SLURM_JOB_ID") or None)
+        return Launch(
+            "slurm", _int(env, "SLURM_PROCID") == 0, _int(env, "SLURM_NTASKS", 1), env.get("SLURM_JOB_ID") or None
+        )
     if "TORCHELASTIC_RUN_ID" in env:
         run_id = env.get("TORCHELASTIC_RUN_ID") or None
         # torchrun's default rendezvous id is the literal "none": not a job identity.
-        return Launch("torchrun", _int(env, "RANK") == 0, _int(env, "WORLD_SIZE", 1), None if run_id == "none" else run_id)
+        return Launch(
+            "torchrun", _int(env, "RANK") == 0, _int(env, "WORLD_SIZE", 1), None if run_id == "none" else run_id
+        )
     # Ranks that Lightning launched carry LOCAL_RANK (and NODE_RANK on other nodes of
     # a manually launched multi-node run); the first process carries neither, or 0.
     rank_zero = all(_int(env, name) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))

@@ -178,7 +178,9 @@ def log_test_results(loggers: list, rows: list[dict], run_dir: Path) -> None:
         logger.experiment.summary.update(summary)
         logger.log_table(key="test/scores", columns=["model", "subject", *names], data=data)
         if montages:
-            logger.log_image(key="test/montages", images=[str(p) for _, p in montages], caption=[s for s, _ in montages])
+            logger.log_image(
+                key="test/montages", images=[str(p) for _, p in montages], caption=[s for s, _ in montages]
+            )
 
 
 #: The files of a run folder saved with its W&B run (those that exist), in the
@@ -186,7 +188,9 @@ def log_test_results(loggers: list, rows: list[dict], run_dir: Path) -> None:
 RUN_FILES = ("config.yaml", "environment.yaml", "metrics.csv", "test_scores.csv", "progress.png")
 
 
-def log_run_files(loggers: list, run_dir: Path, checkpoint: str | Path | None = None, checkpoint_epoch: int | None = None) -> None:
+def log_run_files(
+    loggers: list, run_dir: Path, checkpoint: str | Path | None = None, checkpoint_epoch: int | None = None
+) -> None:
     """Save the run folder's files (:data:`RUN_FILES`) and, optionally, a checkpoint with the W&B run.
 
     Called once at the end of ``fit``. ``progress.png`` is also logged as an image
@@ -222,10 +226,11 @@ def log_run_files(loggers: list, run_dir: Path, checkpoint: str | Path | None = 
         run.log_artifact(artifact)
         if checkpoint is not None:
             checkpoint = Path(checkpoint)
-            model = wandb.Artifact(f"model-{run.id}", type="model", metadata={"epoch": checkpoint_epoch, "file": checkpoint.name})
+            model = wandb.Artifact(
+                f"model-{run.id}", type="model", metadata={"epoch": checkpoint_epoch, "file": checkpoint.name}
+            )
             model.add_file(str(checkpoint), name=checkpoint.name, policy="immutable")
             run.log_artifact(model, aliases=["latest", checkpoint.stem])
-
 
 
 def run_link(run, run_id: str, mode: str) -> str:

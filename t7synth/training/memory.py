@@ -152,9 +152,25 @@ class _FusedAttention(torch.autograd.Function):
 
 #: CUDA autocast's lower-precision and fp32 op lists, as far as t7synth's nets use them.
 _LOW_PRECISION_OPS = frozenset(
-    {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "prelu"}
+    {
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+        "linear",
+        "matmul",
+        "mm",
+        "bmm",
+        "addmm",
+        "baddbmm",
+        "prelu",
+    }
 )
-_FP32_OPS = frozenset({"group_norm", "layer_norm", "softmax", "log_softmax", "binary_cross_entropy_with_logits", "l1_loss", "mse_loss"})
+_FP32_OPS = frozenset(
+    {"group_norm", "layer_norm", "softmax", "log_softmax", "binary_cross_entropy_with_logits", "l1_loss", "mse_loss"}
+)
 
 
 class _MetaTraining(TorchFunctionMode):
@@ -211,7 +227,11 @@ def meta_batch(config, volume_shape: Sequence[int], size: int) -> dict:
     shape = sample_shape(config, volume_shape)
     with torch.device("meta"):
         volume = torch.empty(size, *shape)
-        batch = {"source": volume, "target": torch.empty_like(volume), "mask": torch.empty(size, *shape, dtype=torch.uint8)}
+        batch = {
+            "source": volume,
+            "target": torch.empty_like(volume),
+            "mask": torch.empty(size, *shape, dtype=torch.uint8),
+        }
         batch["location"] = torch.zeros(size, 6, dtype=torch.long)
         for key in SUBJECT_KEYS:
             batch[key] = torch.ones(size)
@@ -324,8 +344,13 @@ class Plan:
     fits: bool
 
     def describe(self) -> str:
-        steps = f"{self.accumulate} micro-batches of {self.micro}" if self.accumulate > 1 else f"micro-batch {self.micro}"
-        return f"{self.share} samples per GPU per step, {steps}: {self.estimate / GIB:.1f} GiB of {self.capacity / GIB:.1f} GiB"
+        steps = (
+            f"{self.accumulate} micro-batches of {self.micro}" if self.accumulate > 1 else f"micro-batch {self.micro}"
+        )
+        return (
+            f"{self.share} samples per GPU per step, {steps}: {self.estimate / GIB:.1f} GiB of "
+            f"{self.capacity / GIB:.1f} GiB"
+        )
 
 
 def make_plan(config, footprint: Footprint, world: int, capacity: float) -> Plan:
@@ -372,7 +397,8 @@ def refusal(config, footprint: Footprint, plan: Plan, checkpointed: Footprint | 
     usable = usable_bytes(plan.capacity)
     head = (
         f"the training step needs an estimated {plan.estimate / GIB:.1f} GiB per GPU "
-        f"({plan.micro} samples per forward pass) but {plan.capacity / GIB:.1f} GiB GPUs leave {usable / GIB:.1f} GiB for it"
+        f"({plan.micro} samples per forward pass) but {plan.capacity / GIB:.1f} GiB GPUs leave "
+        f"{usable / GIB:.1f} GiB for it"
     )
     remedies = []
     if config.trainer.accumulate_grad_batches is not None and footprint.accumulates:
@@ -386,9 +412,15 @@ def refusal(config, footprint: Footprint, plan: Plan, checkpointed: Footprint | 
     if not remedies:
         most = footprint.largest_micro_batch(plan.capacity, plan.world)
         if most >= 1:
-            remedies.append(f"use at most {most} samples per forward pass (a smaller data.batch_size or, with data.batch_scope global, more GPUs)")
+            remedies.append(
+                f"use at most {most} samples per forward pass (a smaller data.batch_size or, with data.batch_scope "
+                "global, more GPUs)"
+            )
         else:
-            remedies.append(f"the weights, gradients and Adam state alone need {footprint.peak(0, plan.world) / GIB:.1f} GiB: use larger GPUs")
+            remedies.append(
+                f"the weights, gradients and Adam state alone need {footprint.peak(0, plan.world) / GIB:.1f} GiB: "
+                "use larger GPUs"
+            )
     return f"{head}: {'; or '.join(remedies)}"
 
 
@@ -407,7 +439,9 @@ def checkpointing_variant(config):
     net = model.generator()
     if "checkpointing" not in inspect.signature(type(net)).parameters or config.model.net.get("checkpointing"):
         return None
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, net={**config.model.net, "checkpointing": True}))
+    return dataclasses.replace(
+        config, model=dataclasses.replace(config.model, net={**config.model.net, "checkpointing": True})
+    )
 
 
 def check_gpu_memory(config, world: int, capacity: float, precision: str, volume_shape: Sequence[int]) -> Plan:
@@ -446,7 +480,9 @@ def volume_shape(config, create: bool = False) -> tuple[int, int, int] | None:
 
         data = config.data
         if create:
-            root = ensure_demo_dataset(n_subjects=data.demo_subjects, seed=data.demo_seed, voxel_size=data.demo_voxel_size)
+            root = ensure_demo_dataset(
+                n_subjects=data.demo_subjects, seed=data.demo_seed, voxel_size=data.demo_voxel_size
+            )
         else:
             root = default_demo_dir(data.demo_subjects, data.demo_seed, data.demo_voxel_size)
     if not root.is_dir():
@@ -512,8 +548,9 @@ def summary_lines(config, world: int | None = None) -> list[str]:
             f"samples {sample}, {scope} {config.data.batch_size}"
         ),
         (
-            f"  weights + gradients + Adam {footprint.states / GIB:.2f} GiB (+{footprint.gradients / GIB:.2f} GiB DDP buckets); "
-            f"activations {footprint.per_sample / GIB:.3f} GiB per sample (+{footprint.activations(0) / GIB:.2f} GiB per step)"
+            f"  weights + gradients + Adam {footprint.states / GIB:.2f} GiB (+{footprint.gradients / GIB:.2f} GiB "
+            f"DDP buckets); activations {footprint.per_sample / GIB:.3f} GiB per sample "
+            f"(+{footprint.activations(0) / GIB:.2f} GiB per step)"
         ),
     ]
     sizes = dict(REFERENCE_GPUS)
@@ -526,7 +563,9 @@ def summary_lines(config, world: int | None = None) -> list[str]:
     variant = checkpointing_variant(config) if missing else None
     if variant is not None:
         checkpointed = measure(variant, shape, precision)
-        lines.append(f"  with model.net.checkpointing=true: activations {checkpointed.per_sample / GIB:.3f} GiB per sample")
+        lines.append(
+            f"  with model.net.checkpointing=true: activations {checkpointed.per_sample / GIB:.3f} GiB per sample"
+        )
         lines += _plan_table(variant, checkpointed, worlds, sizes)[0]
     lines.append("  (cells: micro-batches per step x samples per micro-batch: estimated peak per GPU)")
     return lines
@@ -540,8 +579,12 @@ def _plan_table(config, footprint: Footprint, worlds: list[int], sizes: dict[str
         for capacity in sizes.values():
             plan = make_plan(config, footprint, count, capacity)
             missing |= not plan.fits
-            cells.append(f"{plan.accumulate} x {plan.micro}: {plan.estimate / GIB:.1f} GiB" if plan.fits else "does not fit")
-        lines.append(f"  {count:>4}  {batch_share(config.data, count):>7}  " + "  ".join(f"{cell:>20}" for cell in cells))
+            cells.append(
+                f"{plan.accumulate} x {plan.micro}: {plan.estimate / GIB:.1f} GiB" if plan.fits else "does not fit"
+            )
+        lines.append(
+            f"  {count:>4}  {batch_share(config.data, count):>7}  " + "  ".join(f"{cell:>20}" for cell in cells)
+        )
     return lines, missing
 
 

@@ -71,7 +71,9 @@ def git_revision(package_dir: str | Path | None = None) -> str | None:
     return None
 
 
-def environment_record(seed: int, launch: Launch, hardware: Mapping[str, Any], resumed_from: str | None) -> dict[str, Any]:
+def environment_record(
+    seed: int, launch: Launch, hardware: Mapping[str, Any], resumed_from: str | None
+) -> dict[str, Any]:
     """One launch's entry in ``environment.yaml`` (plain types only).
 
     Args:

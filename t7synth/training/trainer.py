@@ -115,8 +115,8 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     from t7synth.training.callbacks import AtomicCheckpointIO, DataStreamCheck, ProgressPlot, RunProgressBar
     from t7synth.training.hardware import trainer_hardware
     from t7synth.training.loggers import build_loggers, check_wandb_mode, log_test_results, wandb_mode
-    from t7synth.training.run_dir import check_resume, discard_if_empty, existing_ancestor
     from t7synth.training.record import environment_record, write_environment
+    from t7synth.training.run_dir import check_resume, discard_if_empty, existing_ancestor
 
     module_class = registry.get(config.model.name)
     launch = detect_launch()
@@ -124,7 +124,9 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     # included. Ranks that Lightning starts carry LOCAL_RANK/NODE_RANK, srun's and
     # torchrun's carry SLURM_PROCID/RANK.
     rank_zero = launch.rank_zero
-    hardware = trainer_hardware(options.gpus, options.nodes, options.cpus, config.trainer.precision, module_class.FIND_UNUSED_PARAMETERS)
+    hardware = trainer_hardware(
+        options.gpus, options.nodes, options.cpus, config.trainer.precision, module_class.FIND_UNUSED_PARAMETERS
+    )
     _check_nodes(options.nodes, launch)
     # The batch split and, on GPUs, the memory plan: a config that cannot fit is refused
     # here, before anything is built or written (t7synth.training.memory).
@@ -151,7 +153,9 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             datamodule.setup("fit")
             datamodule.check_shardable(world)
             save_yaml(config.to_dict(), run_dir / "config.yaml")
-            write_environment(run_dir, environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None))
+            write_environment(
+                run_dir, environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None)
+            )
     except BaseException:
         if rank_zero:
             discard_if_empty(run_dir, existed)
@@ -208,7 +212,11 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
                     f"Training finished: {run_dir}\nThe dataset has no test subjects, so nothing was tested "
                     f"(checkpoints: {run_dir / 'checkpoints'}; curves: {run_dir / 'progress.png'})."
                 )
-            _finish_wandb(trainer, run_dir, (best.best_model_path or last.best_model_path) if config.wandb.log_checkpoint else None)
+            _finish_wandb(
+                trainer,
+                run_dir,
+                (best.best_model_path or last.best_model_path) if config.wandb.log_checkpoint else None,
+            )
             return result
         # trainer.test_checkpoint: best (highest val/psnr_brain) or last (the final
         # epoch's, as the authors released); "last" also stands in when no validation ran.
@@ -220,7 +228,12 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
 
             result.report = format_test_report(model.test_rows, config.model.name, test_path, run_dir)
         log_test_results(trainer.loggers, model.test_rows, run_dir)
-        _finish_wandb(trainer, run_dir, test_path if config.wandb.log_checkpoint else None, getattr(model, "_checkpoint_epoch", None))
+        _finish_wandb(
+            trainer,
+            run_dir,
+            test_path if config.wandb.log_checkpoint else None,
+            getattr(model, "_checkpoint_epoch", None),
+        )
         return result
 
 
@@ -279,7 +292,9 @@ def _quiet_known_warnings():
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
             warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True\)`")
-            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+            )
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             yield
     finally:

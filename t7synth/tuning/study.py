@@ -60,7 +60,9 @@ class SweepOptions:
     heartbeat: int = DEFAULT_HEARTBEAT
 
 
-def run_sweep(sweep_file: str | Path, options: SweepOptions = SweepOptions(), report: Callable[[str], None] = print) -> None:
+def run_sweep(
+    sweep_file: str | Path, options: SweepOptions = SweepOptions(), report: Callable[[str], None] = print
+) -> None:
     """Run trials until the study holds ``n_trials`` finished ones, then summarise it.
 
     Args:
@@ -80,7 +82,9 @@ def run_sweep(sweep_file: str | Path, options: SweepOptions = SweepOptions(), re
 
     check_wandb_mode(wandb_mode(options.wandb or base.wandb.mode))  # once, not in every trial
     root = Path(base.runs_dir) / sweep.study
-    study = open_study(sweep, options.storage, root, options.seed if options.seed is not None else base.seed, options.heartbeat)
+    study = open_study(
+        sweep, options.storage, root, options.seed if options.seed is not None else base.seed, options.heartbeat
+    )
 
     import optuna
 
@@ -94,7 +98,9 @@ def run_sweep(sweep_file: str | Path, options: SweepOptions = SweepOptions(), re
     from tqdm.auto import tqdm
 
     failures = 0
-    with tqdm(total=n_trials, initial=min(done, n_trials), desc=f"sweep {sweep.study}", unit="trial", dynamic_ncols=True) as bar:
+    with tqdm(
+        total=n_trials, initial=min(done, n_trials), desc=f"sweep {sweep.study}", unit="trial", dynamic_ncols=True
+    ) as bar:
         while len(study.get_trials(deepcopy=False, states=finished_states)) < n_trials:
             # Trials of workers that died elsewhere would otherwise stay RUNNING forever.
             for line in fail_stale_trials(study):
@@ -109,8 +115,13 @@ def run_sweep(sweep_file: str | Path, options: SweepOptions = SweepOptions(), re
                 run_dir = root / f"trial-{trial.number:04d}" / "version_0"
                 trial.set_user_attr("run_dir", str(run_dir))
                 trial.set_user_attr("owner", owner_tag())
-                overrides = {**values, "runs_dir": str(root), "name": f"trial-{trial.number:04d}",
-                             "wandb.group": sweep.study, "wandb.job_type": "trial"}
+                overrides = {
+                    **values,
+                    "runs_dir": str(root),
+                    "name": f"trial-{trial.number:04d}",
+                    "wandb.group": sweep.study,
+                    "wandb.job_type": "trial",
+                }
                 command = fit_command(sweep, options, {key: format_value(value) for key, value in overrides.items()})
                 started = time.monotonic()
                 state, value, detail = run_trial(study, trial, command, run_dir, sweep.metric, options.poll)
@@ -137,11 +148,13 @@ def check_storage_url(storage: str) -> None:
     prefix = "sqlite:///"
     if not storage.startswith(prefix):
         return
-    path = Path(storage[len(prefix):]).expanduser()
+    path = Path(storage[len(prefix) :]).expanduser()
     if path.is_dir():
         raise UserError(f"--storage {storage}: {path} is a folder, not a database file")
     if not path.parent.is_dir():
-        raise UserError(f"--storage {storage}: the folder {path.parent} does not exist (SQLite creates the file, not its folder)")
+        raise UserError(
+            f"--storage {storage}: the folder {path.parent} does not exist (SQLite creates the file, not its folder)"
+        )
 
 
 def open_study(sweep, storage: str | None, root: Path, seed: int, heartbeat_interval: int = DEFAULT_HEARTBEAT):
@@ -184,10 +197,16 @@ def open_study(sweep, storage: str | None, root: Path, seed: int, heartbeat_inte
     except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as error:
         raise UserError(f"--storage {storage}: {error}") from None
     if study.direction.name.lower() != sweep.direction:
-        raise UserError(f"study {sweep.study} in the storage maximises/minimises differently than {sweep.path} (direction: {sweep.direction})")
+        raise UserError(
+            f"study {sweep.study} in the storage maximises/minimises differently than {sweep.path} (direction: "
+            f"{sweep.direction})"
+        )
     stale = sorted(root.glob("trial-*/version_0"))
     if not study.trials and stale:
-        raise UserError(f"{root} holds runs of an earlier study ({stale[0].parent.name}, ...): delete them or choose another study name")
+        raise UserError(
+            f"{root} holds runs of an earlier study ({stale[0].parent.name}, ...): delete them or choose another "
+            "study name"
+        )
     return study
 
 
@@ -208,7 +227,7 @@ def database_storage(url: str, heartbeat_interval: int = DEFAULT_HEARTBEAT):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # grace_period None: Optuna's default, twice the interval.
             return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval or None)
-    except ImportError as error:
+    except ImportError:
         # SQLAlchemy >= 2.1 reads postgresql:// URLs with psycopg (3); 2.0 with psycopg2.
         driver = "; for PostgreSQL: pip install 'psycopg[binary]'" if url.startswith("postgres") else ""
         raise UserError(f"--storage {url}: the database driver is not installed{driver}") from None
@@ -277,9 +296,14 @@ def fail_stale_trials(study) -> list[str]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     after = {t.number for t in study.get_trials(deepcopy=False, states=(running,))}
-    failed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)) if t.number in before - after]
+    failed = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        if t.number in before - after
+    ]
     return [
-        f"trial {t.number}: no heartbeat for over {2 * interval} s (its sweep worker {t.user_attrs.get('owner', '?')} died); marked failed"
+        f"trial {t.number}: no heartbeat for over {2 * interval} s (its sweep worker "
+        f"{t.user_attrs.get('owner', '?')} died); marked failed"
         for t in failed
     ]
 
@@ -305,10 +329,14 @@ def fail_orphaned_trials(study) -> list[str]:
         owner = trial.user_attrs.get("owner")
         if not owner or not owner_is_gone(owner):
             continue
-        stopped = "pid" in trial.user_attrs and stop_orphaned_fit(trial.user_attrs["pid"], Path(trial.user_attrs["run_dir"]))
+        stopped = "pid" in trial.user_attrs and stop_orphaned_fit(
+            trial.user_attrs["pid"], Path(trial.user_attrs["run_dir"])
+        )
         if trial.state == optuna.trial.TrialState.FAIL:
             if stopped:
-                lines.append(f"trial {trial.number}: failed, but its fit outlived its sweep ({owner}); the fit was stopped")
+                lines.append(
+                    f"trial {trial.number}: failed, but its fit outlived its sweep ({owner}); the fit was stopped"
+                )
             continue
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         lines.append(
@@ -340,7 +368,9 @@ def fit_command(sweep, options: SweepOptions, overrides: dict[str, str]) -> list
     return command
 
 
-def run_trial(study, trial, command: list[str], run_dir: Path, metric: str, poll: float) -> tuple[str, float | None, str]:
+def run_trial(
+    study, trial, command: list[str], run_dir: Path, metric: str, poll: float
+) -> tuple[str, float | None, str]:
     """Run one trial to its end, reporting each validation and pruning on Optuna's word.
 
     Returns:
@@ -349,19 +379,24 @@ def run_trial(study, trial, command: list[str], run_dir: Path, metric: str, poll
     """
     import optuna
 
-    from t7synth.tuning.trial import TrialProcess
-
-    from t7synth.tuning.trial import write_trial_record
+    from t7synth.tuning.trial import TrialProcess, write_trial_record
 
     process = TrialProcess(command, run_dir, metric, run_dir.parent / "fit.log")
     reported: set[int] = set()
 
     def record(state: str, value: float | None) -> None:
         """The trial's state in its run folder (:data:`t7synth.tuning.trial.TRIAL_FILE`)."""
-        write_trial_record(run_dir, {
-            "study": study.study_name, "number": trial.number, "state": state, "value": value,
-            "epoch": max(reported) if reported else None, "params": dict(trial.params),
-        })
+        write_trial_record(
+            run_dir,
+            {
+                "study": study.study_name,
+                "number": trial.number,
+                "state": state,
+                "value": value,
+                "epoch": max(reported) if reported else None,
+                "params": dict(trial.params),
+            },
+        )
 
     def report_new() -> bool:
         """Report unseen validations in epoch order; True once Optuna says prune."""
@@ -415,7 +450,9 @@ def run_trial(study, trial, command: list[str], run_dir: Path, metric: str, poll
 MIN_TRIALS_FOR_IMPORTANCES = 50
 
 
-def write_summary(study, sweep, root: Path, wandb_mode_setting: str | None, base, report: Callable[[str], None] = print) -> None:
+def write_summary(
+    study, sweep, root: Path, wandb_mode_setting: str | None, base, report: Callable[[str], None] = print
+) -> None:
     """``trials.csv``, the study's plots, the best trial, and W&B.
 
     Written after every sweep (also when it only continued a finished study), so the
@@ -469,18 +506,30 @@ def trials_table(study):
         run_dir = trial.user_attrs.get("run_dir", "")
         id_file = Path(run_dir) / WANDB_ID_FILE if run_dir else None
         duration = trial.duration.total_seconds() if trial.duration is not None else None
-        rows.append({
-            "number": trial.number,
-            "state": trial.state.name.lower(),
-            "value": trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None,
-            "rank": ranks.get(trial.number),
-            "epochs": len(trial.intermediate_values),
-            **{f"params_{key}": trial.params.get(key) for key in params},
-            "duration_s": round(duration, 1) if duration is not None else None,
-            "run_dir": run_dir,
-            "wandb_run": id_file.read_text().strip() if id_file is not None and id_file.is_file() else "",
-        })
-    columns = ["number", "state", "value", "rank", "epochs", *(f"params_{key}" for key in params), "duration_s", "run_dir", "wandb_run"]
+        rows.append(
+            {
+                "number": trial.number,
+                "state": trial.state.name.lower(),
+                "value": trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None,
+                "rank": ranks.get(trial.number),
+                "epochs": len(trial.intermediate_values),
+                **{f"params_{key}": trial.params.get(key) for key in params},
+                "duration_s": round(duration, 1) if duration is not None else None,
+                "run_dir": run_dir,
+                "wandb_run": id_file.read_text().strip() if id_file is not None and id_file.is_file() else "",
+            }
+        )
+    columns = [
+        "number",
+        "state",
+        "value",
+        "rank",
+        "epochs",
+        *(f"params_{key}" for key in params),
+        "duration_s",
+        "run_dir",
+        "wandb_run",
+    ]
     frame = pd.DataFrame(rows, columns=columns)
     frame["rank"] = frame["rank"].astype("Int64")  # integers, empty for trials without a rank
     for column in ("value", "duration_s"):
@@ -533,7 +582,10 @@ def plot_study(study, root: Path, metric: str, report: Callable[[str], None] = p
             path = root / f"{name}.png"
             if name == "importances" and complete < MIN_TRIALS_FOR_IMPORTANCES:
                 path.unlink(missing_ok=True)
-                report(f"importances.png not drawn: {complete} complete trials, {MIN_TRIALS_FOR_IMPORTANCES} needed for a stable estimate")
+                report(
+                    f"importances.png not drawn: {complete} complete trials, {MIN_TRIALS_FOR_IMPORTANCES} needed "
+                    "for a stable estimate"
+                )
                 continue
             try:
                 axes = draw()
@@ -580,23 +632,36 @@ def log_summary_to_wandb(table, images: list[Path], sweep, root: Path, mode_sett
     import wandb
 
     run = wandb.init(
-        project=base.wandb.project, entity=base.wandb.entity, group=sweep.study, job_type="sweep",
-        name=f"{sweep.study}/summary", dir=str(root), mode=mode,
+        project=base.wandb.project,
+        entity=base.wandb.entity,
+        group=sweep.study,
+        job_type="sweep",
+        name=f"{sweep.study}/summary",
+        dir=str(root),
+        mode=mode,
         config={"sweep": str(sweep.path), "study": sweep.study, "metric": sweep.metric, "direction": sweep.direction},
     )
     try:
         frame = table.copy()
         frame["wandb_link"] = [run_link(run, run_id, mode) if run_id else "" for run_id in frame["wandb_run"]]
-        run.log({
-            "sweep/trials": wandb.Table(columns=list(frame.columns), data=wandb_rows(frame)),
-            **{f"sweep/{path.stem}": wandb.Image(str(path)) for path in images},
-        })
+        run.log(
+            {
+                "sweep/trials": wandb.Table(columns=list(frame.columns), data=wandb_rows(frame)),
+                **{f"sweep/{path.stem}": wandb.Image(str(path)) for path in images},
+            }
+        )
         summary = {f"trials/{state}": int(count) for state, count in frame["state"].value_counts().items()}
         ranked = frame[frame["rank"] == 1]
         if len(ranked):
             best = ranked.iloc[0]
-            summary.update({"best/number": int(best["number"]), "best/value": float(best["value"]),
-                            "best/run_dir": best["run_dir"], "best/wandb_link": best["wandb_link"]})
+            summary.update(
+                {
+                    "best/number": int(best["number"]),
+                    "best/value": float(best["value"]),
+                    "best/run_dir": best["run_dir"],
+                    "best/wandb_link": best["wandb_link"],
+                }
+            )
         run.summary.update(summary)
     finally:
         run.finish()

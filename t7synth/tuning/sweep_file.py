@@ -168,7 +168,11 @@ class SweepConfig:
         import optuna
 
         options = {k: v for k, v in self.sampler.items() if k != "name"}
-        classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler, "qmc": optuna.samplers.QMCSampler}
+        classes = {
+            "tpe": optuna.samplers.TPESampler,
+            "random": optuna.samplers.RandomSampler,
+            "qmc": optuna.samplers.QMCSampler,
+        }
         try:
             return classes[self.sampler["name"]](seed=seed, **options)
         except TypeError as error:
@@ -179,7 +183,11 @@ class SweepConfig:
         import optuna
 
         options = {k: v for k, v in self.pruner.items() if k != "name"}
-        classes = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner}
+        classes = {
+            "median": optuna.pruners.MedianPruner,
+            "hyperband": optuna.pruners.HyperbandPruner,
+            "none": optuna.pruners.NopPruner,
+        }
         try:
             return classes[self.pruner["name"]](**options)
         except (TypeError, ValueError) as error:
@@ -217,16 +225,24 @@ def _check_param(where: str, key: str, spec: Any) -> None:
     if not isinstance(spec, dict) or spec.get("type") not in PARAM_TYPES:
         raise UserError(f"{where}: params.{key} needs type: {' | '.join(PARAM_TYPES)}, got {spec!r}")
     kind = spec["type"]
-    allowed = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"}, "categorical": {"choices"}}[kind]
+    allowed = {
+        "float": {"low", "high", "log", "step"},
+        "int": {"low", "high", "log", "step"},
+        "categorical": {"choices"},
+    }[kind]
     unknown = sorted(set(spec) - allowed - {"type"})
     if unknown:
-        raise UserError(f"{where}: params.{key}: unknown key {unknown[0]!r} for a {kind} (valid: {', '.join(sorted(allowed))})")
+        raise UserError(
+            f"{where}: params.{key}: unknown key {unknown[0]!r} for a {kind} (valid: {', '.join(sorted(allowed))})"
+        )
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise UserError(f"{where}: params.{key}.choices must be a non-empty list")
         if any(isinstance(c, (list, dict)) for c in choices):
-            raise UserError(f"{where}: params.{key}.choices must be numbers, strings or booleans (Optuna stores no lists)")
+            raise UserError(
+                f"{where}: params.{key}.choices must be numbers, strings or booleans (Optuna stores no lists)"
+            )
         return
     number = float if kind == "float" else int
     for bound in ("low", "high"):
@@ -236,8 +252,14 @@ def _check_param(where: str, key: str, spec: Any) -> None:
                 spec[bound] = value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (number is int and not isinstance(value, int)):
-            raise UserError(f"{where}: params.{key}.{bound} must be a{'n' if kind == 'int' else ''} {kind}, got {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (number is int and not isinstance(value, int))
+        ):
+            raise UserError(
+                f"{where}: params.{key}.{bound} must be a{'n' if kind == 'int' else ''} {kind}, got {value!r}"
+            )
     if not spec["low"] < spec["high"]:
         raise UserError(f"{where}: params.{key}: low must be below high, got {spec['low']} and {spec['high']}")
     if spec.get("log") and spec.get("step") is not None:
@@ -249,11 +271,17 @@ def _check_param(where: str, key: str, spec: Any) -> None:
                 spec["step"] = step = float(step)
             except ValueError:
                 pass
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or (number is int and not isinstance(step, int)):
+        if (
+            isinstance(step, bool)
+            or not isinstance(step, (int, float))
+            or (number is int and not isinstance(step, int))
+        ):
             raise UserError(f"{where}: params.{key}.step must be a{'n' if kind == 'int' else ''} {kind}, got {step!r}")
         if not (math.isfinite(step) and step > 0):
             raise UserError(f"{where}: params.{key}.step must be positive, got {step}")
         if step > spec["high"] - spec["low"]:
-            raise UserError(f"{where}: params.{key}.step {step} is wider than the range {spec['low']} to {spec['high']}")
+            raise UserError(
+                f"{where}: params.{key}.step {step} is wider than the range {spec['low']} to {spec['high']}"
+            )
     if spec.get("log") and spec["low"] <= 0:
         raise UserError(f"{where}: params.{key}: a log scale needs low > 0, got {spec['low']}")

@@ -210,4 +210,3 @@ def read_trial_record(run_dir: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
-

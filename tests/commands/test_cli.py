@@ -6,7 +6,7 @@ import importlib
 import sys
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 

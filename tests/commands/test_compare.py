@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_dataset
+from helpers import make_dataset
 
 from t7synth import compare, evaluate
 from t7synth.cli import run_main
@@ -22,13 +22,35 @@ def _rows(psnr_brain: list[float], ssim_brain: list[float]) -> list[dict]:
     rows = []
     for index, (p, s) in enumerate(zip(psnr_brain, ssim_brain)):
         subject = f"sub-00{index + 1}"
-        rows.append({"model": "model", "subject": subject, "psnr": p - 1, "ssim": s - 0.01, "psnr_brain": p, "ssim_brain": s, "mae": 0.1 / p})
+        rows.append(
+            {
+                "model": "model",
+                "subject": subject,
+                "psnr": p - 1,
+                "ssim": s - 0.01,
+                "psnr_brain": p,
+                "ssim_brain": s,
+                "mae": 0.1 / p,
+            }
+        )
         for baseline, value in BASELINES.items():
-            rows.append({"model": baseline, "subject": subject, "psnr": value - 1, "ssim": 0.7, "psnr_brain": value, "ssim_brain": 0.75, "mae": 0.1 / value})
+            rows.append(
+                {
+                    "model": baseline,
+                    "subject": subject,
+                    "psnr": value - 1,
+                    "ssim": 0.7,
+                    "psnr_brain": value,
+                    "ssim_brain": 0.75,
+                    "mae": 0.1 / value,
+                }
+            )
     return rows
 
 
-def _write_run(folder: Path, name: str, model: str, psnr_brain: list[float], ssim_brain: list[float], curve=None, **keys) -> Path:
+def _write_run(
+    folder: Path, name: str, model: str, psnr_brain: list[float], ssim_brain: list[float], curve=None, **keys
+) -> Path:
     """A run folder as ``fit`` leaves it: config.yaml, test_scores.csv and, given a
     ``curve`` of validation PSNRs, metrics.csv. ``keys`` are dotted config overrides."""
     config = Config().to_dict()
@@ -41,7 +63,17 @@ def _write_run(folder: Path, name: str, model: str, psnr_brain: list[float], ssi
     if curve:
         with open(folder / "metrics.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["epoch", "step", "train/loss", "val/psnr_brain", "val/ssim_brain", "val/identity/psnr_brain", "val/lut/psnr_brain"])
+            writer.writerow(
+                [
+                    "epoch",
+                    "step",
+                    "train/loss",
+                    "val/psnr_brain",
+                    "val/ssim_brain",
+                    "val/identity/psnr_brain",
+                    "val/lut/psnr_brain",
+                ]
+            )
             for epoch, value in enumerate(curve):
                 writer.writerow([epoch, epoch * 4, 0.1, "", "", "", ""])
                 writer.writerow([epoch, epoch * 4 + 3, "", value, 0.8, 20.0, 22.0])
@@ -72,7 +104,10 @@ def test_two_runs_side_by_side(runs, tmp_path, capsys):
     vnet = next(line for line in lines if "demo_vnet/version_3" in line)
     assert "**26.00 ± 1.41**" in unet  # best in-brain PSNR is bold
     assert "**0.9400 ± 0.0141**" in vnet  # best in-brain SSIM is the other run's
-    assert sum("identity (3T input)" in line for line in lines) == 1 and sum("intensity LUT" in line for line in lines) == 1
+    assert (
+        sum("identity (3T input)" in line for line in lines) == 1
+        and sum("intensity LUT" in line for line in lines) == 1
+    )
     # The configs differ in the model only; the experiment names are labels, not differences.
     assert "| model.name | unet | vnet |" in markdown
     assert "| name |" not in markdown and "runs_dir" not in markdown
@@ -127,12 +162,27 @@ def _write_study(root: Path, values: dict[int, float | None], table_rank: bool =
         run = root / f"trial-{number:04d}" / "version_0"
         run.mkdir(parents=True)
         if value is not None:
-            _write_run(run, f"trial-{number:04d}", "unet", [value, value + 1], [0.9, 0.91], curve=[value - 2, value],
-                       optim__lr=10.0 ** -(number + 2), wandb__group=root.name)
+            _write_run(
+                run,
+                f"trial-{number:04d}",
+                "unet",
+                [value, value + 1],
+                [0.9, 0.91],
+                curve=[value - 2, value],
+                optim__lr=10.0 ** -(number + 2),
+                wandb__group=root.name,
+            )
             (run / "trial.json").write_text(json.dumps({"study": root.name, "number": number, "state": "complete"}))
         # As a sweep run with a relative runs_dir writes it: not a path from here.
-        lines.append({"number": number, "state": "complete" if value is not None else "pruned", "value": value or "",
-                      "rank": ranks.get(number, ""), "run_dir": f"runs/{root.name}/trial-{number:04d}/version_0"})
+        lines.append(
+            {
+                "number": number,
+                "state": "complete" if value is not None else "pruned",
+                "value": value or "",
+                "rank": ranks.get(number, ""),
+                "run_dir": f"runs/{root.name}/trial-{number:04d}/version_0",
+            }
+        )
     with open(root / "trials.csv", "w", newline="") as handle:
         fields = ["number", "state", "value", *(["rank"] if table_rank else []), "run_dir"]
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
@@ -156,26 +206,47 @@ def test_fit_run_evaluate_output_and_study_in_one_table(tmp_path, capsys):
     pred.mkdir()
     for record in discover(data)[2:]:  # two subjects, the 3T input as the prediction: no model needed
         volumes = preprocess_record(record, Preprocessing())
-        nib.save(nib.Nifti1Image(volumes["source"][0].numpy(), volumes["affine"].numpy()), str(pred / f"{record.subject}_synth.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(volumes["source"][0].numpy(), volumes["affine"].numpy()),
+            str(pred / f"{record.subject}_synth.nii.gz"),
+        )
     assert run_main(evaluate.main, ["--pred", str(pred), "--data", str(data), "--no-progress"]) == 0
     assert (pred / "evaluation" / "config.yaml").is_file()  # beside scores.csv, in the default --out
 
-    fit_run = _write_run(tmp_path / "runs" / "demo_unet" / "version_0", "demo_unet", "unet", [25.0, 27.0], [0.9, 0.92], curve=[21.0, 24.0])
+    fit_run = _write_run(
+        tmp_path / "runs" / "demo_unet" / "version_0",
+        "demo_unet",
+        "unet",
+        [25.0, 27.0],
+        [0.9, 0.92],
+        curve=[21.0, 24.0],
+    )
     study = _write_study(tmp_path / "runs" / "lr_study", {0: 23.0, 1: 26.0, 2: None, 3: 24.0})
     out = tmp_path / "cmp"
     capsys.readouterr()
-    status = run_main(compare.main, [str(fit_run), str(pred / "evaluation"), str(study), "--trials", "2", "--out", str(out)])
+    status = run_main(
+        compare.main, [str(fit_run), str(pred / "evaluation"), str(study), "--trials", "2", "--out", str(out)]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     labels = [line.split(" | ")[0].removeprefix("| ") for line in _table(printed)[2:]]
-    assert labels == ["demo_unet/version_0", "pred/evaluation", "lr_study/trial-0001", "lr_study/trial-0003",
-                      "identity (3T input)", "intensity LUT"]
+    assert labels == [
+        "demo_unet/version_0",
+        "pred/evaluation",
+        "lr_study/trial-0001",
+        "lr_study/trial-0003",
+        "identity (3T input)",
+        "intensity LUT",
+    ]
     evaluate_row = next(line for line in _table(printed) if line.startswith("| pred/evaluation |"))
     assert evaluate_row.startswith("| pred/evaluation | ? | 2 |")  # no --ckpt or --config: the model is unknown
 
     markdown = (out / "comparison.md").read_text()
-    differences = {line.split(" | ")[0].removeprefix("| "): line for line in markdown.split("## Config differences")[1].splitlines()
-                   if line.startswith("| ") and not line.startswith("| key")}
+    differences = {
+        line.split(" | ")[0].removeprefix("| "): line
+        for line in markdown.split("## Config differences")[1].splitlines()
+        if line.startswith("| ") and not line.startswith("| key")
+    }
     assert set(differences) >= {"optim.lr", "data.root"}
     assert "0.001" in differences["optim.lr"] and "0.0001" in differences["optim.lr"]  # trial 1 (1e-3), trial 3 (1e-5)
     assert str(data.resolve()) in differences["data.root"]  # evaluate records the dataset it scored
@@ -202,7 +273,9 @@ def test_study_table_of_an_older_sweep_asks_for_a_rerun(tmp_path, capsys):
 
 def test_config_differences_show_keys_one_config_lacks():
     first = runs_module.Run(Path("a"), "a", "unet", [], config={"optim": {"lr": 1e-3}, "data": {"root": None}})
-    second = runs_module.Run(Path("b"), "b", "unet", [], config={"optim": {"lr": 1e-3}, "data": {"root": None, "shape": [8, 8, 8]}})
+    second = runs_module.Run(
+        Path("b"), "b", "unet", [], config={"optim": {"lr": 1e-3}, "data": {"root": None, "shape": [8, 8, 8]}}
+    )
     assert runs_module.config_differences([first, second]) == {"data.shape": [runs_module.NOT_SET, [8, 8, 8]]}
 
 
@@ -226,10 +299,16 @@ def test_wandb_run_links_the_compared_runs(runs, tmp_path, monkeypatch):
         wandb.teardown()
     recorded = offline_run(out)
     linked = {entry["label"]: entry for entry in recorded.config["runs"]}
-    assert linked["demo_unet/version_0"] == {"label": "demo_unet/version_0", "path": str(runs[0]), "wandb_run": "abc123"}
+    assert linked["demo_unet/version_0"] == {
+        "label": "demo_unet/version_0",
+        "path": str(runs[0]),
+        "wandb_run": "abc123",
+    }
     assert linked["demo_vnet/version_3"]["wandb_run"] == ""
     assert recorded.config["config_differences"]["model.name"] == ['"unet"', '"vnet"']
-    table = json.loads(next(out.glob("wandb/offline-run-*/files/media/table/comparison/table_*.table.json")).read_text())
+    table = json.loads(
+        next(out.glob("wandb/offline-run-*/files/media/table/comparison/table_*.table.json")).read_text()
+    )
     link = table["columns"].index("wandb_link")
     assert table["data"][0][link] == "t7synth/abc123"  # offline: the run's path (entity unknown)
     assert list(out.glob("wandb/offline-run-*/files/media/images/comparison/chart_*.png"))

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import write_nifti
+from helpers import write_nifti
 
 from t7synth import convert, evaluate, predict
 from t7synth.cli import run_main
@@ -22,7 +22,14 @@ from t7synth.inference.checkpoint import load_model
 from t7synth.nets.unet import ConditionedUNet
 
 #: A small net of the paper's family: three levels (inputs padded to multiples of 4).
-TINY_NET = {"channels": 8, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_levels": [2], "norm_groups": 4, "context_dim": 1}
+TINY_NET = {
+    "channels": 8,
+    "channel_mult": [1, 2, 2],
+    "num_res_blocks": 1,
+    "attention_levels": [2],
+    "norm_groups": 4,
+    "context_dim": 1,
+}
 SHAPE = (20, 17, 23)
 #: inferer3T.py's (d1, d2, d3), slice_dim 1: slices of 18 x 21 (padded to 20 x 24 by 1+1 and 1+2).
 FRAME = (18, 15, 21)
@@ -62,8 +69,16 @@ def _save_official(path, net: ConditionedUNet, **extra):
     """The layout of LoadingModel.py's torch.save: DataParallel names, a DataFrame, an array."""
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     state = OrderedDict((f"module.{key}", value) for key, value in net.state_dict().items())
-    losses = pd.DataFrame({"train_l1": [0.2, 0.1], "test_l1": [0.3, 0.2], "train_perc": [1.5, 1.1], "test_perc": [1.7, 1.2]})
-    content = {"epoch": 4, "model_state_dict": state, "opti_state_dict": optimizer.state_dict(), "saved_losses": losses, "idx_test": np.array([3, 7, 11])}
+    losses = pd.DataFrame(
+        {"train_l1": [0.2, 0.1], "test_l1": [0.3, 0.2], "train_perc": [1.5, 1.1], "test_perc": [1.7, 1.2]}
+    )
+    content = {
+        "epoch": 4,
+        "model_state_dict": state,
+        "opti_state_dict": optimizer.state_dict(),
+        "saved_losses": losses,
+        "idx_test": np.array([3, 7, 11]),
+    }
     torch.save({**content, **extra}, path)
     return path
 
@@ -133,7 +148,9 @@ def _inferer3t(net, im, age, sex, ds, n_down, batch_size=4, mid_shift=0.0):
             context[:, 0, 0], context[:, 1, 0] = age, sex
             context[:, 2, 0] = 2 * (torch.arange(start, stop) - mid) / n_slices
             out = net(x[start:stop].float(), context)
-            ress[start:stop] = out[:, 0, r1 // 2 : out.shape[2] - (r1 // 2 + r1 % 2), r2 // 2 : out.shape[3] - (r2 // 2 + r2 % 2)]
+            ress[start:stop] = out[
+                :, 0, r1 // 2 : out.shape[2] - (r1 // 2 + r1 % 2), r2 // 2 : out.shape[3] - (r2 // 2 + r2 % 2)
+            ]
     full = torch.zeros(n_d3, n_d1, n_d2)
     full[1:-1] = ress
     ress = torch.transpose(full, 0, 1).numpy()[: i1_end - i0, : j1_end - j0, : k1_end - k0]
@@ -144,7 +161,16 @@ def _inferer3t(net, im, age, sex, ds, n_down, batch_size=4, mid_shift=0.0):
 
 def _convert(tmp_path, official_file, config_file, frame=FRAME):
     out = tmp_path / "official.ckpt"
-    argv = ["--official", str(official_file), "--config", str(config_file), "--out", str(out), "--frame", *map(str, frame)]
+    argv = [
+        "--official",
+        str(official_file),
+        "--config",
+        str(config_file),
+        "--out",
+        str(out),
+        "--frame",
+        *map(str, frame),
+    ]
     return run_main(convert.main, argv), out
 
 
@@ -162,7 +188,19 @@ def test_convert_then_predict_reproduces_inferer3t(tmp_path, capsys, model):
 
     scan = _scan(tmp_path)
     out = tmp_path / "synth.nii.gz"
-    argv = ["--ckpt", str(ckpt), "--input", str(scan), "--output", str(out), "--age", str(AGE), "--sex", SEX, "--no-progress"]
+    argv = [
+        "--ckpt",
+        str(ckpt),
+        "--input",
+        str(scan),
+        "--output",
+        str(out),
+        "--age",
+        str(AGE),
+        "--sex",
+        SEX,
+        "--no-progress",
+    ]
     assert run_main(predict.main, argv) == 0
 
     raw = nib.load(str(scan)).get_fdata()  # the stored array, as inferer3T.py reads it
@@ -172,7 +210,9 @@ def test_convert_then_predict_reproduces_inferer3t(tmp_path, capsys, model):
     data = np.asarray(produced.dataobj, dtype=np.float64)
     assert expected.std() > 0.01 and (expected < 0).any()  # a real, unclipped prediction
     # The position token matters here: half a slice of shift in the script's mid shows.
-    shifted = _inferer3t(net, _pickling_normalise(raw), AGE, 1.0, FRAME, n_down=len(TINY_NET["channel_mult"]) - 1, mid_shift=0.5)
+    shifted = _inferer3t(
+        net, _pickling_normalise(raw), AGE, 1.0, FRAME, n_down=len(TINY_NET["channel_mult"]) - 1, mid_shift=0.5
+    )
     assert np.abs(shifted - expected).max() > 1e-3
     np.testing.assert_allclose(data, expected, atol=1e-4)
 
@@ -181,13 +221,41 @@ def test_converted_checkpoint_evaluates_on_the_whole_scan(tmp_path, dataset):
     """evaluate reads a converted checkpoint like any other; its frame is in the scan
     files' axes, so evaluate does not crop RAS+ volumes to it."""
     # The dataset's 20x24x18 volumes, with the authors' margins, fit a 24-voxel frame.
-    _, ckpt = _convert(tmp_path, _save_official(tmp_path / "o.pt", _official_net()), _config_file(tmp_path), frame=(24, 24, 24))
+    _, ckpt = _convert(
+        tmp_path, _save_official(tmp_path / "o.pt", _official_net()), _config_file(tmp_path), frame=(24, 24, 24)
+    )
     pred = tmp_path / "pred"
-    assert run_main(predict.main, ["--ckpt", str(ckpt), "--input", str(dataset), "--split", "test", "--output", str(pred), "--no-progress"]) == 0
+    assert (
+        run_main(
+            predict.main,
+            ["--ckpt", str(ckpt), "--input", str(dataset), "--split", "test", "--output", str(pred), "--no-progress"],
+        )
+        == 0
+    )
     rows = {}
-    for name, source in (("ckpt", ["--ckpt", str(ckpt)]), ("config", ["--config", str(_uncropped_authors_config(tmp_path))])):
+    for name, source in (
+        ("ckpt", ["--ckpt", str(ckpt)]),
+        ("config", ["--config", str(_uncropped_authors_config(tmp_path))]),
+    ):
         out = tmp_path / f"eval-{name}"
-        assert run_main(evaluate.main, ["--pred", str(pred), "--data", str(dataset), "--split", "test", *source, "--out", str(out), "--no-progress"]) == 0
+        assert (
+            run_main(
+                evaluate.main,
+                [
+                    "--pred",
+                    str(pred),
+                    "--data",
+                    str(dataset),
+                    "--split",
+                    "test",
+                    *source,
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ],
+            )
+            == 0
+        )
         rows[name] = (out / "scores.csv").read_text()
     assert rows["ckpt"] == rows["config"]
 

@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import TINY_UNET, make_pair, write_nifti
+from helpers import TINY_UNET, make_pair, write_nifti
 
 from t7synth import evaluate, fit, predict
 from t7synth.cli import run_main
@@ -23,21 +23,59 @@ def _read(path):
 def test_evaluate_reproduces_fit_test_scores(dataset, tmp_path, capsys):
     runs = tmp_path / "runs"
     sets = [x for item in TINY_UNET for x in ("--set", item)]
-    argv = ["--model", "unet", "--data", str(dataset), "--set", f"runs_dir={runs}", *sets, "--max-epochs", "1", "--wandb", "disabled"]
+    argv = [
+        "--model",
+        "unet",
+        "--data",
+        str(dataset),
+        "--set",
+        f"runs_dir={runs}",
+        *sets,
+        "--max-epochs",
+        "1",
+        "--wandb",
+        "disabled",
+    ]
     assert run_main(fit.main, argv) == 0
     run = runs / "unet" / "version_0"
     ckpt = run / "checkpoints" / "best.ckpt"
     fit_rows = {(r["model"], r["subject"]): r for r in _read(run / "test_scores.csv")}
 
     pred = tmp_path / "pred"
-    assert run_main(predict.main, ["--ckpt", str(ckpt), "--input", str(dataset), "--split", "test", "--output", str(pred), "--no-progress"]) == 0
+    assert (
+        run_main(
+            predict.main,
+            ["--ckpt", str(ckpt), "--input", str(dataset), "--split", "test", "--output", str(pred), "--no-progress"],
+        )
+        == 0
+    )
     # A BIDS derivative dataset (data/naming.py), which evaluate reads by subject label.
-    assert sorted(str(p.relative_to(pred)) for p in pred.rglob("*.nii.gz")) == ["sub-004/anat/sub-004_desc-synth7T_T1w.nii.gz"]
+    assert sorted(str(p.relative_to(pred)) for p in pred.rglob("*.nii.gz")) == [
+        "sub-004/anat/sub-004_desc-synth7T_T1w.nii.gz"
+    ]
     assert (pred / "dataset_description.json").is_file()
 
     out = tmp_path / "eval"
     capsys.readouterr()
-    assert run_main(evaluate.main, ["--pred", str(pred), "--data", str(dataset), "--split", "test", "--ckpt", str(ckpt), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        run_main(
+            evaluate.main,
+            [
+                "--pred",
+                str(pred),
+                "--data",
+                str(dataset),
+                "--split",
+                "test",
+                "--ckpt",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "identity (3T input)" in printed and "intensity LUT" in printed
 
@@ -50,11 +88,11 @@ def test_evaluate_reproduces_fit_test_scores(dataset, tmp_path, capsys):
     assert set(summary) == {"model", "identity", "lut"}
     for baseline in ("identity", "lut"):  # the same preprocessing, LUT (the checkpoint's) and scorers as fit's test
         for name in (*NAMES, *structure):
-            assert float(summary[baseline][f"{name}_mean"]) == pytest.approx(float(fit_rows[(baseline, "sub-004")][name]), abs=1e-5)
+            assert float(summary[baseline][f"{name}_mean"]) == pytest.approx(
+                float(fit_rows[(baseline, "sub-004")][name]), abs=1e-5
+            )
     assert (out / "spectra.png").is_file() and (run / "samples" / "test_spectra.png").is_file()
     assert (out / "montages" / "sub-004.png").is_file()
-
-
 
 
 def test_missing_prediction_is_one_line(dataset, tmp_path, capsys):
@@ -98,7 +136,17 @@ def test_perfect_prediction_and_perceptual_distance(dataset, tmp_path, capsys):
     weights = tmp_path / "resnet_10.pth"
     torch.save({"state_dict": state}, weights)
     out = tmp_path / "eval"
-    argv = ["--pred", str(pred), "--data", str(dataset), "--out", str(out), "--perceptual-weights", str(weights), "--no-progress"]
+    argv = [
+        "--pred",
+        str(pred),
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+        "--perceptual-weights",
+        str(weights),
+        "--no-progress",
+    ]
     assert run_main(evaluate.main, argv) == 0
     row = _read(out / "metrics.csv")[0]
     assert float(row["ssim"]) == pytest.approx(1.0) and float(row["mae"]) == 0.0

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_UNET, make_dataset, make_pair, write_nifti
+from helpers import TINY_UNET, make_dataset, make_pair, write_nifti
 
 from t7synth import evaluate, export, fit, predict, registry
 from t7synth.cli import run_main
@@ -22,7 +22,12 @@ from t7synth.inference import package
 from t7synth.inference.checkpoint import checkpoint_config
 
 TINY_GAN = [*TINY_UNET, "model.discriminator.channels=4", "model.discriminator.num_layers=2"]
-TINY_VNET = ["model.net.channels=[2,4,8,8,8]", "geometry.patch=[16,16,16]", "geometry.overlap=4", "data.inference_batch_size=4"]
+TINY_VNET = [
+    "model.net.channels=[2,4,8,8,8]",
+    "geometry.patch=[16,16,16]",
+    "geometry.overlap=4",
+    "data.inference_batch_size=4",
+]
 TINY_WATNET = ["model.net.features=16", "geometry.inplane=[16,16]", "data.inference_batch_size=8"]
 
 
@@ -40,7 +45,15 @@ def write_checkpoint(path: Path, name: str, overrides: list[str], seed: int = 0)
         module.lut.copy_(torch.linspace(0, 1, module.lut.numel()) ** 1.2)
         module.voxel_size.fill_(1.5)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"config": config.to_dict()}, "epoch": 3, "global_step": 42}, path)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": {"config": config.to_dict()},
+            "epoch": 3,
+            "global_step": 42,
+        },
+        path,
+    )
     return path
 
 
@@ -49,7 +62,9 @@ def members(path: Path) -> dict[str, bytes]:
         return {info.filename: archive.read(info) for info in archive.infolist()}
 
 
-def rewrite(source: Path, target: Path, replace: dict[str, bytes] | None = None, extra: list[tuple[str, bytes]] = ()) -> Path:
+def rewrite(
+    source: Path, target: Path, replace: dict[str, bytes] | None = None, extra: list[tuple[str, bytes]] = ()
+) -> Path:
     """A copy of a package with members replaced or added; a replaced ``weights.pt``
     gets its SHA-256 into the manifest, so only the content itself can be refused."""
     content = {**members(source), **(replace or {})}
@@ -120,7 +135,11 @@ def test_gan_package_leaves_the_discriminator_out(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "overrides"),
-    [("unet", TINY_UNET), pytest.param("vnet", TINY_VNET, marks=pytest.mark.slow), pytest.param("watnet", TINY_WATNET, marks=pytest.mark.slow)],
+    [
+        ("unet", TINY_UNET),
+        pytest.param("vnet", TINY_VNET, marks=pytest.mark.slow),
+        pytest.param("watnet", TINY_WATNET, marks=pytest.mark.slow),
+    ],
     ids=["slab-conditioned", "patch", "slab-all"],
 )
 def test_torchscript_net_matches_the_model(tmp_path, name, overrides):
@@ -218,7 +237,17 @@ def test_dataset_predictions_are_a_bids_derivative_dataset(unet_package, dataset
     """``predict`` on a dataset writes OUT/sub-XXX/anat/sub-XXX_desc-synth7T_T1w.nii.gz and
     dataset_description.json; ``evaluate --model`` finds the predictions by subject."""
     pred = tmp_path / "pred"
-    argv = ["--model", str(unet_package[1]), "--input", str(dataset), "--split", "test", "--output", str(pred), "--no-progress"]
+    argv = [
+        "--model",
+        str(unet_package[1]),
+        "--input",
+        str(dataset),
+        "--split",
+        "test",
+        "--output",
+        str(pred),
+        "--no-progress",
+    ]
     assert run_main(predict.main, argv) == 0
     from t7synth.data import naming
 
@@ -234,7 +263,19 @@ def test_dataset_predictions_are_a_bids_derivative_dataset(unet_package, dataset
     assert "is the dataset folder itself" in one_line_error(capsys)
     assert not (dataset / naming.DATASET_DESCRIPTION).exists()
 
-    argv = ["--pred", str(pred), "--data", str(dataset), "--split", "test", "--model", str(unet_package[1]), "--out", str(tmp_path / "eval"), "--no-progress"]
+    argv = [
+        "--pred",
+        str(pred),
+        "--data",
+        str(dataset),
+        "--split",
+        "test",
+        "--model",
+        str(unet_package[1]),
+        "--out",
+        str(tmp_path / "eval"),
+        "--no-progress",
+    ]
     assert run_main(evaluate.main, argv) == 0
     with open(tmp_path / "eval" / "metrics.csv", newline="") as handle:
         assert [row["subject"] for row in csv.DictReader(handle)] == ["sub-004"]
@@ -255,7 +296,9 @@ class _Payload:
 
 def _predict(model: Path, tmp_path: Path) -> int:
     scan = write_nifti(tmp_path / "scan.nii.gz", make_pair((20, 24, 18))[0], np.diag([1.5, 1.5, 1.5, 1]))
-    return run_main(predict.main, ["--model", str(model), "--input", str(scan), "--output", str(tmp_path / "out.nii.gz")])
+    return run_main(
+        predict.main, ["--model", str(model), "--input", str(scan), "--output", str(tmp_path / "out.nii.gz")]
+    )
 
 
 def test_pickled_code_in_the_weights_never_runs(unet_package, tmp_path, capsys):
@@ -309,7 +352,9 @@ def test_damaged_or_foreign_packages_are_one_line(unet_package, tmp_path, monkey
         twice = rewrite(good, tmp_path / "twice.zip", extra=[(package.CARD, b"again")])
     cases = {
         "SHA-256": tmp_path / "tampered.zip",
-        "upgrade t7synth": rewrite(good, tmp_path / "newer.zip", {package.MANIFEST: json.dumps({**manifest, "format_version": 99}).encode()}),
+        "upgrade t7synth": rewrite(
+            good, tmp_path / "newer.zip", {package.MANIFEST: json.dumps({**manifest, "format_version": 99}).encode()}
+        ),
         "appears twice": twice,
         "use --ckpt": ckpt,
         "not a zip file": write_nifti(tmp_path / "scan.nii.gz", np.ones((4, 4, 4), np.float32)),
@@ -326,7 +371,12 @@ def test_damaged_or_foreign_packages_are_one_line(unet_package, tmp_path, monkey
 
 def test_a_package_passed_as_checkpoint_says_use_model(unet_package, tmp_path, capsys):
     scan = write_nifti(tmp_path / "scan.nii.gz", make_pair((20, 24, 18))[0])
-    assert run_main(predict.main, ["--ckpt", str(unet_package[1]), "--input", str(scan), "--output", str(tmp_path / "o.nii.gz")]) == 2
+    assert (
+        run_main(
+            predict.main, ["--ckpt", str(unet_package[1]), "--input", str(scan), "--output", str(tmp_path / "o.nii.gz")]
+        )
+        == 2
+    )
     assert f"--model {unet_package[1]}" in one_line_error(capsys)
 
 
@@ -341,7 +391,19 @@ def trained(tmp_path_factory):
         patch.setenv("T7SYNTH_CACHE", str(root / "cache"))
         dataset = make_dataset(root / "data")
         sets = [x for item in TINY_UNET for x in ("--set", item)]
-        argv = ["--model", "unet", "--data", str(dataset), "--set", f"runs_dir={root / 'runs'}", *sets, "--max-epochs", "1", "--wandb", "disabled"]
+        argv = [
+            "--model",
+            "unet",
+            "--data",
+            str(dataset),
+            "--set",
+            f"runs_dir={root / 'runs'}",
+            *sets,
+            "--max-epochs",
+            "1",
+            "--wandb",
+            "disabled",
+        ]
         assert run_main(fit.main, argv) == 0
     return dataset, root / "runs" / "unet" / "version_0"
 
@@ -370,10 +432,24 @@ def test_package_predicts_what_its_checkpoint_predicts(trained, tmp_path, capsys
         np.testing.assert_allclose(outputs["--model"][name], array, atol=1e-6, rtol=0)
 
     # evaluate reads the same settings (split, preprocessing) from the package.
-    argv = ["--pred", str(tmp_path / "model"), "--data", str(dataset), "--split", "test", "--model", str(out), "--out", str(tmp_path / "eval"), "--no-progress"]
+    argv = [
+        "--pred",
+        str(tmp_path / "model"),
+        "--data",
+        str(dataset),
+        "--split",
+        "test",
+        "--model",
+        str(out),
+        "--out",
+        str(tmp_path / "eval"),
+        "--no-progress",
+    ]
     assert run_main(evaluate.main, argv) == 0
     with open(run / "test_scores.csv", newline="") as handle:
         fit_rows = {(r["model"], r["subject"]): float(r["psnr_brain"]) for r in csv.DictReader(handle)}
     with open(tmp_path / "eval" / "metrics.csv", newline="") as handle:
         scored = {r["subject"]: float(r["psnr_brain"]) for r in csv.DictReader(handle)}
-    assert scored and all(value == pytest.approx(fit_rows[("model", subject)], abs=0.05) for subject, value in scored.items())
+    assert scored and all(
+        value == pytest.approx(fit_rows[("model", subject)], abs=0.05) for subject, value in scored.items()
+    )

@@ -7,7 +7,7 @@ import csv
 import pytest
 import torch
 import yaml
-from conftest import TINY_UNET, make_dataset
+from helpers import TINY_UNET, make_dataset
 
 from t7synth import fit
 from t7synth.cli import run_main
@@ -29,7 +29,9 @@ def test_summary_counts_generator_parameters(capsys):
     out = capsys.readouterr().out
     from t7synth.nets.unet import ConditionedUNet
 
-    net = ConditionedUNet(in_channels=3, channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), norm_groups=4)
+    net = ConditionedUNet(
+        in_channels=3, channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), norm_groups=4
+    )
     assert f"parameters: {sum(p.numel() for p in net.parameters())}" in out.splitlines()
     assert "2.5D slab: 3 slices along axis 1" in out
 
@@ -108,7 +110,9 @@ def test_offline_wandb_run_read_back_with_wandbs_records(dataset, tmp_path, monk
 
     titles = []
     draw = plotting.save_montage
-    monkeypatch.setattr(plotting, "save_montage", lambda *args, **kwargs: titles.append(args[5]) or draw(*args, **kwargs))
+    monkeypatch.setattr(
+        plotting, "save_montage", lambda *args, **kwargs: titles.append(args[5]) or draw(*args, **kwargs)
+    )
     runs = tmp_path / "runs"
     try:
         extra = ["--max-epochs", "2", "--wandb", "offline", "--set", "wandb.log_checkpoint=true"]
@@ -148,21 +152,41 @@ def test_offline_wandb_run_read_back_with_wandbs_records(dataset, tmp_path, monk
     tested = [row for row in recorded.history if "test/psnr_brain" in row]
     assert len(tested) == 1 and tested[0]["epoch"] == best_epoch  # the epoch of the weights tested
     # Montage titles name the epoch of the weights shown: best.ckpt's, not the trainer's count (2).
-    assert [t.split("  ")[1] for t in titles] == ["validation, epoch 0", "validation, epoch 1", f"test, checkpoint best.ckpt (epoch {best_epoch})"]
-    assert recorded.summary["val/identity/psnr_brain"] == pytest.approx(float(validations[-1]["val/identity/psnr_brain"]))
-    assert recorded.summary["test/lut/psnr_brain"] == pytest.approx(float(next(r for r in csv_rows if r.get("test/lut/psnr_brain"))["test/lut/psnr_brain"]))
+    assert [t.split("  ")[1] for t in titles] == [
+        "validation, epoch 0",
+        "validation, epoch 1",
+        f"test, checkpoint best.ckpt (epoch {best_epoch})",
+    ]
+    assert recorded.summary["val/identity/psnr_brain"] == pytest.approx(
+        float(validations[-1]["val/identity/psnr_brain"])
+    )
+    assert recorded.summary["test/lut/psnr_brain"] == pytest.approx(
+        float(next(r for r in csv_rows if r.get("test/lut/psnr_brain"))["test/lut/psnr_brain"])
+    )
     assert sum("test/montages/_type" in row for row in recorded.history) == 1
     assert not any("test/montage/_type" in row for row in recorded.history)  # the per-subject duplicate is gone
     assert sum("val/montage/_type" in row for row in recorded.history) == 2  # one per validation
 
     run_id = (run / "wandb_id.txt").read_text().strip()
     files = recorded.artifact_files("run-files")
-    assert files == {f"run-{run_id}-files": {"config.yaml", "environment.yaml", "metrics.csv", "test_scores.csv", "progress.png"}}
+    assert files == {
+        f"run-{run_id}-files": {"config.yaml", "environment.yaml", "metrics.csv", "test_scores.csv", "progress.png"}
+    }
     assert recorded.artifact_files("model") == {f"model-{run_id}": {"best.ckpt"}}
 
 
 def test_print_config_prints_the_resolved_config_and_exits(tmp_path, capsys):
-    argv = ["--model", "unet", "--out", str(tmp_path / "elsewhere"), "--set", "optim.lr=0.003", "--max-epochs", "7", "--print-config"]
+    argv = [
+        "--model",
+        "unet",
+        "--out",
+        str(tmp_path / "elsewhere"),
+        "--set",
+        "optim.lr=0.003",
+        "--max-epochs",
+        "7",
+        "--print-config",
+    ]
     assert run_main(fit.main, argv) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed == fit.resolve_config(fit.build_parser().parse_args(argv)).to_dict()
@@ -187,7 +211,22 @@ def test_dataset_without_test_split_says_so(tmp_path, capsys):
     lightning = logging.getLogger("pytorch_lightning")
     lightning.addHandler(handler)
     try:
-        assert run_main(fit.main, _args(data, tmp_path / "ignored", "--out", str(tmp_path / "out"), "--max-epochs", "1", "--wandb", "disabled")) == 0
+        assert (
+            run_main(
+                fit.main,
+                _args(
+                    data,
+                    tmp_path / "ignored",
+                    "--out",
+                    str(tmp_path / "out"),
+                    "--max-epochs",
+                    "1",
+                    "--wandb",
+                    "disabled",
+                ),
+            )
+            == 0
+        )
     finally:
         lightning.removeHandler(handler)
     captured = capsys.readouterr()
@@ -201,4 +240,3 @@ def test_dataset_without_test_split_says_so(tmp_path, capsys):
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "train/epoch_time" in header
     assert (run / "progress.png").stat().st_size > 10_000
-

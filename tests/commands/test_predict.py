@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import make_pair, write_nifti
+from helpers import make_pair, write_nifti
 from torch import nn
 
 from t7synth import predict, registry
@@ -86,7 +86,21 @@ def test_identity_reproduces_input_on_its_grid(identity_checkpoint, tmp_path, mo
     # Anisotropic input, isotropic model: predict resamples there and back (ratio 2).
     voxel = (1.0, 1.0, 1.0) if name == "anisotropic" else None
     out = tmp_path / "out" / "synth.nii.gz"
-    assert run_main(predict.main, ["--ckpt", str(identity_checkpoint(mode, voxel)), "--input", str(scan), "--output", str(out), "--no-progress"]) == 0
+    assert (
+        run_main(
+            predict.main,
+            [
+                "--ckpt",
+                str(identity_checkpoint(mode, voxel)),
+                "--input",
+                str(scan),
+                "--output",
+                str(out),
+                "--no-progress",
+            ],
+        )
+        == 0
+    )
     image = nib.load(str(out))
     assert image.get_data_dtype() == np.float32
     np.testing.assert_array_equal(image.affine, nib.load(str(scan)).affine)
@@ -104,7 +118,10 @@ def test_training_shape_is_cropped_padded_and_undone(identity_checkpoint, tmp_pa
     scan = write_nifti(tmp_path / "scan.nii.gz", source, AFFINES["LPS"])
     out = tmp_path / "synth.nii.gz"
     ckpt = identity_checkpoint(mode, precision="bf16-mixed", shape=[12, 20, 11])
-    assert run_main(predict.main, ["--ckpt", str(ckpt), "--input", str(scan), "--output", str(out), "--batch-size", "3"]) == 0
+    assert (
+        run_main(predict.main, ["--ckpt", str(ckpt), "--input", str(scan), "--output", str(out), "--batch-size", "3"])
+        == 0
+    )
     np.testing.assert_allclose(np.asarray(nib.load(str(out)).dataobj), _expected(source, source > 0), atol=1e-5)
 
 
@@ -115,7 +132,17 @@ def test_mask_file_zeroes_outside_and_drives_normalisation(identity_checkpoint, 
     scan = write_nifti(tmp_path / "scan.nii", source, affine)
     mask_file = write_nifti(tmp_path / "mask.nii.gz", mask, affine)
     out = tmp_path / "synth.nii.gz"
-    argv = ["--ckpt", str(identity_checkpoint("slab")), "--input", str(scan), "--mask", str(mask_file), "--output", str(out), "--no-progress"]
+    argv = [
+        "--ckpt",
+        str(identity_checkpoint("slab")),
+        "--input",
+        str(scan),
+        "--mask",
+        str(mask_file),
+        "--output",
+        str(out),
+        "--no-progress",
+    ]
     assert run_main(predict.main, argv) == 0
     data = np.asarray(nib.load(str(out)).dataobj)
     np.testing.assert_allclose(data, _expected(source, mask > 0), atol=1e-5)
@@ -133,7 +160,17 @@ def test_input_is_normalised_as_the_checkpoint_was_trained(identity_checkpoint, 
     scan = write_nifti(tmp_path / "scan.nii.gz", source, affine)
     mask_file = write_nifti(tmp_path / "mask.nii.gz", box, affine)
     out = tmp_path / "synth.nii.gz"
-    argv = ["--ckpt", str(identity_checkpoint("slab", normalisation="authors")), "--input", str(scan), "--mask", str(mask_file), "--output", str(out), "--no-progress"]
+    argv = [
+        "--ckpt",
+        str(identity_checkpoint("slab", normalisation="authors")),
+        "--input",
+        str(scan),
+        "--mask",
+        str(mask_file),
+        "--output",
+        str(out),
+        "--no-progress",
+    ]
     assert run_main(predict.main, argv) == 0
     data = np.asarray(nib.load(str(out)).dataobj)
     authors = normalise(torch.from_numpy(source[None]), torch.from_numpy(box[None]), mode="authors")[0].numpy()
@@ -148,7 +185,10 @@ def test_folder_with_a_corrupt_file(identity_checkpoint, tmp_path, capsys):
     corrupt = folder / "sub-003_T1w.nii.gz"
     corrupt.write_bytes((folder / "sub-001_T1w.nii.gz").read_bytes()[:200])  # truncated gzip
     out = tmp_path / "out"
-    status = run_main(predict.main, ["--ckpt", str(identity_checkpoint("slab")), "--input", str(folder), "--output", str(out), "--no-progress"])
+    status = run_main(
+        predict.main,
+        ["--ckpt", str(identity_checkpoint("slab")), "--input", str(folder), "--output", str(out), "--no-progress"],
+    )
     assert status != 0
     assert sorted(p.name for p in out.iterdir()) == ["sub-001_T1w_synth7T.nii.gz", "sub-002_T1w_synth7T.nii.gz"]
     naming = [line for line in capsys.readouterr().err.splitlines() if str(corrupt) in line]
@@ -168,7 +208,14 @@ def test_bad_checkpoint_is_one_line_and_writes_nothing(tmp_path, capsys):
 
 
 def test_missing_input_is_one_line(identity_checkpoint, tmp_path, capsys):
-    argv = ["--ckpt", str(identity_checkpoint("slab")), "--input", str(tmp_path / "nope.nii.gz"), "--output", str(tmp_path / "o.nii.gz")]
+    argv = [
+        "--ckpt",
+        str(identity_checkpoint("slab")),
+        "--input",
+        str(tmp_path / "nope.nii.gz"),
+        "--output",
+        str(tmp_path / "o.nii.gz"),
+    ]
     assert run_main(predict.main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "input not found" in err[0]
@@ -180,7 +227,9 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"config": {}}, "payload": _Payload()}, path)
     scan = write_nifti(tmp_path / "scan.nii.gz", make_pair((8, 8, 8))[0])
-    assert run_main(predict.main, ["--ckpt", str(path), "--input", str(scan), "--output", str(tmp_path / "o.nii.gz")]) == 2
+    assert (
+        run_main(predict.main, ["--ckpt", str(path), "--input", str(scan), "--output", str(tmp_path / "o.nii.gz")]) == 2
+    )
     assert "cannot read checkpoint" in capsys.readouterr().err
 
 
@@ -195,7 +244,18 @@ def test_identity_on_gpu(identity_checkpoint, tmp_path, mode):
     source, _, _ = make_pair((14, 16, 12), seed=5)
     scan = write_nifti(tmp_path / "scan.nii.gz", source, AFFINES["LPS"])
     out = tmp_path / "synth.nii.gz"
-    argv = ["--ckpt", str(identity_checkpoint(mode)), "--input", str(scan), "--output", str(out), "--gpus", "1", "--batch-size", "4"]
+    argv = [
+        "--ckpt",
+        str(identity_checkpoint(mode)),
+        "--input",
+        str(scan),
+        "--output",
+        str(out),
+        "--gpus",
+        "1",
+        "--batch-size",
+        "4",
+    ]
     assert run_main(predict.main, argv) == 0
     np.testing.assert_allclose(np.asarray(nib.load(str(out)).dataobj), _expected(source, source > 0), atol=1e-5)
 
@@ -212,18 +272,33 @@ def test_plan_refuses_unsafe_or_contradictory_requests(tmp_path, dataset):
     with pytest.raises(UserError, match="--split needs a dataset"):
         plan_jobs(scan.parent, tmp_path / "out", split="test", config=Config())
     jobs = plan_jobs(dataset, tmp_path / "out", split="test", config=Config())
-    assert [(j.output.name, j.age, j.sex, j.mask is not None) for j in jobs] == [("sub-004_desc-synth7T_T1w.nii.gz", 63.0, 1.0, True)]
+    assert [(j.output.name, j.age, j.sex, j.mask is not None) for j in jobs] == [
+        ("sub-004_desc-synth7T_T1w.nii.gz", 63.0, 1.0, True)
+    ]
 
 
 def test_split_of_an_external_test_set(identity_checkpoint, tmp_path):
     # A dataset whose subjects are all "test" (an external site): no training subjects needed.
-    from conftest import make_dataset
+    from helpers import make_dataset
 
     root = make_dataset(tmp_path / "external", n_subjects=2)
     table = root / "participants.tsv"
     lines = table.read_text().splitlines()
     table.write_text("\n".join([lines[0]] + [line.rsplit("\t", 1)[0] + "\ttest" for line in lines[1:]]) + "\n")
     out = tmp_path / "synth"
-    argv = ["--ckpt", str(identity_checkpoint("slab")), "--input", str(root), "--split", "test", "--output", str(out), "--no-progress"]
+    argv = [
+        "--ckpt",
+        str(identity_checkpoint("slab")),
+        "--input",
+        str(root),
+        "--split",
+        "test",
+        "--output",
+        str(out),
+        "--no-progress",
+    ]
     assert run_main(predict.main, argv) == 0
-    assert sorted(p.name for p in out.rglob("*_desc-synth7T_T1w.nii.gz")) == ["sub-001_desc-synth7T_T1w.nii.gz", "sub-002_desc-synth7T_T1w.nii.gz"]
+    assert sorted(p.name for p in out.rglob("*_desc-synth7T_T1w.nii.gz")) == [
+        "sub-001_desc-synth7T_T1w.nii.gz",
+        "sub-002_desc-synth7T_T1w.nii.gz",
+    ]

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import write_nifti
+from helpers import write_nifti
 
 from t7synth import prepare
 from t7synth.cli import run_main
@@ -53,7 +53,12 @@ def source_affine() -> np.ndarray:
 
 def anatomy(points: np.ndarray) -> np.ndarray:
     """Smooth asymmetric blobs (mm in, intensity out): something to lock onto."""
-    blobs = [((0, 0, 0), (9, 11, 8), 1.0), ((3, 4, 2), (3, 2, 2.5), 0.8), ((-4, -2, 3), (2, 3, 2), -0.5), ((1, -5, -3), (2.5, 2, 3), 0.6)]
+    blobs = [
+        ((0, 0, 0), (9, 11, 8), 1.0),
+        ((3, 4, 2), (3, 2, 2.5), 0.8),
+        ((-4, -2, 3), (2, 3, 2), -0.5),
+        ((1, -5, -3), (2.5, 2, 3), 0.6),
+    ]
     total = np.zeros(points.shape[:-1])
     for centre, radii, amplitude in blobs:
         distance = (((points - np.array(centre)) / np.array(radii)) ** 2).sum(-1)
@@ -77,7 +82,9 @@ def write_subject(root, subject: str, motion: bool = True, mask: bool = False) -
         points = points @ MOTION_R.T + MOTION_T
     head = anatomy(points)
     write_nifti(naming.source_path(root, subject), three_t_contrast(head).astype(np.float32), source_affine())
-    write_nifti(naming.target_path(root, subject), anatomy(world(TARGET_SHAPE, TARGET_AFFINE)).astype(np.float32), TARGET_AFFINE)
+    write_nifti(
+        naming.target_path(root, subject), anatomy(world(TARGET_SHAPE, TARGET_AFFINE)).astype(np.float32), TARGET_AFFINE
+    )
     if mask:
         write_nifti(naming.mask_path(root, subject), (head > 0.3).astype(np.uint8), source_affine())
 
@@ -86,7 +93,9 @@ def write_raw(root, subjects=("sub-001", "sub-002"), motion: bool = True, table:
     for index, subject in enumerate(subjects):
         write_subject(root, subject, motion=motion, mask=index == 0)
     if table:
-        lines = ["participant_id\tage\tsex\tgroup"] + [f"{s}\t{60 + i}\t{'FM'[i % 2]}\tCU" for i, s in enumerate(subjects)]
+        lines = ["participant_id\tage\tsex\tgroup"] + [
+            f"{s}\t{60 + i}\t{'FM'[i % 2]}\tCU" for i, s in enumerate(subjects)
+        ]
         (root / naming.PARTICIPANTS).write_text("\n".join(lines) + "\n")
     return root
 
@@ -205,18 +214,33 @@ def test_pairs_table(tmp_path, capsys):
     with open(table, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["subject", "source", "target", "mask", "age", "sex", "split", "site"])
-        writer.writerow(["a", relative(naming.source_path(scans, "sub-a")), relative(naming.target_path(scans, "sub-a")),
-                         relative(naming.mask_path(scans, "sub-a")), "71", "F", "test", "X"])
+        writer.writerow(
+            [
+                "a",
+                relative(naming.source_path(scans, "sub-a")),
+                relative(naming.target_path(scans, "sub-a")),
+                relative(naming.mask_path(scans, "sub-a")),
+                "71",
+                "F",
+                "test",
+                "X",
+            ]
+        )
         # The same scans under a second label, with a gzip-less 7T and no mask.
         target = naming.target_path(scans, "sub-a")
         plain = scans / "b_7T.nii"
         plain.write_bytes(gzip.decompress(target.read_bytes()))
-        writer.writerow(["sub-b", relative(naming.source_path(scans, "sub-a")), relative(plain), "", "", "M", "train", ""])
+        writer.writerow(
+            ["sub-b", relative(naming.source_path(scans, "sub-a")), relative(plain), "", "", "M", "train", ""]
+        )
     out = tmp_path / "dataset"
     status, _, err = run(capsys, "--pairs", table, "--out", out)
     assert status == 0, err
     records = discover(out)
-    assert [(r.subject, r.split, r.age, r.mask is not None) for r in records] == [("sub-a", "test", 71.0, True), ("sub-b", "train", 0.0, False)]
+    assert [(r.subject, r.split, r.age, r.mask is not None) for r in records] == [
+        ("sub-a", "test", 71.0, True),
+        ("sub-b", "train", 0.0, False),
+    ]
     participants = read_tsv(out / naming.PARTICIPANTS)
     assert list(participants[0]) == ["participant_id", "age", "sex", "split", "site"]
     assert participants[1]["site"] == "n/a" and participants[1]["age"] == "n/a"
@@ -265,8 +289,10 @@ def _break(raw, tmp_path, kind):
         write_nifti(naming.mask_path(raw, "sub-002"), np.ones((5, 5, 5), np.uint8))
         return ["--raw", raw], str(naming.mask_path(raw, "sub-002"))
     table = tmp_path / "pairs.tsv"
-    rows = [f"sub-001\t{naming.source_path(raw, 'sub-001')}\t{naming.target_path(raw, 'sub-001')}",
-            f"sub-002\t{source}\t{target}"]
+    rows = [
+        f"sub-001\t{naming.source_path(raw, 'sub-001')}\t{naming.target_path(raw, 'sub-001')}",
+        f"sub-002\t{source}\t{target}",
+    ]
     header = "subject\tsource\ttarget"
     if kind == "table without target column":
         header, rows = "subject\tsource\tseven", rows
@@ -286,8 +312,17 @@ def _break(raw, tmp_path, kind):
     return ["--pairs", table], needle
 
 
-BAD = ["truncated", "missing 7T", "4d", "folder without row", "mask on another grid",
-       "table without target column", "empty cell", "duplicate subject", "bad sex"]
+BAD = [
+    "truncated",
+    "missing 7T",
+    "4d",
+    "folder without row",
+    "mask on another grid",
+    "table without target column",
+    "empty cell",
+    "duplicate subject",
+    "bad sex",
+]
 
 
 @pytest.mark.parametrize("kind", BAD)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, TINY_UNET, make_dataset
+from helpers import REPO, TINY_UNET, make_dataset
 
 from t7synth import sweep
 from t7synth.cli import run_main
@@ -50,17 +50,36 @@ def write_sweep(path: Path, body: str) -> Path:
 @pytest.mark.parametrize(
     ("body", "named"),
     [
-        ("model: unet\nparams:\n  optim.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3}\n", "optim.learning_rate"),
+        (
+            "model: unet\nparams:\n  optim.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3}\n",
+            "optim.learning_rate",
+        ),
         ("model: unet\nparams:\n  optim.lr: {type: float, low: 1.0e-3, high: 1.0e-4}\n", "params.optim.lr"),
         ("model: unet\nparams:\n  optim.lr: {type: float, low: 0.0, high: 1.0e-3, log: true}\n", "params.optim.lr"),
         ("model: unet\nparams:\n  optim.lr: {type: uniform, low: 0.0, high: 1.0}\n", "params.optim.lr"),
-        ("model: unet\nmetrics: val/psnr\nparams:\n  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n", "'metrics'"),
+        (
+            "model: unet\nmetrics: val/psnr\nparams:\n  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n",
+            "'metrics'",
+        ),
         ("model: unet\nmetric: test/psnr\nparams:\n  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n", "val/"),
         ("config: nowhere.yaml\nparams:\n  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n", "nowhere.yaml"),
-        ("model: unet\nparams:\n  model.net.channels: {type: int, low: 8, high: 16.5}\n", "params.model.net.channels.high"),
+        (
+            "model: unet\nparams:\n  model.net.channels: {type: int, low: 8, high: 16.5}\n",
+            "params.model.net.channels.high",
+        ),
         ("model: unet\nparams:\n  model.net.chanels: {type: int, low: 8, high: 16}\n", "model.net.chanels"),
     ],
-    ids=["unknown-config-key", "low-above-high", "log-of-zero", "unknown-type", "unknown-sweep-key", "test-metric", "missing-config", "int-bound", "unknown-net-key"],
+    ids=[
+        "unknown-config-key",
+        "low-above-high",
+        "log-of-zero",
+        "unknown-type",
+        "unknown-sweep-key",
+        "test-metric",
+        "missing-config",
+        "int-bound",
+        "unknown-net-key",
+    ],
 )
 def test_bad_sweep_file_is_one_line(tmp_path, capsys, body, named):
     path = write_sweep(tmp_path / "bad.yaml", body)
@@ -128,7 +147,9 @@ def test_pruned_trial_is_stopped(tmp_path):
     import optuna
 
     started = time.monotonic()
-    study, (state, value, detail) = fake_trial(tmp_path, optuna.pruners.ThresholdPruner(lower=30.0), "20.0,21.0", 120, 0)
+    study, (state, value, detail) = fake_trial(
+        tmp_path, optuna.pruners.ThresholdPruner(lower=30.0), "20.0,21.0", 120, 0
+    )
     assert state == "pruned" and value is None and "epoch 0" in detail
     assert study.trials[0].state == optuna.trial.TrialState.PRUNED
     # Written before the trial was stopped: what its W&B run tags itself from.
@@ -207,17 +228,27 @@ def _study_with_trials(tmp_path):
 
     study = optuna.create_study(study_name="lr", direction="maximize")
     distributions = {"optim.lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
-    specs = [(optuna.trial.TrialState.COMPLETE, 21.0, 1e-3), (optuna.trial.TrialState.PRUNED, None, 1e-5),
-             (optuna.trial.TrialState.COMPLETE, 23.5, 3e-3), (optuna.trial.TrialState.FAIL, None, 1e-2)]
+    specs = [
+        (optuna.trial.TrialState.COMPLETE, 21.0, 1e-3),
+        (optuna.trial.TrialState.PRUNED, None, 1e-5),
+        (optuna.trial.TrialState.COMPLETE, 23.5, 3e-3),
+        (optuna.trial.TrialState.FAIL, None, 1e-2),
+    ]
     for number, (state, value, lr) in enumerate(specs):
         run_dir = tmp_path / "lr" / f"trial-{number:04d}" / "version_0"
         run_dir.mkdir(parents=True)
         if number < 2:
             (run_dir / "wandb_id.txt").write_text(f"id{number}\n")
-        study.add_trial(optuna.trial.create_trial(
-            state=state, value=value, params={"optim.lr": lr}, distributions=distributions,
-            intermediate_values={0: 18.0 + number, 1: 19.0 + number}, user_attrs={"run_dir": str(run_dir)},
-        ))
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=value,
+                params={"optim.lr": lr},
+                distributions=distributions,
+                intermediate_values={0: 18.0 + number, 1: 19.0 + number},
+                user_attrs={"run_dir": str(run_dir)},
+            )
+        )
     return study
 
 
@@ -249,7 +280,10 @@ def test_study_plots_name_the_metric_and_skip_unstable_importances(tmp_path, mon
     written = study_module.plot_study(study, root, "val/psnr_brain", lines.append)
     assert [path.name for path in written] == ["history.png", "curves.png"]
     assert not (root / "importances.png").exists()  # a stale picture would describe another study
-    assert lines == [f"importances.png not drawn: 2 complete trials, {study_module.MIN_TRIALS_FOR_IMPORTANCES} needed for a stable estimate"]
+    assert lines == [
+        f"importances.png not drawn: 2 complete trials, {study_module.MIN_TRIALS_FOR_IMPORTANCES} needed for a "
+        "stable estimate"
+    ]
     history, curves = (figure.axes[0] for figure in figures)
     assert history.get_ylabel() == "best validation PSNR brain (dB)"
     assert curves.get_xlabel() == "epoch" and curves.get_ylabel() == "validation PSNR brain (dB)"

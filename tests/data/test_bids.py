@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_pair, write_nifti
+from helpers import make_pair, write_nifti
 
 from t7synth import prepare
 from t7synth.cli import run_main
@@ -19,7 +19,16 @@ AFFINE = np.diag([1.5, 1.5, 1.5, 1.0])
 SHAPE = (12, 14, 10)
 
 
-def scan(root: Path, subject: str, session: str | None, extra: str = "", field: float | None = None, seed: int = 0, kind: str = "T1w", seven: bool | None = None) -> Path:
+def scan(
+    root: Path,
+    subject: str,
+    session: str | None,
+    extra: str = "",
+    field: float | None = None,
+    seed: int = 0,
+    kind: str = "T1w",
+    seven: bool | None = None,
+) -> Path:
     """Write one raw scan (the 7T volume when ``seven``, by default when its labels or
     sidecar say 7T, else the 3T one; or the brain mask) and its sidecar."""
     folder = root / subject / (f"ses-{session}" if session else "") / "anat"
@@ -30,7 +39,9 @@ def scan(root: Path, subject: str, session: str | None, extra: str = "", field: 
     array = mask if kind == "mask" else target if seven else source
     path = write_nifti(folder / f"{name}.nii.gz", array, AFFINE)
     if field is not None:
-        path.with_name(f"{name}.json").write_text(json.dumps({naming.FIELD_STRENGTH_KEY: field, "Manufacturer": "Siemens"}))
+        path.with_name(f"{name}.json").write_text(
+            json.dumps({naming.FIELD_STRENGTH_KEY: field, "Manufacturer": "Siemens"})
+        )
     return path
 
 
@@ -38,9 +49,17 @@ def write_bids(root: Path) -> dict[str, tuple[Path, Path, Path | None]]:
     """Three subjects, three ways of saying the field strength; returns their files."""
     files = {
         # Session labels that name the field.
-        "sub-01": (scan(root, "sub-01", "3T", seed=1), scan(root, "sub-01", "7T", seed=1), scan(root, "sub-01", "7T", "desc-brain", seed=1, kind="mask")),
+        "sub-01": (
+            scan(root, "sub-01", "3T", seed=1),
+            scan(root, "sub-01", "7T", seed=1),
+            scan(root, "sub-01", "7T", "desc-brain", seed=1, kind="mask"),
+        ),
         # Neutral sessions; the sidecars say 2.89 T (a Siemens 3T) and 6.98 T.
-        "sub-02": (scan(root, "sub-02", "01", field=2.89, seed=2), scan(root, "sub-02", "02", field=6.98, seed=2), None),
+        "sub-02": (
+            scan(root, "sub-02", "01", field=2.89, seed=2),
+            scan(root, "sub-02", "02", field=6.98, seed=2),
+            None,
+        ),
         # No sessions: t7synth's own acq- layout.
         "sub-03": (scan(root, "sub-03", None, "acq-3T", seed=3), scan(root, "sub-03", None, "acq-7T", seed=3), None),
     }
@@ -81,18 +100,27 @@ def test_session_bids_makes_the_same_dataset_as_a_pairs_table(tmp_path, capsys):
     assert (a / naming.PARTICIPANTS).read_text() == (b / naming.PARTICIPANTS).read_text()
     for subject, (source, target, mask) in files.items():
         for name_of in (naming.source_path, naming.target_path, naming.mask_path):
-            assert name_of(a, subject).is_file() == name_of(b, subject).is_file() == (name_of is not naming.mask_path or mask is not None)
+            assert (
+                name_of(a, subject).is_file()
+                == name_of(b, subject).is_file()
+                == (name_of is not naming.mask_path or mask is not None)
+            )
             if name_of(a, subject).is_file():
                 x, y = nib.load(name_of(a, subject)), nib.load(name_of(b, subject))
                 np.testing.assert_array_equal(np.asarray(x.dataobj), np.asarray(y.dataobj))
                 np.testing.assert_array_equal(x.affine, y.affine)
         # The right scan in the right role (same grid, so resampling changes nothing).
         for name_of, path in ((naming.source_path, source), (naming.target_path, target)):
-            np.testing.assert_allclose(np.asarray(nib.load(name_of(a, subject)).dataobj), np.asarray(nib.load(path).dataobj), atol=1e-5)
+            np.testing.assert_allclose(
+                np.asarray(nib.load(name_of(a, subject)).dataobj), np.asarray(nib.load(path).dataobj), atol=1e-5
+            )
 
     description = json.loads((a / naming.DATASET_DESCRIPTION).read_text())
     assert description["DatasetType"] == "derivative" and description["BIDSVersion"] == naming.BIDS_VERSION
-    assert description["GeneratedBy"][0]["Name"] == "t7synth" and "scanner coordinates" in description["GeneratedBy"][0]["Description"]
+    assert (
+        description["GeneratedBy"][0]["Name"] == "t7synth"
+        and "scanner coordinates" in description["GeneratedBy"][0]["Description"]
+    )
     assert description["SourceDatasets"] == [{"URL": raw.resolve().as_uri()}]
     assert "SourceDatasets" not in json.loads((b / naming.DATASET_DESCRIPTION).read_text())
 
@@ -106,7 +134,12 @@ def test_field_strength_sources_in_order(tmp_path):
     assert bids.field_strength(scan(raw, "sub-01", "a", field=1.5), {}).field is None  # 1.5 T: neither
     assert bids.field_strength(scan(raw, "sub-01", "b"), {}).reason == "field strength unknown"
     assert bids.field_strength(scan(raw, "sub-01", None, "acq-highres17T"), {}).field is None  # not 7T
-    assert bids.entities("sub-01_ses-pre_acq-mp2rage_run-2_T1w.nii.gz") == {"sub": "01", "ses": "pre", "acq": "mp2rage", "run": "2"}
+    assert bids.entities("sub-01_ses-pre_acq-mp2rage_run-2_T1w.nii.gz") == {
+        "sub": "01",
+        "ses": "pre",
+        "acq": "mp2rage",
+        "run": "2",
+    }
 
 
 def test_one_mask_per_session_takes_the_7t_one(tmp_path):
@@ -125,7 +158,16 @@ def test_mapping_option_names_the_sessions(tmp_path, capsys):
     assert "missing 3T scan of sub-01" in output and "--field-strength" in output and "--pairs" in output
     assert not (tmp_path / "no_map").exists()
 
-    status, output = run(capsys, "--raw", raw, "--out", tmp_path / "mapped", "--no-register", "--field-strength", "ses-pre=3T,ses-post=7T")
+    status, output = run(
+        capsys,
+        "--raw",
+        raw,
+        "--out",
+        tmp_path / "mapped",
+        "--no-register",
+        "--field-strength",
+        "ses-pre=3T,ses-post=7T",
+    )
     assert status == 0, output
     assert bids.find_scans(raw, "sub-01", bids.parse_field_map("ses-pre=3T,ses-post=7T"))[:2] == (source, target)
 
@@ -156,7 +198,12 @@ def test_unrecognised_layouts_are_one_line(tmp_path, capsys, layout, needle):
 
 @pytest.mark.parametrize(
     ("text", "needle"),
-    [("ses-pre:3T", "ENTITY-LABEL=3T|7T"), ("ses-pre=3T", "both 3T and 7T"), ("ses-a=3T,ses-a=7T", "given twice"), ("pre=3T,post=7T", "'pre=3T'")],
+    [
+        ("ses-pre:3T", "ENTITY-LABEL=3T|7T"),
+        ("ses-pre=3T", "both 3T and 7T"),
+        ("ses-a=3T,ses-a=7T", "given twice"),
+        ("pre=3T,post=7T", "'pre=3T'"),
+    ],
 )
 def test_bad_mapping_is_one_line(text, needle):
     with pytest.raises(UserError, match=None) as error:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_dataset
+from helpers import make_dataset
 
 from t7synth.data import batches
 from t7synth.data.datamodule import PairedDataModule
@@ -66,7 +66,7 @@ def test_whole_volumes_for_validation(dataset):
 def test_lut_undoes_a_monotone_remap(tmp_path):
     """On data where 3T is a pure intensity remap of 7T, the LUT baseline recovers 7T."""
     import numpy as np
-    from conftest import write_nifti
+    from helpers import write_nifti
 
     from t7synth.data import naming
     from t7synth.data.intensity_lut import apply_lut
@@ -75,7 +75,11 @@ def test_lut_undoes_a_monotone_remap(tmp_path):
     root = make_dataset(tmp_path / "data", n_subjects=4)
     for subject in ("sub-001", "sub-002", "sub-003", "sub-004"):
         target = np.asarray(__import__("nibabel").load(str(naming.target_path(root, subject))).dataobj)
-        write_nifti(naming.source_path(root, subject), (np.clip(target, 0, None) ** 2.0).astype(np.float32), np.diag([1.5, 1.5, 1.5, 1]))
+        write_nifti(
+            naming.source_path(root, subject),
+            (np.clip(target, 0, None) ** 2.0).astype(np.float32),
+            np.diag([1.5, 1.5, 1.5, 1]),
+        )
     datamodule = _datamodule(root)
     test = datamodule.subjects["test"][0]
     source, target, mask = test["source"].data, test["target"].data, test["mask"].data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_dataset, write_nifti
+from helpers import make_dataset, write_nifti
 
 from t7synth.cli import run_main
 from t7synth.data import naming
@@ -58,8 +58,20 @@ def test_bad_subject_ends_fit_with_one_line(tmp_path, capsys, kind):
 
     root = make_dataset(tmp_path / "data")
     bad = _corrupt(root, kind)
-    status = run_main(fit.main, ["--model", "unet", "--data", str(root), "--wandb", "disabled", "--fast-dev-run",
-                                 "--set", f"runs_dir={tmp_path / 'runs'}"])
+    status = run_main(
+        fit.main,
+        [
+            "--model",
+            "unet",
+            "--data",
+            str(root),
+            "--wandb",
+            "disabled",
+            "--fast-dev-run",
+            "--set",
+            f"runs_dir={tmp_path / 'runs'}",
+        ],
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert status != 0

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_UNET, make_dataset
+from helpers import TINY_UNET, make_dataset
 
 from t7synth.data.datamodule import PairedDataModule
 from t7synth.data.prefetch import EpochPrefetcher, PrefetchedEpoch
@@ -17,7 +17,9 @@ from t7synth.registry import resolve
 @pytest.fixture
 def module(tmp_path):
     root = make_dataset(tmp_path / "data", n_subjects=5)  # 3 train
-    config = resolve("unet", None, [*TINY_UNET, "data.num_workers=1", "data.augment.noise=0.05"], {"data": {"root": str(root)}})
+    config = resolve(
+        "unet", None, [*TINY_UNET, "data.num_workers=1", "data.augment.noise=0.05"], {"data": {"root": str(root)}}
+    )
     module = PairedDataModule(config, cache_dir=tmp_path / "cache")
     module.prepare_data()
     module.setup("fit")
@@ -34,7 +36,9 @@ def _epoch(module, epoch):
 
 
 def _same(a, b):
-    return len(a) == len(b) and all(torch.equal(x["source"], y["source"]) and torch.equal(x["location"], y["location"]) for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        torch.equal(x["source"], y["source"]) and torch.equal(x["location"], y["location"]) for x, y in zip(a, b)
+    )
 
 
 def test_prefetched_epochs_are_the_in_process_epochs_and_resume_exactly(module):

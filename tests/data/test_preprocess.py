@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset, make_pair
+from helpers import make_dataset, make_pair
 
 from t7synth.data.layout import discover
 from t7synth.data.preprocess import Preprocessing, load_or_preprocess, normalise

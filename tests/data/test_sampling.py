@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset, write_nifti
+from helpers import make_dataset, write_nifti
 
 from t7synth.data import naming
 from t7synth.data.datamodule import PairedDataModule
@@ -26,7 +26,11 @@ AXIS = 1
 
 
 def _datamodule(root, *overrides, world: tuple[int, int] | None = None):
-    config = resolve("unet", None, [f"data.root={root}", "data.batch_size=4", "data.samples_per_volume=40", "data.queue_length=64", *overrides])
+    config = resolve(
+        "unet",
+        None,
+        [f"data.root={root}", "data.batch_size=4", "data.samples_per_volume=40", "data.queue_length=64", *overrides],
+    )
     datamodule = PairedDataModule(config)
     if world is not None:
         datamodule._world = lambda: world  # a rank of a simulated DDP run
@@ -72,7 +76,9 @@ def test_every_draws_each_brain_slice_once_where_label_cannot(tmp_path, queue_le
     brain = _brain(_datamodule(root, "data.slab_sampling=every"))
     label = _drawn(_datamodule(root))  # 2 subjects x 40 draws
     assert brain - set(label), "LabelSampler should miss the slices with a hole on its line"
-    every = _drawn(_datamodule(root, "data.slab_sampling=every", "data.samples_per_volume=8", f"data.queue_length={queue_length}"))
+    every = _drawn(
+        _datamodule(root, "data.slab_sampling=every", "data.samples_per_volume=8", f"data.queue_length={queue_length}")
+    )
     assert set(every) == brain
     # One sample per brain slice, rounded up to whole batches with a few repeats.
     assert sum(every.values()) == -(-len(brain) // 4) * 4
@@ -89,7 +95,9 @@ def test_uniform_reaches_every_brain_slice(tmp_path):
 
 def test_every_with_an_inplane_crop_and_another_axis(tmp_path):
     root = _gapped_dataset(tmp_path / "data")
-    datamodule = _datamodule(root, "data.slab_sampling=every", "geometry.axis=2", "geometry.inplane=[8,10]", "geometry.slices=5")
+    datamodule = _datamodule(
+        root, "data.slab_sampling=every", "geometry.axis=2", "geometry.inplane=[8,10]", "geometry.slices=5"
+    )
     drawn: Counter = Counter()
     for batch in datamodule.train_dataloader():
         assert tuple(batch["source"].shape[2:]) == (8, 10, 5)

@@ -14,7 +14,9 @@ def _subject() -> tio.Subject:
     source = torch.rand(1, 12, 10, 8, generator=generator) + 0.1
     target = torch.rand(1, 12, 10, 8, generator=generator) + 0.1
     mask = (torch.rand(1, 12, 10, 8, generator=generator) > 0.3).to(torch.uint8)
-    return tio.Subject(source=tio.ScalarImage(tensor=source), target=tio.ScalarImage(tensor=target), mask=tio.LabelMap(tensor=mask))
+    return tio.Subject(
+        source=tio.ScalarImage(tensor=source), target=tio.ScalarImage(tensor=target), mask=tio.LabelMap(tensor=mask)
+    )
 
 
 def test_all_off_is_no_transform():

@@ -29,7 +29,9 @@ def test_whole_volume_form_is_scikit_image_default(shape, seed):
     prediction, target = _pair(shape, seed)
     clamped = np.clip(prediction, 0, 1)
     ours = metrics.authors_ssim_scores(torch.from_numpy(prediction), torch.from_numpy(target))
-    assert ours["ssim_skimage"] == pytest.approx(skimage_metrics.structural_similarity(target, clamped, data_range=1.0), abs=1e-6)
+    assert ours["ssim_skimage"] == pytest.approx(
+        skimage_metrics.structural_similarity(target, clamped, data_range=1.0), abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
@@ -57,7 +59,9 @@ def test_long_first_axis_is_filtered_in_chunks_exactly():
     """More output slices than one chunk: the chunked mean equals scikit-image's."""
     prediction, target = _pair((3 * 32 + 11, 8, 9), 5)
     expected = skimage_metrics.structural_similarity(target, np.clip(prediction, 0, 1), data_range=1.0)
-    assert metrics.authors_ssim_scores(torch.from_numpy(prediction), torch.from_numpy(target))["ssim_skimage"] == pytest.approx(expected, abs=1e-6)
+    assert metrics.authors_ssim_scores(torch.from_numpy(prediction), torch.from_numpy(target))[
+        "ssim_skimage"
+    ] == pytest.approx(expected, abs=1e-6)
 
 
 def test_too_small_for_the_window_and_registered_columns():
@@ -83,7 +87,19 @@ def test_evaluate_adds_the_columns_for_every_row(dataset, tmp_path, capsys):
     pred.mkdir()
     nib.save(nib.Nifti1Image(noisy.astype(np.float32), target.affine), str(pred / naming.synthetic_name("sub-004")))
     out = tmp_path / "eval"
-    argv = ["--pred", str(pred), "--data", str(dataset), "--split", "test", "--ssim", "authors", "--out", str(out), "--no-progress"]
+    argv = [
+        "--pred",
+        str(pred),
+        "--data",
+        str(dataset),
+        "--split",
+        "test",
+        "--ssim",
+        "authors",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert run_main(evaluate.main, argv) == 0
     assert "ssim_brain_flat" in capsys.readouterr().out
     with open(out / "scores.csv", newline="") as handle:
@@ -95,7 +111,12 @@ def test_evaluate_adds_the_columns_for_every_row(dataset, tmp_path, capsys):
     source, seven = data["source"][0].numpy().astype(np.float64), data["target"][0].numpy().astype(np.float64)
     expected = skimage_metrics.structural_similarity(seven, np.clip(source, 0, 1), data_range=1.0)
     assert float(rows["identity"]["ssim_skimage"]) == pytest.approx(expected, abs=1e-5)
-    flat_true, flat_source = np.moveaxis(seven, 1, 0).flatten(), np.moveaxis(source, 1, 0).flatten()  # default geometry.axis 1
-    expected_flat = skimage_metrics.structural_similarity(flat_true[flat_true > 0], np.clip(flat_source, 0, 1)[flat_true > 0], data_range=1)
+    flat_true, flat_source = (
+        np.moveaxis(seven, 1, 0).flatten(),
+        np.moveaxis(source, 1, 0).flatten(),
+    )  # default geometry.axis 1
+    expected_flat = skimage_metrics.structural_similarity(
+        flat_true[flat_true > 0], np.clip(flat_source, 0, 1)[flat_true > 0], data_range=1
+    )
     assert float(rows["identity"]["ssim_brain_flat"]) == pytest.approx(expected_flat, abs=1e-5)
     assert float(rows["model"]["ssim_skimage"]) != pytest.approx(float(rows["identity"]["ssim_skimage"]), abs=1e-3)

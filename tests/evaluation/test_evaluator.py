@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset, write_nifti
+from helpers import make_dataset, write_nifti
 
 from t7synth.cli import run_main
 from t7synth.config import Config
@@ -28,7 +28,9 @@ def _rows(path):
 def _all_test(root):
     """The dataset's participants.tsv with every subject in the test split (an external site)."""
     lines = (root / naming.PARTICIPANTS).read_text().splitlines()
-    (root / naming.PARTICIPANTS).write_text("\n".join([lines[0], *(line.rsplit("\t", 1)[0] + "\ttest" for line in lines[1:])]) + "\n")
+    (root / naming.PARTICIPANTS).write_text(
+        "\n".join([lines[0], *(line.rsplit("\t", 1)[0] + "\ttest" for line in lines[1:])]) + "\n"
+    )
     return root
 
 
@@ -70,7 +72,19 @@ def test_the_checkpoints_lut_is_the_lut_row(tmp_path, capsys):
     pred = tmp_path / "pred"
     targets = _perfect_predictions(root, pred)
     ckpt = _checkpoint(tmp_path / "model.ckpt", torch.full((256,), 0.5))  # maps every brain voxel to 0.5
-    argv = ["--pred", str(pred), "--data", str(root), "--split", "test", "--ckpt", str(ckpt), "--out", str(tmp_path / "eval"), "--no-progress"]
+    argv = [
+        "--pred",
+        str(pred),
+        "--data",
+        str(root),
+        "--split",
+        "test",
+        "--ckpt",
+        str(ckpt),
+        "--out",
+        str(tmp_path / "eval"),
+        "--no-progress",
+    ]
     from t7synth import evaluate as command
 
     assert run_main(command.main, argv) == 0

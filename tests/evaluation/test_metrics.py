@@ -29,11 +29,15 @@ def test_scores_match_scikit_image(shape, seed):
     mask = np.sqrt((grid**2).sum(0)) < 1.1  # reaches the border: border SSIM voxels count
     ours = metrics.volume_scores(torch.from_numpy(prediction), torch.from_numpy(target), torch.from_numpy(mask))
 
-    assert ours["psnr"] == pytest.approx(skimage_metrics.peak_signal_noise_ratio(target, prediction, data_range=1.0), abs=1e-3)
+    assert ours["psnr"] == pytest.approx(
+        skimage_metrics.peak_signal_noise_ratio(target, prediction, data_range=1.0), abs=1e-3
+    )
     ssim, full = skimage_metrics.structural_similarity(target, prediction, full=True, **SKIMAGE_SSIM)
     assert ours["ssim"] == pytest.approx(ssim, abs=1e-3)
     assert ours["ssim_brain"] == pytest.approx(full[mask].mean(), abs=1e-3)
-    assert ours["psnr_brain"] == pytest.approx(skimage_metrics.peak_signal_noise_ratio(target[mask], prediction[mask], data_range=1.0), abs=1e-3)
+    assert ours["psnr_brain"] == pytest.approx(
+        skimage_metrics.peak_signal_noise_ratio(target[mask], prediction[mask], data_range=1.0), abs=1e-3
+    )
     assert ours["mae"] == pytest.approx(np.abs(prediction - target).mean(), abs=1e-6)
 
 

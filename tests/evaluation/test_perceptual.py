@@ -22,8 +22,18 @@ def medicalnet(block: str, seed: int) -> nn.Module:
     """A narrow MedicalNet: stages 3 and 4 at stride 1, dilated 2 and 4; no biases."""
     from monai.networks.nets import ResNet
 
-    net = ResNet(block, [1, 1, 1, 1], [4, 8, 8, 8], spatial_dims=3, n_input_channels=1, conv1_t_size=7,
-                 conv1_t_stride=2, shortcut_type="B", bias_downsample=False, num_classes=2)
+    net = ResNet(
+        block,
+        [1, 1, 1, 1],
+        [4, 8, 8, 8],
+        spatial_dims=3,
+        n_input_channels=1,
+        conv1_t_size=7,
+        conv1_t_stride=2,
+        shortcut_type="B",
+        bias_downsample=False,
+        num_classes=2,
+    )
     for stage, dilation in ((net.layer3, 2), (net.layer4, 4)):
         for module in stage.modules():
             if isinstance(module, nn.Conv3d):

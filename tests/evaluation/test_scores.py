@@ -13,7 +13,17 @@ def _rows(model_psnr=(25.0, 27.0), identity_psnr=(20.0, 22.0), lut_psnr=(22.5, 2
     rows = []
     for kind, values in (("lut", lut_psnr), ("model", model_psnr), ("identity", identity_psnr)):
         for subject, value in zip(("sub-002", "sub-001"), values):
-            rows.append({"model": kind, "subject": subject, "psnr": value + 5, "ssim": 0.9, "psnr_brain": value, "ssim_brain": 0.8, "mae": 0.01})
+            rows.append(
+                {
+                    "model": kind,
+                    "subject": subject,
+                    "psnr": value + 5,
+                    "ssim": 0.9,
+                    "psnr_brain": value,
+                    "ssim_brain": 0.8,
+                    "mae": 0.01,
+                }
+            )
     return rows
 
 
@@ -77,4 +87,7 @@ def test_summary_values_are_namespaced_keys():
     assert values["test/psnr_brain"] == pytest.approx(26.0)
     assert values["test/identity/psnr_brain"] == pytest.approx(21.0)
     assert values["test/lut/psnr_brain_sd"] == pytest.approx(2**0.5 / 2)
-    assert scores.metric_key("val", "model", "ssim") == "val/ssim" and scores.metric_key("val", "lut", "ssim") == "val/lut/ssim"
+    assert (
+        scores.metric_key("val", "model", "ssim") == "val/ssim"
+        and scores.metric_key("val", "lut", "ssim") == "val/lut/ssim"
+    )

@@ -100,12 +100,20 @@ def _table(path, text):
 
 
 def test_lookup_tables_map_tissues_by_abbreviation_or_name(tmp_path):
-    bids = _table(tmp_path / "a.tsv", "index\tname\tabbreviation\n1\tCerebrospinal fluid\tCSF\n2\tGray matter\tGM\n3\tWhite matter\tWM\n")
+    bids = _table(
+        tmp_path / "a.tsv",
+        "index\tname\tabbreviation\n1\tCerebrospinal fluid\tCSF\n2\tGray matter\tGM\n3\tWhite matter\tWM\n",
+    )
     assert segmentation.read_lookup(bids) == {1: "CSF", 2: "GM", 3: "WM"}
-    named = _table(tmp_path / "b.tsv", "index\tname\n4\tleft grey-matter\n5\tWhite_Matter\n6\tLeft-Thalamus\n7\tgrey matter\n")
+    named = _table(
+        tmp_path / "b.tsv", "index\tname\n4\tleft grey-matter\n5\tWhite_Matter\n6\tLeft-Thalamus\n7\tgrey matter\n"
+    )
     assert segmentation.read_lookup(named) == {5: "WM", 7: "GM"}  # "left grey-matter" is not a tissue's name
     # Several labels per tissue; a label naming other anatomy stays unmapped.
-    aseg = _table(tmp_path / "c.tsv", "index\tname\tabbreviation\n2\tLeft WM\tWM\n41\tRight WM\tWM\n10\tLeft-Thalamus\t\n3\tcortex\tGM\n")
+    aseg = _table(
+        tmp_path / "c.tsv",
+        "index\tname\tabbreviation\n2\tLeft WM\tWM\n41\tRight WM\tWM\n10\tLeft-Thalamus\t\n3\tcortex\tGM\n",
+    )
     lookup = segmentation.read_lookup(aseg)
     assert lookup == {2: "WM", 41: "WM", 3: "GM"}
     labels = np.array([0, 2, 41, 10, 3, 99])
@@ -114,7 +122,10 @@ def test_lookup_tables_map_tissues_by_abbreviation_or_name(tmp_path):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("label\tname\n1\tCSF\n", "needs the columns index and name"), ("index\tname\none\tCSF\n", "index 'one' is not an integer")],
+    [
+        ("label\tname\n1\tCSF\n", "needs the columns index and name"),
+        ("index\tname\none\tCSF\n", "index 'one' is not an integer"),
+    ],
 )
 def test_bad_lookup_table_is_one_line(tmp_path, text, message):
     path = _table(tmp_path / "dseg.tsv", text)

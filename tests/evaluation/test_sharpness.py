@@ -43,7 +43,11 @@ def test_gmsd_in_3d_equals_the_papers_2d_gmsd_on_an_extruded_image():
     the 2D one of the paper's code (with the constant rescaled from 8 bits to [0, 1])."""
     rng = np.random.default_rng(1)
     # Scored volumes are float32 (as every volume t7synth reads): start from such values.
-    image = np.clip(ndimage.gaussian_filter(rng.random((30, 34)), 1.2) * 2 - 0.5, 0, 1).astype(np.float32).astype(np.float64)
+    image = (
+        np.clip(ndimage.gaussian_filter(rng.random((30, 34)), 1.2) * 2 - 0.5, 0, 1)
+        .astype(np.float32)
+        .astype(np.float64)
+    )
     blurred = ndimage.gaussian_filter(image, 1.0).astype(np.float32).astype(np.float64)
     depth = 7
     volume = np.repeat(image[:, :, None], depth, axis=2)
@@ -117,5 +121,7 @@ def test_spectrum_is_the_brains_and_keeps_parseval():
     # |F|^2 / N sums to the centred brain's energy (Parseval).
     assert spectrum.power.sum() == pytest.approx(float(np.sum((inside - inside.mean()) ** 2)), rel=1e-9)
     radial = spectrum.radial()
-    assert radial.shape == (sharpness.SPECTRUM_BINS,) and radial[0] == pytest.approx(0.0, abs=1e-20)  # the mean is removed
+    assert radial.shape == (sharpness.SPECTRUM_BINS,) and radial[0] == pytest.approx(
+        0.0, abs=1e-20
+    )  # the mean is removed
     assert radial[5] > radial[-1]  # a smooth texture: power falls with frequency

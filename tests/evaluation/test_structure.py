@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_pair
+from helpers import make_pair
 from scipy import ndimage
 
 from t7synth import plotting
@@ -39,10 +39,18 @@ def test_structure_columns_print_as_their_own_blocks():
     report = scores.format_report(rows, "unet", scores.DISPLAY_ORDER, "1 subject")
     lines = report.splitlines()
     assert "gmsd" not in lines[1]  # the intensity table's header
-    assert "Sharpness against the 7T:" in lines and "Tissue segmentation against the true tissue labels (dseg):" not in lines
+    assert (
+        "Sharpness against the 7T:" in lines
+        and "Tissue segmentation against the true tissue labels (dseg):" not in lines
+    )
     header = lines[lines.index("Sharpness against the 7T:") + 1]
     assert header.split() == ["gmsd", "hf_ratio"]
-    without = scores.format_report([{k: v for k, v in r.items() if k not in ("gmsd", "hf_ratio")} for r in rows], "unet", scores.DISPLAY_ORDER, "1 subject")
+    without = scores.format_report(
+        [{k: v for k, v in r.items() if k not in ("gmsd", "hf_ratio")} for r in rows],
+        "unet",
+        scores.DISPLAY_ORDER,
+        "1 subject",
+    )
     assert "Sharpness" not in without
 
 
@@ -55,7 +63,10 @@ def test_best_value_of_a_ratio_is_the_closest_to_its_ideal():
 def test_spectra_plot_needs_spectra(volumes, tmp_path):
     _, target, mask = volumes
     scorer = StructureScorer(target, mask)
-    rows = [{"model": kind, "subject": "sub-001", **scorer(guess)} for kind, guess in (("model", target), ("identity", target * 0.5))]
+    rows = [
+        {"model": kind, "subject": "sub-001", **scorer(guess)}
+        for kind, guess in (("model", target), ("identity", target * 0.5))
+    ]
     path = plotting.save_spectra(tmp_path / "spectra.png", rows)
     assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plain = [{k: v for k, v in row.items() if k not in (SPECTRUM, TARGET_SPECTRUM)} for row in rows]

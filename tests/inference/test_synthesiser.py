@@ -5,7 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import torch
-from conftest import constant_module, make_pair, write_nifti
+from helpers import constant_module, make_pair, write_nifti
 
 from t7synth.config import Config
 from t7synth.inference.jobs import Job

@@ -19,7 +19,12 @@ def _conv_net(dims: int, channels_in: int, channels_out: int, seed: int = 0):
 
 @pytest.mark.parametrize(
     ("shape", "patch", "overlap"),
-    [((21, 30, 17), (8, 12, 8), 4), ((16, 16, 16), (16, 8, 20), 2), ((19, 13, 24), (6, 6, 6), 2), ((20, 17, 23), (9, 7, 8), 3)],
+    [
+        ((21, 30, 17), (8, 12, 8), 4),
+        ((16, 16, 16), (16, 8, 20), 2),
+        ((19, 13, 24), (6, 6, 6), 2),
+        ((20, 17, 23), (9, 7, 8), 3),
+    ],
 )
 def test_3d_matches_monai_sliding_window_with_the_same_window(shape, patch, overlap):
     from monai.inferers import sliding_window_inference
@@ -39,7 +44,9 @@ def test_3d_matches_monai_sliding_window_with_the_same_window(shape, patch, over
 
     ours = predict_volume(predict, volume, geometry, batch_size=5)
     roi = tuple(min(p, s) for p, s in zip(patch, shape))
-    weight = hann_window(roi[0])[:, None, None] * hann_window(roi[1])[None, :, None] * hann_window(roi[2])[None, None, :]
+    weight = (
+        hann_window(roi[0])[:, None, None] * hann_window(roi[1])[None, :, None] * hann_window(roi[2])[None, None, :]
+    )
     monai_calls = []
 
     def monai_predict(windows):
@@ -65,7 +72,9 @@ def test_window_starts_cover_the_axis_like_monai():
 
     for size, patch, overlap in [(40, 16, 4), (16, 16, 2), (10, 16, 2), (33, 8, 6), (9, 4, 0)]:
         ours = window_starts(size, patch, overlap)
-        monai = sorted({s[0].start for s in dense_patch_slices((size,), (min(patch, size),), (max(1, patch - overlap),))})
+        monai = sorted(
+            {s[0].start for s in dense_patch_slices((size,), (min(patch, size),), (max(1, patch - overlap),))}
+        )
         assert ours == monai
         assert ours[0] == 0 and ours[-1] + min(patch, size) == size
 

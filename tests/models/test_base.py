@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import constant_module
+from helpers import constant_module
 from torch import nn
 
 from t7synth.config import Config

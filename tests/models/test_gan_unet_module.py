@@ -6,7 +6,7 @@ import csv
 
 import pytest
 import torch
-from conftest import REPO, TINY_UNET
+from helpers import REPO, TINY_UNET
 
 from t7synth import fit
 from t7synth.cli import run_main
@@ -23,7 +23,18 @@ def _sets(items):
 
 
 def _cli(root, runs, *extra):
-    return ["--model", "gan_unet", "--data", str(root), "--set", f"runs_dir={runs}", *_sets(TINY_GAN), "--wandb", "disabled", *extra]
+    return [
+        "--model",
+        "gan_unet",
+        "--data",
+        str(root),
+        "--set",
+        f"runs_dir={runs}",
+        *_sets(TINY_GAN),
+        "--wandb",
+        "disabled",
+        *extra,
+    ]
 
 
 def test_paper_summary_counts_the_generator_only(capsys):

@@ -33,7 +33,9 @@ class KerasBottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=True)
         self.bn3 = nn.BatchNorm2d(planes * 4, eps=1.001e-5)
         self.downsample = (
-            nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride=stride, bias=True), nn.BatchNorm2d(planes * 4, eps=1.001e-5))
+            nn.Sequential(
+                nn.Conv2d(cin, planes * 4, 1, stride=stride, bias=True), nn.BatchNorm2d(planes * 4, eps=1.001e-5)
+            )
             if downsample
             else None
         )
@@ -74,8 +76,15 @@ class MonaiTrunk(nn.Module):
         from monai.networks.nets import ResNet
 
         self.net = ResNet(
-            "bottleneck", [2, 1, 1, 1], WIDTHS, spatial_dims=2, n_input_channels=3, conv1_t_size=7, conv1_t_stride=2,
-            num_classes=5, bias_downsample=bias_downsample,
+            "bottleneck",
+            [2, 1, 1, 1],
+            WIDTHS,
+            spatial_dims=2,
+            n_input_channels=3,
+            conv1_t_size=7,
+            conv1_t_stride=2,
+            num_classes=5,
+            bias_downsample=bias_downsample,
         )
 
     def forward(self, x):
@@ -237,8 +246,18 @@ def test_the_loss_network_stays_out_of_checkpoints(tmp_path):
     from t7synth.registry import get, resolve
 
     path = write_weights(randomise(KerasResNet(), 6), tmp_path / "k.pt")
-    config = resolve("unet", None, ["model.net.channels=8", "model.net.norm_groups=4", "model.net.channel_mult=[1,2]",
-                                    "model.net.attention_levels=[1]", "loss.perceptual=0.01", f"loss.perceptual_weights={path}"])
+    config = resolve(
+        "unet",
+        None,
+        [
+            "model.net.channels=8",
+            "model.net.norm_groups=4",
+            "model.net.channel_mult=[1,2]",
+            "model.net.attention_levels=[1]",
+            "loss.perceptual=0.01",
+            f"loss.perceptual_weights={path}",
+        ],
+    )
     module = get("unet")(config.to_dict())
     module.setup("fit")
     assert module._perceptual is not None

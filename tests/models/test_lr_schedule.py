@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_UNET
+from helpers import TINY_UNET
 
 from t7synth import registry
 from t7synth.errors import UserError
@@ -54,6 +54,8 @@ def test_step_schedule_is_per_epoch():
 
 
 def test_onecycle_is_refused_for_the_gan():
-    module = _module("gan_unet", "optim.schedule=onecycle", "model.discriminator.channels=4", "model.discriminator.num_layers=2")
+    module = _module(
+        "gan_unet", "optim.schedule=onecycle", "model.discriminator.channels=4", "model.discriminator.num_layers=2"
+    )
     with pytest.raises(UserError, match="optim.schedule onecycle needs automatic optimisation"):
         module.configure_optimizers()

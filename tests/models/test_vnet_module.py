@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import REPO
+from helpers import REPO
 
 from t7synth import fit
 from t7synth.cli import run_main
@@ -24,7 +24,9 @@ TINY_VNET = [
 
 
 def test_paper_summary(capsys):
-    assert run_main(fit.main, ["--model", "vnet", "--config", str(REPO / "experiments/paper_vnet.yaml"), "--summary"]) == 0
+    assert (
+        run_main(fit.main, ["--model", "vnet", "--config", str(REPO / "experiments/paper_vnet.yaml"), "--summary"]) == 0
+    )
     out = capsys.readouterr().out.splitlines()
     assert "parameters: 15734497" in out
     assert "geometry: 3D patch: 64x64x64, inference overlap 8" in out
@@ -53,6 +55,17 @@ def test_l1_ignores_errors_outside_the_brain():
 
 def test_fast_dev_run(dataset, tmp_path, capsys):
     sets = [x for item in TINY_VNET for x in ("--set", item)]
-    args = ["--model", "vnet", "--data", str(dataset), "--set", f"runs_dir={tmp_path / 'runs'}", *sets, "--wandb", "disabled", "--fast-dev-run"]
+    args = [
+        "--model",
+        "vnet",
+        "--data",
+        str(dataset),
+        "--set",
+        f"runs_dir={tmp_path / 'runs'}",
+        *sets,
+        "--wandb",
+        "disabled",
+        "--fast-dev-run",
+    ]
     assert run_main(fit.main, args) == 0
     assert "fast dev run finished" in capsys.readouterr().out

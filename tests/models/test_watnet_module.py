@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import REPO
+from helpers import REPO
 
 from t7synth import fit
 from t7synth.cli import run_main
@@ -31,7 +31,10 @@ def _cli(root, runs, *extra):
 
 
 def test_paper_summary(capsys):
-    assert run_main(fit.main, ["--model", "watnet", "--config", str(REPO / "experiments/paper_watnet.yaml"), "--summary"]) == 0
+    assert (
+        run_main(fit.main, ["--model", "watnet", "--config", str(REPO / "experiments/paper_watnet.yaml"), "--summary"])
+        == 0
+    )
     out = capsys.readouterr().out.splitlines()
     count = int(next(line for line in out if line.startswith("parameters:")).split()[1])
     assert abs(count - REFERENCE_PARAMS) <= 0.02 * REFERENCE_PARAMS
@@ -79,7 +82,9 @@ def test_wavelet_statistics_are_fitted_and_saved(dataset, tmp_path, monkeypatch)
     assert (std > 0).all() and mean[6] > 0  # the level-3 approximation of a positive image
 
     # Resuming keeps the checkpoint's statistics rather than refitting them.
-    module = WATNetModule.load_from_checkpoint(runs / "watnet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    module = WATNetModule.load_from_checkpoint(
+        runs / "watnet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True
+    )
     assert module.net.wavelet_stats_fitted and torch.equal(module.net.wavelet_mean, mean)
 
     def refit(self, batches):

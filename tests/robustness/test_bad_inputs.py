@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_UNET, make_dataset, make_pair, write_nifti
+from helpers import TINY_UNET, make_dataset, make_pair, write_nifti
 from robust_helpers import assert_refused, malicious_checkpoint, snapshot
 
 from t7synth import compare, evaluate, fit, predict, prepare, sweep
@@ -56,7 +56,10 @@ def run_fit(capfd, data: Path, runs: Path, *extra: str) -> tuple[int, str]:
         (["--set", "optim.step_every=0"], "optim.step_every must be at least 1"),
         (["--precision", "17-mixed"], "trainer.precision must be one of"),
         (["--set", "data.samples_per_volume=8", "--set", "data.queue_length=4"], "must not exceed data.queue_length"),
-        (["--set", "data.shape=[16,16,16]", "--set", "geometry.mode=patch", "--set", "geometry.patch=[32,16,16]"], "does not fit in the 16x16x16 volume of data.shape"),
+        (
+            ["--set", "data.shape=[16,16,16]", "--set", "geometry.mode=patch", "--set", "geometry.patch=[32,16,16]"],
+            "does not fit in the 16x16x16 volume of data.shape",
+        ),
         (["--set", "data.shape=[16,16,16]", "--set", "geometry.slices=17"], "does not fit in the 16x16x16 volume"),
         (["--set", "data.percentiles=[1,50,99]"], "data.percentiles must be [low, high]"),
         (["--set", "data.val_fraction=0.5", "--set", "data.test_fraction=0.5"], "must be below 1"),
@@ -116,10 +119,22 @@ def _tiny_mask(root: Path) -> None:
         (_other_shape, [], "set data.shape"),
         (_tiny_mask, [], "training subject sub-001: its brain mask leaves no place"),
         (None, ["--set", "geometry.inplane=[40,40]"], "does not fit in the 20x24x18 volume of training subject"),
-        (None, ["--set", "geometry.mode=patch", "--set", "geometry.patch=[32,12,12]"], "does not fit in the 20x24x18 volume"),
+        (
+            None,
+            ["--set", "geometry.mode=patch", "--set", "geometry.patch=[32,12,12]"],
+            "does not fit in the 20x24x18 volume",
+        ),
         (None, ["--cpus", "3"], "2 training subjects cannot be shared by 3 processes"),
     ],
-    ids=["partial-split", "unlisted-folder", "different-shapes", "tiny-mask", "slab-too-wide", "patch-too-long", "more-ranks-than-subjects"],
+    ids=[
+        "partial-split",
+        "unlisted-folder",
+        "different-shapes",
+        "tiny-mask",
+        "slab-too-wide",
+        "patch-too-long",
+        "more-ranks-than-subjects",
+    ],
 )
 def test_bad_data_is_one_line_before_the_trainer_and_leaves_no_run_folder(tmp_path, capfd, damage, extra, expected):
     data = make_dataset(tmp_path / "data")
@@ -190,7 +205,9 @@ def _untrained_checkpoint(path: Path, channels: int | None = None) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["hostile", "huge", "empty", "output-under-a-file", "read-only-output", "full-disk", "bad-age"])
+@pytest.mark.parametrize(
+    "case", ["hostile", "huge", "empty", "output-under-a-file", "read-only-output", "full-disk", "bad-age"]
+)
 def test_predict_refuses_in_one_line(dataset, tmp_path, capsys, monkeypatch, case):
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker = tmp_path / "code-ran"
@@ -223,7 +240,11 @@ def test_predict_refuses_in_one_line(dataset, tmp_path, capsys, monkeypatch, cas
 
         import t7synth.files
 
-        code, reason = (errno.EACCES, "Permission denied") if case == "read-only-output" else (errno.ENOSPC, "No space left on device")
+        code, reason = (
+            (errno.EACCES, "Permission denied")
+            if case == "read-only-output"
+            else (errno.ENOSPC, "No space left on device")
+        )
 
         def refuse(*args, dir=None, **kwargs):
             if dir is not None and Path(dir).resolve().is_relative_to(tmp_path.resolve() / "out"):
@@ -236,7 +257,18 @@ def test_predict_refuses_in_one_line(dataset, tmp_path, capsys, monkeypatch, cas
         extra = ["--age", "-4"]
     source = naming.source_path(dataset, "sub-001")
     before = snapshot(tmp_path)
-    status = run_main(predict.main, ["--ckpt", str(ckpt), "--input", str(source if case != "read-only-output" else dataset), "--output", str(output), *extra])
+    status = run_main(
+        predict.main,
+        [
+            "--ckpt",
+            str(ckpt),
+            "--input",
+            str(source if case != "read-only-output" else dataset),
+            "--output",
+            str(output),
+            *extra,
+        ],
+    )
     assert_refused(status, capsys.readouterr().err, expected)
     assert not marker.exists()
     assert snapshot(tmp_path) == before
@@ -284,7 +316,10 @@ def test_evaluate_output_under_a_file_is_one_line(dataset, tmp_path, capsys):
     (pred / "sub-004_synth.nii.gz").write_bytes(naming.target_path(dataset, "sub-004").read_bytes())
     (tmp_path / "taken").write_text("x")
     before = snapshot(tmp_path)
-    status = run_main(evaluate.main, ["--pred", str(pred), "--data", str(dataset), "--out", str(tmp_path / "taken" / "eval"), "--no-progress"])
+    status = run_main(
+        evaluate.main,
+        ["--pred", str(pred), "--data", str(dataset), "--out", str(tmp_path / "taken" / "eval"), "--no-progress"],
+    )
     assert_refused(status, capsys.readouterr().err, "taken")
     assert snapshot(tmp_path) == before
 
@@ -320,7 +355,11 @@ def test_compare_refuses_malformed_scores(tmp_path, capsys, rows, expected):
 
 
 def test_compare_takes_infinite_psnr_and_old_config_formats(tmp_path, capsys):
-    perfect = _run(tmp_path / "perfect", "model,sub-1,inf,1.0,inf,1.0,0.0\nmodel,sub-2,inf,1.0,inf,1.0,0.0\n", config="name: old\nmodel: unet\nwandb: offline\n")
+    perfect = _run(
+        tmp_path / "perfect",
+        "model,sub-1,inf,1.0,inf,1.0,0.0\nmodel,sub-2,inf,1.0,inf,1.0,0.0\n",
+        config="name: old\nmodel: unet\nwandb: offline\n",
+    )
     other = _run(tmp_path / "other", "model,sub-1,25.0,0.9,30,0.95,0.01\nmodel,sub-2,26.0,0.9,30,0.95,0.01\n")
     assert run_main(compare.main, [str(perfect), str(other), "--out", str(tmp_path / "cmp")]) == 0
     table = (tmp_path / "cmp" / "comparison.md").read_text()
@@ -354,7 +393,12 @@ PARAMS = "model: unet\nparams:\n  optim.lr: {type: float, low: 1.0e-4, high: 1.0
 
 @pytest.mark.parametrize(
     ("step", "expected"),
-    [(", step: 0", "params.optim.lr.step must be positive"), (", step: -1.0e-4", "must be positive"), (", step: 1.0", "wider than the range"), (", step: abc", "step must be a float")],
+    [
+        (", step: 0", "params.optim.lr.step must be positive"),
+        (", step: -1.0e-4", "must be positive"),
+        (", step: 1.0", "wider than the range"),
+        (", step: abc", "step must be a float"),
+    ],
     ids=["zero", "negative", "too-wide", "word"],
 )
 def test_sweep_step_must_be_positive(tmp_path, capsys, step, expected):
@@ -377,7 +421,10 @@ def test_sweep_storage_paths_are_one_line(tmp_path, capsys, kind):
         "sqlite-is-a-folder": (f"sqlite:///{folder}", "is a folder"),
     }[kind]
     before = snapshot(tmp_path)
-    status = run_main(sweep.main, [str(path), "--set", f"runs_dir={tmp_path / 'runs'}", "--storage", storage, "--set", "trainer.max_epochs=1"])
+    status = run_main(
+        sweep.main,
+        [str(path), "--set", f"runs_dir={tmp_path / 'runs'}", "--storage", storage, "--set", "trainer.max_epochs=1"],
+    )
     assert_refused(status, capsys.readouterr().err, expected)
     assert snapshot(tmp_path) == before
 

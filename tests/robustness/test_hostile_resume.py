@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_UNET, make_dataset
+from helpers import TINY_UNET, make_dataset
 from robust_helpers import assert_refused, malicious_checkpoint, snapshot, truncated_copy
 
 from t7synth import fit
@@ -28,7 +28,20 @@ pytestmark = pytest.mark.slow
 
 def args(data: Path, runs: Path, *extra: str, tiny=TINY_UNET) -> list[str]:
     sets = [x for item in tiny for x in ("--set", item)]
-    return ["--model", "unet", "--data", str(data), "--set", f"runs_dir={runs}", *sets, "--wandb", "disabled", "--seed", "3", *extra]
+    return [
+        "--model",
+        "unet",
+        "--data",
+        str(data),
+        "--set",
+        f"runs_dir={runs}",
+        *sets,
+        "--wandb",
+        "disabled",
+        "--seed",
+        "3",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +110,9 @@ def _damage_huge(run, marker):
     ],
     ids=["hostile", "truncated", "empty", "claims-2048-channels", "other-width", "other-lr", "other-augmentation"],
 )
-def test_a_bad_resume_is_one_line_and_leaves_the_run_untouched(run, tmp_path, capfd, monkeypatch, damage, extra, expected):
+def test_a_bad_resume_is_one_line_and_leaves_the_run_untouched(
+    run, tmp_path, capfd, monkeypatch, damage, extra, expected
+):
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker = tmp_path / "code-ran"
     if damage is not None:
@@ -113,7 +128,9 @@ def test_a_bad_resume_is_one_line_and_leaves_the_run_untouched(run, tmp_path, ca
 
 def test_resuming_another_model_names_the_model(run, capfd):
     before = snapshot(run["runs"])
-    status = run_main(fit.main, args(run["data"], run["runs"], "--model", "vnet", "--name", "unet", "--resume", "last", tiny=[])[2:])
+    status = run_main(
+        fit.main, args(run["data"], run["runs"], "--model", "vnet", "--name", "unet", "--resume", "last", tiny=[])[2:]
+    )
     assert_refused(status, capfd.readouterr().err, "model.name ('unet' in the checkpoint, 'vnet' now)")
     assert snapshot(run["runs"]) == before
 
@@ -125,8 +142,21 @@ def _metrics(run_dir: Path) -> list[dict[str, str]]:
 
 def test_resumable_keys_are_honoured_and_the_history_continues(run, capfd):
     before = _metrics(run["dir"])
-    status = run_main(fit.main, args(run["data"], run["runs"], "--max-epochs", "3", "--resume", "last",
-                                     "--set", "trainer.log_every_n_steps=2", "--set", "data.inference_batch_size=4"))
+    status = run_main(
+        fit.main,
+        args(
+            run["data"],
+            run["runs"],
+            "--max-epochs",
+            "3",
+            "--resume",
+            "last",
+            "--set",
+            "trainer.log_every_n_steps=2",
+            "--set",
+            "data.inference_batch_size=4",
+        ),
+    )
     assert status == 0, capfd.readouterr().err[-2000:]
     config = yaml.safe_load((run["dir"] / "config.yaml").read_text())
     assert config["trainer"]["max_epochs"] == 3 and config["trainer"]["log_every_n_steps"] == 2
@@ -144,5 +174,7 @@ def test_resuming_a_finished_run_keeps_its_whole_history(run, capfd):
     before = _metrics(run["dir"])
     assert run_main(fit.main, args(run["data"], run["runs"], "--max-epochs", "2", "--resume", "last")) == 0
     after = _metrics(run["dir"])
-    assert [row for row in after if "test/psnr_brain" not in row] == [row for row in before if "test/psnr_brain" not in row]
+    assert [row for row in after if "test/psnr_brain" not in row] == [
+        row for row in before if "test/psnr_brain" not in row
+    ]
     assert len(after) == len(before)  # the test ran again: its row replaced, not added

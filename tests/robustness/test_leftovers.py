@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_UNET, make_dataset, write_nifti
+from helpers import REPO, TINY_UNET, make_dataset, write_nifti
 from robust_helpers import assert_refused, dead_pid, snapshot
 
 from t7synth import demo, predict, prepare
@@ -42,7 +42,10 @@ def test_predict_removes_what_a_killed_predict_left(dataset, tmp_path, capsys):
 
     config = resolve("unet", None, TINY_UNET)
     ckpt = tmp_path / "model.ckpt"
-    torch.save({"state_dict": UNetModule(config.to_dict()).state_dict(), "hyper_parameters": {"config": config.to_dict()}}, ckpt)
+    torch.save(
+        {"state_dict": UNetModule(config.to_dict()).state_dict(), "hyper_parameters": {"config": config.to_dict()}},
+        ckpt,
+    )
     out = tmp_path / "out"
     stale = _stale(out, "sub-001_acq-3T_T1w_synth7T", ".nii.gz")
     live = out / f"{temporary_prefix('other')}abc.nii.gz"  # this process's: still being written
@@ -114,7 +117,11 @@ FULL_DISK = textwrap.dedent(
 def run_with_file_limit(command: str, args: list[str], limit: int) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", FULL_DISK.format(command=command, limit=limit), *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 
 
@@ -138,7 +145,19 @@ def test_compare_on_a_full_disk_writes_nothing(tmp_path):
 def test_fit_on_a_full_disk_is_one_line_and_leaves_no_run_folder(dataset, tmp_path):
     runs = tmp_path / "runs"
     sets = [x for item in TINY_UNET for x in ("--set", item)]
-    args = ["--model", "unet", "--data", str(dataset), "--set", f"runs_dir={runs}", *sets, "--wandb", "disabled", "--max-epochs", "1"]
+    args = [
+        "--model",
+        "unet",
+        "--data",
+        str(dataset),
+        "--set",
+        f"runs_dir={runs}",
+        *sets,
+        "--wandb",
+        "disabled",
+        "--max-epochs",
+        "1",
+    ]
     result = run_with_file_limit("fit", args, limit=600)
     assert_refused(result.returncode, result.stderr, "cannot write", "File too large")
     assert not runs.exists() or not any(runs.rglob("*"))

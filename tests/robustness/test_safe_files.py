@@ -28,7 +28,13 @@ from t7synth.errors import UserError
 from t7synth.inference import checkpoint as ckpt_io
 from t7synth.registry import resolve
 
-TINY = ["model.net.channels=8", "model.net.channel_mult=[1,2]", "model.net.num_res_blocks=1", "model.net.attention_levels=[1]", "model.net.norm_groups=4"]
+TINY = [
+    "model.net.channels=8",
+    "model.net.channel_mult=[1,2]",
+    "model.net.num_res_blocks=1",
+    "model.net.attention_levels=[1]",
+    "model.net.norm_groups=4",
+]
 
 
 @pytest.fixture
@@ -80,7 +86,9 @@ def test_this_torch_honours_weights_only_under_the_environment_variable(force_fu
     assert ckpt_io._weights_only_is_honoured()
 
 
-@pytest.mark.parametrize("content, message", [(b"", "the file is empty"), (b"PK\x03\x04 not really a zip", "cannot read checkpoint")])
+@pytest.mark.parametrize(
+    "content, message", [(b"", "the file is empty"), (b"PK\x03\x04 not really a zip", "cannot read checkpoint")]
+)
 def test_empty_and_garbage_checkpoints_are_one_line(tmp_path, content, message):
     path = tmp_path / "last.ckpt"
     path.write_bytes(content)
@@ -105,8 +113,12 @@ def test_a_checkpoint_claiming_a_huge_network_is_refused_before_allocating(tmp_p
     path = _checkpoint_claiming(tmp_path, 2048)
     allocated = []
     real_to_empty = torch.nn.Module.to_empty
-    monkeypatch.setattr(torch.nn.Module, "to_empty", lambda self, **kw: allocated.append(self) or real_to_empty(self, **kw))
-    with pytest.raises(UserError, match=r"does not fit model 'unet' built from its config: .*has shape .*the model's is"):
+    monkeypatch.setattr(
+        torch.nn.Module, "to_empty", lambda self, **kw: allocated.append(self) or real_to_empty(self, **kw)
+    )
+    with pytest.raises(
+        UserError, match=r"does not fit model 'unet' built from its config: .*has shape .*the model's is"
+    ):
         ckpt_io.load_model(path)
     assert not allocated  # refused on the meta device, before any memory was taken
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import REPO, TINY_UNET
+from helpers import REPO, TINY_UNET
 
 SCRIPT = Path(__file__).with_name("ddp_fit_script.py")
 #: Generous: two ranks on a shared two-core machine; a hang fails instead of blocking.
@@ -56,7 +56,12 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     handle = open(log, "w")
     try:
         return subprocess.Popen(
-            [sys.executable, str(SCRIPT), *args], env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, str(SCRIPT), *args],
+            env=env,
+            cwd=REPO,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     finally:
         handle.close()

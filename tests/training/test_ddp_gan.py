@@ -11,14 +11,16 @@ from __future__ import annotations
 import ddp_helpers as helpers
 import pytest
 import torch
-from conftest import make_dataset
+from helpers import make_dataset
 
 from t7synth import registry
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
 
-@pytest.mark.skipif("gan_unet" not in registry.names(), reason="the gan_unet model is not registered in t7synth.registry yet")
+@pytest.mark.skipif(
+    "gan_unet" not in registry.names(), reason="the gan_unet model is not registered in t7synth.registry yet"
+)
 def test_gan_trains_one_epoch_on_two_ranks(tmp_path):
     data = make_dataset(tmp_path / "data", n_subjects=6)  # 4 training subjects: 2 per rank
     runs = tmp_path / "runs"
@@ -43,7 +45,9 @@ def test_gan_trains_one_epoch_on_two_ranks(tmp_path):
     assert any(name.startswith("discriminator.") for name in moved), "the discriminator never stepped"
     assert any(name.startswith("net.") for name in moved), "the generator never stepped"
 
-    checkpoint = torch.load(runs / "gan_unet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    checkpoint = torch.load(
+        runs / "gan_unet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu"
+    )
     assert len(checkpoint["optimizer_states"]) == 2 and len(checkpoint["lr_schedulers"]) == 2
     steps = [int(next(iter(state["state"].values()))["step"]) for state in checkpoint["optimizer_states"]]
     # Epoch 0 steps the generator and the discriminator on every batch: 2 batches per rank.

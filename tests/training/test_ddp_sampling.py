@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset, write_nifti
+from helpers import make_dataset, write_nifti
 
 from t7synth.data import naming
 
@@ -30,11 +30,15 @@ def test_every_brain_slice_on_two_ranks_with_unequal_shards(tmp_path):
         mask[:, keep] = np.asarray(image.dataobj)[:, keep]
         write_nifti(path, mask, image.affine)
     runs, record = tmp_path / "runs", tmp_path / "record"
-    args = helpers.fit_args(data, runs, "--set", "data.slab_sampling=every", "--cpus", "2", "--max-epochs", "2", "--seed", "1")
+    args = helpers.fit_args(
+        data, runs, "--set", "data.slab_sampling=every", "--cpus", "2", "--max-epochs", "2", "--seed", "1"
+    )
     helpers.run(args, helpers.environment(record, tmp_path / "cache"), tmp_path / "every.log")
 
     final = [helpers.weights(record, rank) for rank in (0, 1)]
     for name in final[0]:
         assert torch.equal(final[0][name], final[1][name]), f"ranks diverged at {name}"
-    checkpoint = torch.load(runs / "unet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    checkpoint = torch.load(
+        runs / "unet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu"
+    )
     assert checkpoint["epoch"] == 1

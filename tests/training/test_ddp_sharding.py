@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from conftest import TINY_UNET, make_dataset
+from helpers import TINY_UNET, make_dataset
 
 from t7synth.data.datamodule import PairedDataModule
 from t7synth.data.seeds import training_seed

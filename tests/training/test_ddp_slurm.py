@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import REPO
+from helpers import REPO
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DDPStrategy
 
@@ -72,13 +72,17 @@ def _srun_command(tmp_path: Path, *extra: str, **variables: str) -> list[str]:
         "SLURM_NTASKS_PER_NODE": "4",
         **variables,
     }
-    result = subprocess.run(["bash", str(REPO / "experiments" / "slurm" / "train.sbatch"), *extra], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", str(REPO / "experiments" / "slurm" / "train.sbatch"), *extra], env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     return recorded.read_text().splitlines()
 
 
 def test_srun_line_passes_gpus_per_node_and_nodes_to_fit(tmp_path):
-    command = _srun_command(tmp_path, "--max-epochs", "3", DATA="/data/paired", CONFIG="experiments/paper_gan_unet.yaml")
+    command = _srun_command(
+        tmp_path, "--max-epochs", "3", DATA="/data/paired", CONFIG="experiments/paper_gan_unet.yaml"
+    )
     assert command[0] == "--kill-on-bad-exit=1"
     assert command[2:4] == ["-m", "t7synth.fit"]
     args = fit.build_parser().parse_args(command[4:])
@@ -123,7 +127,9 @@ def test_slurm_task_builds_a_ddp_trainer_over_all_nodes(tmp_path, monkeypatch):
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
-    trainer = pl.Trainer(**{**hardware, "accelerator": "cpu"}, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = pl.Trainer(
+        **{**hardware, "accelerator": "cpu"}, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
     environment = trainer.strategy.cluster_environment
     assert isinstance(environment, SLURMEnvironment)
     assert environment.creates_processes_externally  # srun started the ranks; Lightning starts none

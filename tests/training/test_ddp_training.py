@@ -22,7 +22,7 @@ import ddp_helpers as helpers
 import pytest
 import torch
 import yaml
-from conftest import make_dataset
+from helpers import make_dataset
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
@@ -154,7 +154,9 @@ def test_kill_and_resume_matches_the_uninterrupted_run(uninterrupted, crashed):
         torch.testing.assert_close(final_b[name], final_a[name], rtol=1e-6, atol=1e-7, msg=name)
     last_a = torch.load(uninterrupted["run"] / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     last_b = torch.load(crashed["run"] / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
-    assert (last_b["epoch"], last_b["global_step"]) == (last_a["epoch"], last_a["global_step"]) == (EPOCHS - 1, 2 * EPOCHS)
+    assert (
+        (last_b["epoch"], last_b["global_step"]) == (last_a["epoch"], last_a["global_step"]) == (EPOCHS - 1, 2 * EPOCHS)
+    )
     assert last_b["lr_schedulers"] == last_a["lr_schedulers"]
     adam_a, adam_b = last_a["optimizer_states"][0]["state"], last_b["optimizer_states"][0]["state"]
     for index in adam_a:

@@ -11,7 +11,7 @@ import ddp_helpers as helpers
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY_UNET
+from helpers import TINY_UNET
 
 from t7synth import fit
 from t7synth.cli import run_main
@@ -57,7 +57,7 @@ def test_one_gpu_fast_dev_run_uses_bf16_with_fp32_losses(dataset, tmp_path):
 @pytest.mark.ddp
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_two_gpus_train_in_sync_over_nccl(tmp_path):
-    from conftest import make_dataset
+    from helpers import make_dataset
 
     data = make_dataset(tmp_path / "data", n_subjects=6)
     record = tmp_path / "record"

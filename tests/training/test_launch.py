@@ -19,7 +19,13 @@ from t7synth.training.run_dir import resolve_run_dir
 
 pytestmark = pytest.mark.ddp
 
-SLURM_TASK = {"SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "3"}
+SLURM_TASK = {
+    "SLURM_JOB_ID": "77",
+    "SLURM_JOB_NAME": "train",
+    "SLURM_NTASKS": "4",
+    "SLURM_NTASKS_PER_NODE": "2",
+    "SLURM_PROCID": "3",
+}
 TORCHRUN_TASK = {"TORCHELASTIC_RUN_ID": "exp1", "RANK": "2", "LOCAL_RANK": "0", "WORLD_SIZE": "4"}
 
 
@@ -27,7 +33,10 @@ TORCHRUN_TASK = {"TORCHELASTIC_RUN_ID": "exp1", "RANK": "2", "LOCAL_RANK": "0", 
     ("environ", "expected"),
     [
         ({}, Launch("lightning", True, 1, None)),
-        ({"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2"}, Launch("lightning", False, 1, None)),  # Lightning's child
+        (
+            {"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2"},
+            Launch("lightning", False, 1, None),
+        ),  # Lightning's child
         ({"NODE_RANK": "1"}, Launch("lightning", False, 1, None)),  # first process of a second node
         (SLURM_TASK, Launch("slurm", False, 4, "77")),
         ({**SLURM_TASK, "SLURM_PROCID": "0"}, Launch("slurm", True, 4, "77")),

@@ -40,7 +40,9 @@ def test_log_test_results_fills_summary_table_and_montages(tmp_path):
     logger = WandbLogger()
     loggers.log_test_results([object(), logger], rows, run_dir)
     summary = logger.experiment.summary
-    assert summary["test/psnr_brain"] == pytest.approx(26.0) and summary["test/psnr_brain_sd"] == pytest.approx(1.414214, abs=1e-5)
+    assert summary["test/psnr_brain"] == pytest.approx(26.0) and summary["test/psnr_brain_sd"] == pytest.approx(
+        1.414214, abs=1e-5
+    )
     assert summary["test/lut/psnr_brain"] == pytest.approx(22.0) and "test/identity/mae" in summary
     key, columns, data = logger.tables[0]
     assert key == "test/scores" and columns == ["model", "subject", *NAMES] and len(data) == 6
@@ -51,7 +53,11 @@ def test_summary_keeps_the_best_validation_value_in_each_scores_direction():
     from t7synth.training.wandb_logger import is_reference_key, summary_ops
 
     for name, column in COLUMNS.items():
-        expected = None if getattr(column, "ideal", None) is not None else ("max" if column.higher_is_better else "min") + ",last"
+        expected = (
+            None
+            if getattr(column, "ideal", None) is not None
+            else ("max" if column.higher_is_better else "min") + ",last"
+        )
         assert summary_ops(f"val/{name}") == expected
     assert summary_ops("val/mae") == "min,last" and summary_ops("val/psnr_brain") == "max,last"
     assert summary_ops("test/psnr_brain") is None and summary_ops("train/loss") is None
@@ -60,7 +66,14 @@ def test_summary_keeps_the_best_validation_value_in_each_scores_direction():
 
 
 def test_wandb_rows_keep_numbers_and_blank_missing_values():
-    frame = pd.DataFrame({"number": [0, 1], "value": [20.5, None], "rank": pd.array([1, None], dtype="Int64"), "state": ["complete", "pruned"]})
+    frame = pd.DataFrame(
+        {
+            "number": [0, 1],
+            "value": [20.5, None],
+            "rank": pd.array([1, None], dtype="Int64"),
+            "state": ["complete", "pruned"],
+        }
+    )
     rows = loggers.wandb_rows(frame)
     assert rows == [[0, 20.5, 1, "complete"], [1, None, None, "pruned"]]
     assert type(rows[0][0]) is int and type(rows[0][1]) is float
@@ -92,11 +105,21 @@ def test_wandb_logger_offline_records(tmp_path, monkeypatch):
     write_trial_record(run_dir, {"study": "study", "number": 2, "state": "pruned", "epoch": 1})
     assert read_trial_record(run_dir)["state"] == "pruned"
     try:
-        logger = RunWandbLogger(run_dir, project="t7synth-test", save_dir=str(run_dir), id="trial2", offline=True, config={"optim": {"lr": 0.01}})
+        logger = RunWandbLogger(
+            run_dir,
+            project="t7synth-test",
+            save_dir=str(run_dir),
+            id="trial2",
+            offline=True,
+            config={"optim": {"lr": 0.01}},
+        )
         logger.log_hyperparams({"config": {"optim": {"lr": 0.01}}})
         for epoch, (psnr, mae) in enumerate(((20.0, 0.3), (22.0, 0.2))):
             logger.log_metrics({"train/loss": 0.5, "epoch": epoch}, step=2 * epoch)
-            logger.log_metrics({"val/psnr_brain": psnr, "val/mae": mae, "val/identity/psnr_brain": 18.0, "epoch": epoch}, step=2 * epoch + 1)
+            logger.log_metrics(
+                {"val/psnr_brain": psnr, "val/mae": mae, "val/identity/psnr_brain": 18.0, "epoch": epoch},
+                step=2 * epoch + 1,
+            )
         logger.log_metrics({"val/psnr_brain": 21.0, "val/mae": 0.25, "epoch": 2}, step=5)
         logger.finalize("failed")
     finally:
@@ -123,7 +146,9 @@ def test_interrupted_run_that_was_not_pruned_is_not_tagged(tmp_path, monkeypatch
     for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
     try:
-        logger = RunWandbLogger(tmp_path, project="t7synth-test", save_dir=str(tmp_path), id="plain", offline=True, config={})
+        logger = RunWandbLogger(
+            tmp_path, project="t7synth-test", save_dir=str(tmp_path), id="plain", offline=True, config={}
+        )
         logger.log_metrics({"val/psnr_brain": 20.0, "epoch": 0}, step=0)
         logger.finalize("failed")
         logger.experiment.finish()

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import REPO, TINY_UNET
+from helpers import REPO, TINY_UNET
 
 from t7synth import fit
 from t7synth.cli import run_main
@@ -40,7 +40,10 @@ torch.manual_seed(0)
 model = registry.get("unet")(config.to_dict())
 optimizer = torch.optim.Adam(model.parameters())
 meta = meta_batch(config, config.data.shape, max(size, 1))
-batch = {k: torch.rand(v.shape) if v.dtype.is_floating_point else torch.zeros(v.shape, dtype=v.dtype) for k, v in meta.items()}
+batch = {
+    k: torch.rand(v.shape) if v.dtype.is_floating_point else torch.zeros(v.shape, dtype=v.dtype)
+    for k, v in meta.items()
+}
 for _ in range(2 if size else 0):
     x, context = model.net_input(batch)
     loss = (model(x, context) - model.net_view(batch["target"])).abs().mean()
@@ -55,7 +58,9 @@ print(next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if 
 
 def _peak_rss(size: int, sets: list[str]) -> int:
     env = {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(size), *sets], capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(size), *sets], capture_output=True, text=True, env=env, check=True
+    )
     return int(done.stdout.split()[-1])
 
 
@@ -125,7 +130,9 @@ def test_global_batch_is_split_over_gpus_then_into_the_fewest_micro_batches_that
 
 def test_batch_arithmetic_errors_name_the_keys():
     with pytest.raises(UserError, match="data.batch_size 56 .* divisible by the 3 processes"):
-        memory.make_plan(_config("data.batch_size=56", "data.batch_scope=global"), _footprint(1.0), world=3, capacity=80e9)
+        memory.make_plan(
+            _config("data.batch_size=56", "data.batch_scope=global"), _footprint(1.0), world=3, capacity=80e9
+        )
     with pytest.raises(UserError, match="trainer.accumulate_grad_batches 3 must divide the 8 samples"):
         memory.make_plan(_config("trainer.accumulate_grad_batches=3"), _footprint(1.0), world=1, capacity=80e9)
 
@@ -170,7 +177,18 @@ def test_fit_refuses_a_config_that_cannot_fit_before_building_anything(dataset, 
 
     monkeypatch.setattr(module_class, "__init__", record)
     runs = tmp_path / "runs"
-    argv = ["--model", "unet", "--data", str(dataset), "--gpus", "1", "--precision", "bf16-mixed", "--set", f"runs_dir={runs}"]
+    argv = [
+        "--model",
+        "unet",
+        "--data",
+        str(dataset),
+        "--gpus",
+        "1",
+        "--precision",
+        "bf16-mixed",
+        "--set",
+        f"runs_dir={runs}",
+    ]
     assert run_main(fit.main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: the training step needs an estimated")
@@ -207,7 +225,9 @@ def test_cpu_fit_accumulates_micro_batches(dataset, tmp_path):
             sizes.append(len(batch["source"]))
 
     assert fit.main(argv, callbacks=[Sizes()]) == 0
-    checkpoint = torch.load(runs / "unet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    checkpoint = torch.load(
+        runs / "unet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu"
+    )
     # 2 training subjects x 2 samples = 4 micro-batches of 1, 2 optimiser steps.
     assert sizes == [1, 1, 1, 1]
     assert checkpoint["global_step"] == 2

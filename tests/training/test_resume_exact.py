@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_UNET
+from helpers import TINY_UNET
 
 from t7synth import fit, registry
 from t7synth.cli import run_main
@@ -20,7 +20,9 @@ from t7synth.cli import run_main
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.skipif("gan_unet" not in registry.names(), reason="the gan_unet model is not registered in t7synth.registry yet")
+@pytest.mark.skipif(
+    "gan_unet" not in registry.names(), reason="the gan_unet model is not registered in t7synth.registry yet"
+)
 # every: per-subject sample counts; workers 1: batches made ahead by a background
 # process across epochs (t7synth.data.prefetch).
 @pytest.mark.parametrize(("sampling", "workers"), [("label", 0), ("every", 0), ("label", 1)])
@@ -41,7 +43,9 @@ def test_gan_resume_matches_an_uninterrupted_run(dataset, tmp_path, sampling, wo
     assert run_main(fit.main, args(tmp_path / "b", "--max-epochs", "2", "--resume", "last")) == 0
 
     def last(runs):
-        return torch.load(runs / "gan_unet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+        return torch.load(
+            runs / "gan_unet" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu"
+        )
 
     a, b = last(tmp_path / "a"), last(tmp_path / "b")
     assert not (tmp_path / "b" / "gan_unet" / "version_1").exists()

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from t7synth.cli import run_main
 from t7synth import sweep as sweep_command
+from t7synth.cli import run_main
 from t7synth.tuning import study as study_module
 
 POSTGRES_ENV = "T7SYNTH_TEST_POSTGRES_URL"
@@ -69,7 +69,10 @@ sys.exit(run_main(sweep.main, sys.argv[6:]))
 def postgres_url() -> str:
     url = os.environ.get(POSTGRES_ENV)
     if not url:
-        pytest.skip(f"{POSTGRES_ENV} is not set: run the tests under .ci/with-postgres (CI's .ci/run does), which starts a throw-away PostgreSQL server")
+        pytest.skip(
+            f"{POSTGRES_ENV} is not set: run the tests under .ci/with-postgres (CI's .ci/run does), which starts a "
+            "throw-away PostgreSQL server"
+        )
     return url
 
 
@@ -89,9 +92,12 @@ class Sweep:
         self.shared.mkdir()
         self.name = f"t{uuid.uuid4().hex[:12]}"  # a fresh study in a shared database
         spec = {
-            "study": self.name, "model": "unet", "n_trials": n_trials,
+            "study": self.name,
+            "model": "unet",
+            "n_trials": n_trials,
             "set": {"runs_dir": str(tmp_path / "runs"), "trainer.max_epochs": 1},
-            "sampler": {"name": "random"}, "pruner": {"name": "none"},
+            "sampler": {"name": "random"},
+            "pruner": {"name": "none"},
             "params": {"optim.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}},
         }
         self.file = tmp_path / "sweep.yaml"
@@ -100,8 +106,24 @@ class Sweep:
         (tmp_path / "worker.py").write_text(WORKER)
 
     def start(self, owner: str = "-", linger: float = 0.0, wait_for: int = 0, name: str = "worker") -> subprocess.Popen:
-        command = [sys.executable, str(self.tmp / "worker.py"), str(self.shared), str(self.tmp / "fake_fit.py"), owner, str(linger), str(wait_for),
-                   str(self.file), "--storage", self.storage, "--heartbeat", "1", "--poll", "0.1", "--seed", str(len(name))]
+        command = [
+            sys.executable,
+            str(self.tmp / "worker.py"),
+            str(self.shared),
+            str(self.tmp / "fake_fit.py"),
+            owner,
+            str(linger),
+            str(wait_for),
+            str(self.file),
+            "--storage",
+            self.storage,
+            "--heartbeat",
+            "1",
+            "--poll",
+            "0.1",
+            "--seed",
+            str(len(name)),
+        ]
         log = open(self.tmp / f"{name}.log", "w")
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp)
 
@@ -137,6 +159,7 @@ def test_killed_worker_leaves_its_trial_failed(tmp_path, storage_url):
     sweep = Sweep(tmp_path, storage_url, n_trials=1)
     doomed = sweep.start(owner="elsewhere:1", linger=120, name="doomed")
     try:
+
         def running_trial():
             try:
                 trials = sweep.study().get_trials(states=(optuna.trial.TrialState.RUNNING,))
@@ -229,12 +252,14 @@ def test_no_heartbeat_without_interval(tmp_path):
 )
 def test_bad_database_is_one_line(tmp_path, capsys, storage, named):
     path = tmp_path / "s.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         model: unet
-        set: {{runs_dir: {tmp_path / 'runs'}}}
+        set: {{runs_dir: {tmp_path / "runs"}}}
         params:
           optim.lr: {{type: float, low: 1.0e-4, high: 1.0e-3}}
-    """))
+    """)
+    )
     assert run_main(sweep_command.main, [str(path), "--storage", storage]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and named in err[0], err
@@ -253,8 +278,11 @@ def test_fit_of_a_trial_failed_elsewhere_is_stopped_here(tmp_path):
     dead_sweep = subprocess.Popen([sys.executable, "-c", "pass"])
     dead_sweep.wait()
     run_dir = tmp_path / "trial-0000" / "version_0"
-    fit = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
-                           env=dict(os.environ, **{RUN_DIR_ENV: str(run_dir)}), start_new_session=True)
+    fit = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        env=dict(os.environ, **{RUN_DIR_ENV: str(run_dir)}),
+        start_new_session=True,
+    )
     try:
         trial = study.ask()
         trial.set_user_attr("owner", f"{socket.gethostname()}:{dead_sweep.pid}")

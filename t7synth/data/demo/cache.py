@@ -119,12 +119,13 @@ def _check_replaceable(folder: Path) -> None:
     recorded = read_description(folder)
     if recorded is None:
         raise UserError(
-            f"{folder} exists and is not a t7synth demo dataset (no {DESCRIPTION_JSON}); "
-            "choose a new or empty folder"
+            f"{folder} exists and is not a t7synth demo dataset (no {DESCRIPTION_JSON}); choose a new or empty folder"
         )
     foreign = _foreign_files(folder, recorded)
     if foreign:
-        shown = ", ".join(str(p.relative_to(folder)) for p in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        shown = ", ".join(str(p.relative_to(folder)) for p in foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
         raise UserError(
             f"{folder} holds a demo dataset with other settings and files the demo did not write ({shown}); "
             "regenerating replaces the folder: move them away or choose another --out"

@@ -203,9 +203,7 @@ def simulate_dataset(
     with atomic_dir(out_dir) as tmp:
         for index in _progress(range(n_subjects), progress):
             rng = np.random.default_rng(seeds[index])
-            participant, params = simulate_subject(
-                tmp, labels[index], split_of(index, n_subjects), template, grid, rng
-            )
+            participant, params = simulate_subject(tmp, labels[index], split_of(index, n_subjects), template, grid, rng)
             participants.append(participant)
             parameters.append(params)
         _write_tsv(tmp / naming.PARTICIPANTS, [asdict(p) for p in participants])
@@ -224,8 +222,7 @@ def check_parameters(n_subjects: int, seed: int, voxel_size: float) -> None:
         raise UserError(f"number of subjects must be an integer, got {n_subjects!r}")
     if n_subjects < MIN_SUBJECTS:
         raise UserError(
-            f"number of subjects must be at least {MIN_SUBJECTS} (one each for train, val "
-            f"and test), got {n_subjects}"
+            f"number of subjects must be at least {MIN_SUBJECTS} (one each for train, val and test), got {n_subjects}"
         )
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"seed must be a non-negative integer, got {seed!r}")
@@ -402,9 +399,7 @@ def _control_counts() -> np.ndarray:
     return np.ceil(largest_extent / CONTROL_SPACING_MM).astype(int) + 4
 
 
-def draw_deformation_controls(
-    bound_mm: float, centre_mm: np.ndarray, rng: np.random.Generator
-) -> DeformationControls:
+def draw_deformation_controls(bound_mm: float, centre_mm: np.ndarray, rng: np.random.Generator) -> DeformationControls:
     """Uniform displacements in [-bound, bound] mm on each control point and axis.
 
     A cubic B-spline is a convex combination of its control values, so no voxel moves
@@ -484,8 +479,7 @@ def template_coordinates(
     vox_linear = to_voxel[:3, :3]
 
     bases = [
-        _bspline_matrix(axes_mm[a], controls.origin_mm[a], controls.displacement_mm.shape[a + 1])
-        for a in range(3)
+        _bspline_matrix(axes_mm[a], controls.origin_mm[a], controls.displacement_mm.shape[a + 1]) for a in range(3)
     ]
     displacement = [_separable_product(controls.displacement_mm[a], bases) for a in range(3)]
 
@@ -566,7 +560,10 @@ def tissue_labels(probabilities: dict[str, np.ndarray], mask: np.ndarray) -> np.
 
 def write_tissue_table(path: Path) -> None:
     """The BIDS look-up table of the labels (``index``, ``name``, ``abbreviation``)."""
-    rows = [{"index": label, "name": naming.TISSUE_NAMES[name], "abbreviation": name} for name, label in naming.TISSUE_LABELS.items()]
+    rows = [
+        {"index": label, "name": naming.TISSUE_NAMES[name], "abbreviation": name}
+        for name, label in naming.TISSUE_LABELS.items()
+    ]
     _write_tsv(path, rows)
 
 

@@ -190,7 +190,7 @@ def test_source_is_blurrier_than_target(dataset):
         source, target, mask = _load(dataset, label)
         inner, _, _ = _brain_tissues(target, mask)
 
-        def sharpness(image):
+        def sharpness(image, mask=mask, inner=inner):
             # A light smoothing first: the source's stronger noise would otherwise
             # inflate its gradients and hide the blur.
             smooth = ndimage.gaussian_filter(image / np.percentile(image[mask], 99), 1.0)
@@ -282,7 +282,10 @@ def test_tissue_files_share_the_grid_and_sum_to_one_in_the_brain(dataset):
     for label in sim.subject_labels(N):
         _, _, mask = _load(dataset, label)
         dseg, probabilities = _tissues(dataset, label)
-        for path in [naming.dseg_path(dataset, label), *(naming.probseg_path(dataset, label, t) for t in probabilities)]:
+        for path in [
+            naming.dseg_path(dataset, label),
+            *(naming.probseg_path(dataset, label, t) for t in probabilities),
+        ]:
             image = nib.load(path)
             assert image.shape == reference.shape and np.array_equal(image.affine, reference.affine)
             assert image.get_data_dtype() == np.uint8
