@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -531,13 +532,25 @@ def validate(config: Config) -> None:
         check_sample_fits(config, tuple(data.shape), "data.shape")
 
 
+def slab_patch_size(
+    shape: Sequence[int], slices: int, axis: int, inplane: Sequence[int] | None = None
+) -> tuple[int, int, int]:
+    """Patch size of a 2.5D slab: ``slices`` along ``axis``, the rest full or ``inplane``."""
+    size = list(shape) if inplane is None else _insert(list(inplane), axis, 0)
+    size[axis] = slices
+    return tuple(int(s) for s in size)
+
+
+def _insert(values: list[int], axis: int, value: int) -> list[int]:
+    values.insert(axis, value)
+    return values
+
+
 def sample_size(config: Config, shape: tuple[int, ...]) -> tuple[int, int, int]:
     """The size of one training sample (slab or patch) cut from a volume of ``shape``."""
     geo = config.geometry
     if geo.mode == "patch":
         return tuple(geo.patch)
-    from t7synth.data.batches import slab_patch_size
-
     return slab_patch_size(shape, geo.slices, geo.axis, geo.inplane)
 
 

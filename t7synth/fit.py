@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     if args.summary:
-        from t7synth.models.summary import model_summary
+        from t7synth.training.summary import model_summary
 
         print(model_summary(config, args.gpus * args.nodes if args.gpus else None))
         return 0

@@ -256,7 +256,7 @@ def save_progress(metrics_csv: str | Path, path: str | Path, title: str = "") ->
     validation). The epoch of ``best.ckpt`` (highest validation in-brain PSNR) is
     marked on the validation panels.
     """
-    from t7synth.evaluation.scores import COLUMNS, HEADLINE, metric_key
+    from t7synth.scores import COLUMNS, HEADLINE, metric_key
 
     rows = read_metrics(metrics_csv)
     if not rows:
@@ -337,12 +337,12 @@ def save_curves(
         runs: ``(label, metrics.csv)`` per run; runs whose file has no validation are
             left out (an ``evaluate`` output has none).
         path: output PNG.
-        names: the scores to draw (:data:`t7synth.evaluation.scores.COLUMNS` names).
+        names: the scores to draw (:data:`t7synth.scores.COLUMNS` names).
 
     Returns:
         The path, or ``None`` when no run has a validation curve.
     """
-    from t7synth.evaluation.scores import COLUMNS, metric_key
+    from t7synth.scores import COLUMNS, metric_key
 
     histories = [(label, read_metrics(csv_path)) for label, csv_path in runs]
     histories = [(label, rows) for label, rows in histories if per_epoch(rows, metric_key("val", "model", names[0]))[0]]
@@ -380,21 +380,19 @@ def save_spectra(path: str | Path, rows, model_label: str = "synthetic 7T", titl
     Left: the spectra (log scale) against spatial frequency; right: each one divided
     by the 7T's, where 1 means the 7T's detail at that scale, below 1 blur, above 1
     extra high-frequency energy (noise or invented texture). The dashed line is the
-    cutoff of the ``hf_ratio`` column (:data:`t7synth.evaluation.sharpness.HF_CUTOFF`).
+    cutoff of the ``hf_ratio`` column (:data:`t7synth.scores.HF_CUTOFF`).
 
     Args:
         path: output PNG.
         rows: score rows carrying ``spectrum`` and ``target_spectrum``
-            (:class:`t7synth.evaluation.structure.StructureScorer`); others are ignored.
+            (:class:`t7synth.measures.structure.StructureScorer`); others are ignored.
         model_label: how the model's rows are labelled.
         title: figure title.
 
     Returns:
         The path, or ``None`` when no row carries a spectrum.
     """
-    from t7synth.evaluation.scores import ROW_KINDS, row_label
-    from t7synth.evaluation.sharpness import HF_CUTOFF, SPECTRUM_FREQUENCIES
-    from t7synth.evaluation.structure import SPECTRUM, TARGET_SPECTRUM
+    from t7synth.scores import HF_CUTOFF, ROW_KINDS, SPECTRUM, SPECTRUM_FREQUENCIES, TARGET_SPECTRUM, row_label
 
     rows = [row for row in rows if SPECTRUM in row and TARGET_SPECTRUM in row]
     if not rows:

@@ -22,7 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: Row kinds, in table order: the model, then the references.
+#: Spatial frequency (cycles per voxel; 0.5 is Nyquist) above which energy counts as
+#: high-frequency: periods shorter than 4 voxels (6 mm at 1.5 mm), the scale the
+#: 3T's blur (sigma 0.6 to 2 voxels on the demo) removes and cortical folds live at.
+HF_CUTOFF = 0.25
+#: Radial shells of the plotted spectrum, from 0 to Nyquist.
+SPECTRUM_BINS = 50
+#: The centre of each shell, in cycles per voxel.
+SPECTRUM_FREQUENCIES = (np.arange(SPECTRUM_BINS) + 0.5) * 0.5 / SPECTRUM_BINS
+#: Row entries that are not score columns: the radially averaged power spectra of the
+#: guess and of the 7T (lists of :data:`SPECTRUM_BINS`
+#: floats) that the spectra plot is drawn from. Tables and CSV files ignore them.
+SPECTRUM = "spectrum"
+TARGET_SPECTRUM = "target_spectrum"
+
 MODEL = "model"
 REFERENCES = ("identity", "lut")
 ROW_KINDS = (MODEL, *REFERENCES)
@@ -64,7 +80,7 @@ COLUMNS: dict[str, Column] = {
         # evaluate --ssim authors: the authors' two SSIM forms (metrics.authors_ssim_scores).
         Column("ssim_skimage", "SSIM (skimage)", True, 4),
         Column("ssim_brain_flat", "SSIM brain (flat)", True, 4),
-        # Test-time structure scores (evaluation/structure.py); docs/metrics.md.
+        # Test-time structure scores (measures/structure.py); docs/metrics.md.
         *(Column(f"dice_{t}", f"Dice {t.upper()} vs 7T seg.", True, 3) for t in ("csf", "gm", "wm")),
         *(Column(f"vol_err_{t}", f"{t.upper()} volume error (%)", False, 1) for t in ("csf", "gm", "wm")),
         *(Column(f"dice_true_{t}", f"Dice {t.upper()} vs true labels", True, 3) for t in ("csf", "gm", "wm")),

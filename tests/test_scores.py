@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from t7synth.evaluation import scores
+from t7synth import scores
 
 
 def _rows(model_psnr=(25.0, 27.0), identity_psnr=(20.0, 22.0), lut_psnr=(22.5, 23.5)):

@@ -40,20 +40,6 @@ def collate(items: Sequence) -> dict:
     return batch
 
 
-def slab_patch_size(
-    shape: Sequence[int], slices: int, axis: int, inplane: Sequence[int] | None = None
-) -> tuple[int, int, int]:
-    """Patch size of a 2.5D slab: ``slices`` along ``axis``, the rest full or ``inplane``."""
-    size = list(shape) if inplane is None else _insert(list(inplane), axis, 0)
-    size[axis] = slices
-    return tuple(int(s) for s in size)
-
-
-def _insert(values: list[int], axis: int, value: int) -> list[int]:
-    values.insert(axis, value)
-    return values
-
-
 def slab_to_channels(x: torch.Tensor, axis: int) -> torch.Tensor:
     """(B, 1, I, J, K) slab → (B, k, H, W) with the slab's slices as channels."""
     return x[:, 0].movedim(axis + 1, 1)

@@ -3,7 +3,7 @@
 Training draws 2.5D slabs or 3D patches through a TorchIO ``Queue`` (a subject is
 loaded and augmented once, then many samples are cut from it). Validation and test
 yield whole preprocessed volumes, which the model tiles itself with predict's tiling
-(``t7synth.inference.tiling``) so the scores are those a user gets from predict.
+(``t7synth.models.tiling``) so the scores are those a user gets from predict.
 
 Under DDP, subjects (not patches) are sharded:
 
@@ -32,7 +32,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from t7synth.config import Config
+from t7synth.config import Config, slab_patch_size
 from t7synth.data import batches
 from t7synth.data.intensity_lut import fit_lut
 from t7synth.data.layout import SubjectRecord, assign_splits, discover
@@ -239,7 +239,7 @@ class PairedDataModule(pl.LightningDataModule):
         """The training sample's size for a volume of ``shape``."""
         geometry = self.config.geometry
         if geometry.mode == "slab":
-            return batches.slab_patch_size(shape, geometry.slices, geometry.axis, geometry.inplane)
+            return slab_patch_size(shape, geometry.slices, geometry.axis, geometry.inplane)
         return tuple(geometry.patch)
 
     def train_dataloader(self):

@@ -27,7 +27,7 @@ class SubjectRecord:
     ``None`` when the dataset leaves splitting to t7synth. ``dseg`` is the subject's
     optional tissue label map and ``dseg_table`` its look-up table (beside it, else the
     dataset's ``dseg.tsv``; ``None`` if neither exists), which ``evaluate`` scores
-    segmentations against (:mod:`t7synth.evaluation.segmentation`).
+    segmentations against (:mod:`t7synth.measures.segmentation`).
     """
 
     subject: str

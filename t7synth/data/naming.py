@@ -46,7 +46,7 @@ PLAIN_SD_SUFFIX = "_synth7T_sd.nii.gz"
 SUBJECT_PATTERN = re.compile(r"sub-[A-Za-z0-9]+")
 SPLITS = ("train", "val", "test")
 #: The tissue classes t7synth segments and scores, with their labels in a ``dseg``
-#: file of this convention (the demo's, and :mod:`t7synth.evaluation.segmentation`'s):
+#: file of this convention (the demo's, and :mod:`t7synth.measures.segmentation`'s):
 #: 0 is background. The keys are BIDS's standard abbreviations.
 TISSUE_LABELS = {"CSF": 1, "GM": 2, "WM": 3}
 #: Full names, the ``name`` column of a ``dseg.tsv`` look-up table.

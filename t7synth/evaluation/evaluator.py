@@ -16,8 +16,8 @@ model's training subjects, whichever dataset is scored now), else one fitted on 
 dataset's training split; a dataset without training subjects (an external test
 site) and no checkpoint gets no LUT row, and a note says so.
 
-Every row carries the intensity scores (:mod:`~t7synth.evaluation.metrics`) and the
-structure scores (:mod:`~t7synth.evaluation.structure`: tissue segmentation agreement
+Every row carries the intensity scores (:mod:`~t7synth.measures.metrics`) and the
+structure scores (:mod:`~t7synth.measures.structure`: tissue segmentation agreement
 with the 7T's, and with the dataset's true tissue labels where it has ``dseg`` files;
 GMSD and the high-frequency energy ratio).
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.errors import UserError
-from t7synth.evaluation.scores import (
+from t7synth.scores import (
     MODEL,
     SECTION_COLUMNS,
     display_names,
@@ -63,7 +63,7 @@ def settings_config(config_file: str | None = None, ckpt: str | None = None, mod
 
         return package_config(model)
     if ckpt:
-        from t7synth.inference.checkpoint import checkpoint_config
+        from t7synth.training.checkpoint import checkpoint_config
 
         return checkpoint_config(ckpt)
     from t7synth.config import Config
@@ -84,7 +84,7 @@ def settings_and_lut(config_file: str | None = None, ckpt: str | None = None, mo
         ``(config, lut)``; ``lut`` is ``None`` without ``ckpt`` or ``model``.
     """
     if ckpt:
-        from t7synth.inference.checkpoint import checkpoint_config, read_checkpoint
+        from t7synth.training.checkpoint import checkpoint_config, read_checkpoint
 
         checkpoint = read_checkpoint(ckpt)
         return checkpoint_config(ckpt, checkpoint), _fitted_lut(checkpoint["state_dict"])
@@ -166,7 +166,7 @@ class Evaluator:
             (:attr:`notes` says so).
         ssim: ``t7synth`` (its SSIM columns only) or ``authors``, which adds the two
             SSIM forms of the authors' evaluation
-            (:func:`~t7synth.evaluation.metrics.authors_ssim_scores`, flattened along
+            (:func:`~t7synth.measures.metrics.authors_ssim_scores`, flattened along
             the config's slice axis).
     """
 
@@ -265,13 +265,13 @@ class Evaluator:
         0 unscored), or ``None`` without a ``dseg`` file or one whose labels name no tissue.
 
         The look-up table beside the ``dseg`` (or the dataset's ``dseg.tsv``) says which
-        labels are CSF, GM and WM (:func:`~t7synth.evaluation.segmentation.read_lookup`);
+        labels are CSF, GM and WM (:func:`~t7synth.measures.segmentation.read_lookup`);
         without one, labels 0-3 are read in t7synth's (and FSL FAST's) convention and
         any other label set is not scored.
         """
         import numpy as np
 
-        from t7synth.evaluation import segmentation
+        from t7synth.measures import segmentation
 
         if record.dseg is None:
             return None
@@ -305,8 +305,8 @@ class Evaluator:
     def score(self, record, path: Path, montage_dir: Path | None = None) -> list[dict[str, Any]]:
         """Rows (``model``, ``identity``, ``lut`` if there is one) of one subject; draws its montage."""
         from t7synth.data.intensity_lut import apply_lut
-        from t7synth.evaluation import metrics
-        from t7synth.evaluation.structure import StructureScorer
+        from t7synth.measures import metrics
+        from t7synth.measures.structure import StructureScorer
 
         data = self.preprocessed(record)
         source, target, mask = data["source"], data["target"], data["mask"]

@@ -7,7 +7,7 @@ Examples::
     python -m t7synth.compare runs/*/version_0 --out comparison/ --wandb offline
 
 Any *scored folder* can be compared, all read in the one per-subject format of
-:func:`t7synth.evaluation.scores.write_rows` (``model, subject, <scores>``, a row per
+:func:`t7synth.scores.write_rows` (``model, subject, <scores>``, a row per
 subject for the model and each reference):
 
 * a ``fit`` run folder: ``test_scores.csv``, ``config.yaml``, ``metrics.csv``;
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.errors import UserError
-from t7synth.evaluation.scores import (
+from t7synth.scores import (
     COLUMNS,
     DISPLAY_ORDER,
     LABELS,
@@ -160,7 +160,7 @@ def read_run(path: str | Path) -> Run:
         source, model = "evaluate", model if config.get("name") else "?"
         label = f"{path.resolve().parent.name}/{path.name}"
     else:
-        from t7synth.tuning.trial import read_trial_record
+        from t7synth.run_files import read_trial_record
 
         trial = read_trial_record(path)
         # The folder names stand in for a missing config; resolve so "." and "run" have a parent.
@@ -295,7 +295,7 @@ def shown_columns(entries: Sequence[Entry]) -> list[str]:
 
 def best_rows(entries: Sequence[Entry]) -> dict[str, set[int]]:
     """``{column: indices of the best entries}`` (highest, lowest or closest to the
-    column's ideal, see :meth:`~t7synth.evaluation.scores.Column.best`); ties (equal
+    column's ideal, see :meth:`~t7synth.scores.Column.best`); ties (equal
     means, e.g. two runs of the same checkpoint) are all best."""
     best = {}
     for name in shown_columns(entries):

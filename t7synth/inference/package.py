@@ -22,7 +22,7 @@ member names are checked before anything is read (no folders, no ``..``, no abso
 or drive paths, no duplicates) and their declared sizes are bounded; nothing is
 extracted to disk; ``weights.pt`` is read with ``torch.load(weights_only=True)``
 (PyTorch's restricted unpickler, refused outright where this torch would not honour
-it, see :mod:`t7synth.inference.checkpoint`) and must hold only tensors; YAML is read
+it, see :mod:`t7synth.training.checkpoint`) and must hold only tensors; YAML is read
 with ``yaml.safe_load`` and JSON with ``json``. The TorchScript file is for users
 outside t7synth and is never loaded here. The model is then built from the config
 through the registry on the meta device, compared tensor by tensor with the weights,
@@ -226,7 +226,7 @@ def _parse_manifest(path: Path, data: bytes) -> dict[str, Any]:
 def _load_weights(path: Path, data: bytes) -> dict[str, Any]:
     import torch
 
-    from t7synth.inference.checkpoint import _weights_only_is_honoured
+    from t7synth.training.checkpoint import _weights_only_is_honoured
 
     if not _weights_only_is_honoured():
         raise UserError(
@@ -381,7 +381,7 @@ def tested_scores(checkpoint: Path, run: Path | None) -> tuple[list[dict[str, st
     """
     import csv
 
-    from t7synth.evaluation.scores import MODEL, is_number, score_names
+    from t7synth.scores import MODEL, is_number, score_names
 
     if run is None:
         return [], "No test scores: the checkpoint is not in a run folder (runs/<experiment>/version_N/checkpoints/)."
@@ -414,14 +414,14 @@ def export_package(source: str | Path, out: str | Path | None = None, torchscrip
 
     Raises:
         UserError: see :func:`resolve_source` and
-            :func:`t7synth.inference.checkpoint.read_checkpoint`; an ``out`` that is not
+            :func:`t7synth.training.checkpoint.read_checkpoint`; an ``out`` that is not
             a ``.zip`` or would overwrite the checkpoint; a trace that does not
             reproduce the model.
     """
     import torch
 
     from t7synth.files import atomic_path
-    from t7synth.inference.checkpoint import check_fits, checkpoint_config, read_checkpoint
+    from t7synth.training.checkpoint import check_fits, checkpoint_config, read_checkpoint
 
     checkpoint_path, run = resolve_source(source)
     out = (
@@ -538,7 +538,7 @@ def _manifest(
 
 def model_card(manifest: dict, rows: list[dict[str, str]], provenance: str) -> str:
     """The package's ``README.md``: what the model is, its test scores, how to use it."""
-    from t7synth.evaluation.scores import REPORT_COLUMNS, format_report
+    from t7synth.scores import REPORT_COLUMNS, format_report
 
     source, pre, geometry = manifest["source"], manifest["preprocessing"], manifest["geometry"]
     if geometry["mode"] == "slab":

@@ -135,7 +135,7 @@ def segment(image, mask) -> np.ndarray:
     image is clamped to [0, 1] (the scale every score uses), bias-corrected with N4
     and labelled by the mixture.
     """
-    from t7synth.evaluation.sharpness import as_array
+    from t7synth.measures.sharpness import as_array
 
     image = np.clip(as_array(image), 0.0, 1.0)
     brain = as_array(mask) > 0

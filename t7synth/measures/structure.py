@@ -3,8 +3,8 @@
 :class:`StructureScorer` prepares what a subject's guesses are compared with once (the
 7T's segmentation, gradient magnitude and power spectrum, and the true tissue labels
 when the dataset has them), then scores each guess (the model's synthetic 7T, the 3T,
-the LUT) with every measure of :mod:`~t7synth.evaluation.segmentation` and
-:mod:`~t7synth.evaluation.sharpness`. ``fit``'s test and ``evaluate`` both score through
+the LUT) with every measure of :mod:`~t7synth.measures.segmentation` and
+:mod:`~t7synth.measures.sharpness`. ``fit``'s test and ``evaluate`` both score through
 it, so the columns mean the same in both; validation skips it (a few seconds a
 subject, against milliseconds for PSNR and SSIM).
 """
@@ -15,13 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from t7synth.evaluation import segmentation, sharpness
-
-#: Row entries that are not score columns: the radially averaged power spectra of the
-#: guess and of the 7T (lists of :data:`~t7synth.evaluation.sharpness.SPECTRUM_BINS`
-#: floats) that the spectra plot is drawn from. Tables and CSV files ignore them.
-SPECTRUM = "spectrum"
-TARGET_SPECTRUM = "target_spectrum"
+from t7synth.measures import segmentation, sharpness
+from t7synth.scores import SPECTRUM, TARGET_SPECTRUM
 
 
 class StructureScorer:
@@ -31,7 +26,7 @@ class StructureScorer:
         target: the 7T, (I, J, K) array or tensor (leading 1s allowed), scaled as in training.
         mask: the brain mask.
         truth: optional true tissue labels on the same grid (uint8: 1 CSF, 2 GM, 3 WM,
-            0 not scored; :func:`~t7synth.evaluation.segmentation.tissue_truth` maps a
+            0 not scored; :func:`~t7synth.measures.segmentation.tissue_truth` maps a
             dataset's own labels to these).
     """
 

@@ -26,8 +26,9 @@ from t7synth.config import Config
 from t7synth.data import batches
 from t7synth.data.intensity_lut import DEFAULT_BINS, apply_lut
 from t7synth.errors import UserError
-from t7synth.evaluation import metrics
-from t7synth.evaluation.scores import (
+from t7synth.measures import metrics
+from t7synth.models.tiling import predict_volume
+from t7synth.scores import (
     HEADLINE,
     MODEL,
     REFERENCES,
@@ -37,7 +38,6 @@ from t7synth.evaluation.scores import (
     sort_rows,
     write_rows,
 )
-from t7synth.inference.tiling import predict_volume
 
 
 def build_net(net_class: type, kwargs: dict[str, Any], **fixed: Any) -> nn.Module:
@@ -116,6 +116,9 @@ class SynthesisModule(pl.LightningModule):
         self._baseline_scores: dict[tuple[str, str], dict[str, float]] = {}
         self._rows: list[dict[str, Any]] = []
         self.test_rows: list[dict[str, Any]] = []
+        #: Pictures drawn and not yet handed to the experiment loggers: (key, path, caption).
+        #: The module draws; training.callbacks.ImageLog logs, so models know no logger.
+        self.drawn_images: list[tuple[str, Path, str | None]] = []
 
     # -- to override ------------------------------------------------------------
     def build_net(self) -> nn.Module:
@@ -276,7 +279,7 @@ class SynthesisModule(pl.LightningModule):
         # the test runs them once, validation keeps to the cheap intensity scores.
         structure = None
         if stage == "test":
-            from t7synth.evaluation.structure import StructureScorer
+            from t7synth.measures.structure import StructureScorer
 
             structure = StructureScorer(target, mask)
         row = {
@@ -312,11 +315,9 @@ class SynthesisModule(pl.LightningModule):
             title = f"{subject}  test, {self.scored_weights()}  {scores}"
         path = save_montage(self.run_dir() / "samples" / name, source, prediction, target, mask, title)
         if stage == "val":
-            # Test montages go to W&B once, as one gallery (loggers.log_test_results).
-            from t7synth.training.loggers import wandb_loggers
-
-            for logger in wandb_loggers(self.loggers):
-                logger.log_image(key="val/montage", images=[str(path)], caption=[subject])
+            # Test montages go to W&B once, as one gallery (loggers.log_test_results); the
+            # validation montage is handed to the loggers by training.callbacks.ImageLog.
+            self.drawn_images.append(("val/montage", path, subject))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The epoch whose weights a test scores: the trainer's own counter says how
@@ -370,15 +371,13 @@ class SynthesisModule(pl.LightningModule):
 
     def _spectra(self, rows: list[dict[str, Any]]) -> None:
         """Draw the test subjects' power spectra beside the test montages; log it to W&B."""
-        from t7synth.evaluation.scores import TEST_SPECTRA
         from t7synth.plotting import save_spectra
-        from t7synth.training.loggers import wandb_loggers
+        from t7synth.scores import TEST_SPECTRA
 
         title = f"test power spectra, {self.config.model.name}, {self.scored_weights()}"
         path = save_spectra(self.run_dir() / TEST_SPECTRA, rows, f"{self.config.model.name} (synthetic 7T)", title)
         if path is not None:
-            for logger in wandb_loggers(self.loggers):
-                logger.log_image(key="test/spectra", images=[str(path)])
+            self.drawn_images.append(("test/spectra", path, None))
 
     def _gather_rows(self) -> list[dict[str, Any]]:
         """Every rank's score rows, on every rank, one per (model, subject).

@@ -144,6 +144,30 @@ def run_version(run_dir: str | Path) -> int | str:
     return int(number) if number != name and number.isdigit() else name
 
 
+class ImageLog(pl.Callback):
+    """Hands the pictures a module drew (:attr:`SynthesisModule.drawn_images`: the
+    validation montage, the test spectra) to the W&B loggers, right after the batch or
+    the test that drew them. The module draws to disk; the loggers belong to training."""
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from t7synth.training.loggers import wandb_loggers
+
+        images = getattr(pl_module, "drawn_images", None)
+        if not images:
+            return
+        pending, pl_module.drawn_images = list(images), []
+        for logger in wandb_loggers(trainer.loggers):
+            for key, path, caption in pending:
+                extra = {"caption": [caption]} if caption is not None else {}
+                logger.log_image(key=key, images=[str(path)], **extra)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._log(trainer, pl_module)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, pl_module)
+
+
 class RunProgressBar(pl.callbacks.TQDMProgressBar):
     """Lightning's tqdm bar with ``v_num`` naming the run folder (``version_3`` -> 3).
 

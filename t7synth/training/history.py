@@ -35,7 +35,7 @@ class ResumePoint:
 
     @classmethod
     def of(cls, checkpoint: dict) -> ResumePoint:
-        """Read from a loaded checkpoint (see :func:`t7synth.inference.checkpoint.read_checkpoint`)."""
+        """Read from a loaded checkpoint (see :func:`t7synth.training.checkpoint.read_checkpoint`)."""
         loop = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_loop.state_dict") or {}
         steps = loop.get("_batches_that_stepped", checkpoint.get("global_step", 0))
         return cls(int(checkpoint.get("epoch", -1)), int(steps))

@@ -13,7 +13,7 @@ What a W&B run holds (:class:`t7synth.training.wandb_logger.RunWandbLogger`,
 * every ``val/*`` and ``test/*`` series against ``epoch`` (``define_metric``), not
   against Lightning's ``trainer/global_step``, which the GAN advances twice per batch;
   the summary keeps the best validation value of each score (``val/psnr_brain.max``,
-  ``val/mae.min``, the direction from :data:`t7synth.evaluation.scores.COLUMNS`)
+  ``val/mae.min``, the direction from :data:`t7synth.scores.COLUMNS`)
   next to the last one (``.last``);
 * the identity and intensity-LUT baselines once, in the summary
   (``val/identity/psnr_brain``, ...): they are constant, so as series they would
@@ -166,7 +166,7 @@ def log_test_results(loggers: list, rows: list[dict], run_dir: Path) -> None:
     targets = wandb_loggers(loggers)
     if rank_zero_only.rank != 0 or not targets or not rows:
         return
-    from t7synth.evaluation.scores import score_names, summary_values
+    from t7synth.scores import score_names, summary_values
 
     summary = summary_values(rows, "test")
     names = score_names(rows)

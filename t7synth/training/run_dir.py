@@ -144,7 +144,7 @@ def check_resume(checkpoint: Path, config):
     """Check that ``checkpoint`` can continue ``config`` before anything is written.
 
     The checkpoint is read with the restricted unpickler
-    (:func:`t7synth.inference.checkpoint.read_checkpoint`), so Lightning never sees a
+    (:func:`t7synth.training.checkpoint.read_checkpoint`), so Lightning never sees a
     file that would run code or that is truncated or empty; its stored config is
     compared with the requested one (only :data:`t7synth.config.RESUMABLE_KEYS` may
     differ; the new values are used); and the network is built on the meta device and
@@ -159,7 +159,7 @@ def check_resume(checkpoint: Path, config):
             both values, or tensors that do not fit.
     """
     from t7synth.config import RESUMABLE_KEYS, resume_differences
-    from t7synth.inference.checkpoint import check_fits, checkpoint_config, read_checkpoint
+    from t7synth.training.checkpoint import check_fits, checkpoint_config, read_checkpoint
     from t7synth.training.history import ResumePoint
 
     stored_checkpoint = read_checkpoint(checkpoint)

@@ -112,7 +112,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     from t7synth import registry
     from t7synth.config import save_yaml
     from t7synth.data.datamodule import PairedDataModule
-    from t7synth.training.callbacks import AtomicCheckpointIO, DataStreamCheck, ProgressPlot, RunProgressBar
+    from t7synth.training.callbacks import AtomicCheckpointIO, DataStreamCheck, ImageLog, ProgressPlot, RunProgressBar
     from t7synth.training.hardware import trainer_hardware
     from t7synth.training.loggers import build_loggers, check_wandb_mode, log_test_results, wandb_mode
     from t7synth.training.record import environment_record, write_environment
@@ -181,6 +181,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
                 DataStreamCheck(config.seed),
                 pl.callbacks.LearningRateMonitor("epoch"),
                 ProgressPlot(run_dir, f"{config.name}/{run_dir.name} ({config.model.name})"),
+                ImageLog(),
                 # tqdm, not rich: it also reads well in log files and CI output.
                 RunProgressBar(run_dir, refresh_rate=max(1, config.trainer.log_every_n_steps // 2)),
                 *callbacks,
@@ -224,7 +225,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
         test_path = chosen.best_model_path or last.best_model_path or None
         trainer.test(model, datamodule=datamodule, ckpt_path=test_path, verbose=False)
         if trainer.is_global_zero:
-            from t7synth.evaluation.scores import format_test_report
+            from t7synth.scores import format_test_report
 
             result.report = format_test_report(model.test_rows, config.model.name, test_path, run_dir)
         log_test_results(trainer.loggers, model.test_rows, run_dir)

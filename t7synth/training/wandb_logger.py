@@ -14,7 +14,7 @@ from typing import Any
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from t7synth.evaluation.scores import COLUMNS, REFERENCES
+from t7synth.scores import COLUMNS, REFERENCES
 
 #: The W&B step metric of every ``val/*`` and ``test/*`` series (Lightning logs it with each).
 EPOCH = "epoch"
@@ -105,7 +105,7 @@ class RunWandbLogger(WandbLogger):
     def finalize(self, status: str) -> None:
         """On an interrupted run, mark a sweep trial its sweep pruned (tag and summary)."""
         if status == "failed" and self._experiment is not None:
-            from t7synth.tuning.trial import read_trial_record
+            from t7synth.run_files import read_trial_record
 
             record = read_trial_record(self._run_dir)
             if record.get("state") == PRUNED:

@@ -379,13 +379,14 @@ def run_trial(
     """
     import optuna
 
-    from t7synth.tuning.trial import TrialProcess, write_trial_record
+    from t7synth.run_files import write_trial_record
+    from t7synth.tuning.trial import TrialProcess
 
     process = TrialProcess(command, run_dir, metric, run_dir.parent / "fit.log")
     reported: set[int] = set()
 
     def record(state: str, value: float | None) -> None:
-        """The trial's state in its run folder (:data:`t7synth.tuning.trial.TRIAL_FILE`)."""
+        """The trial's state in its run folder (:data:`t7synth.run_files.TRIAL_FILE`)."""
         write_trial_record(
             run_dir,
             {
@@ -539,7 +540,7 @@ def trials_table(study):
 
 def metric_label(metric: str) -> str:
     """An axis label for a logged metric: ``validation PSNR brain (dB)`` for ``val/psnr_brain``."""
-    from t7synth.evaluation.scores import COLUMNS
+    from t7synth.scores import COLUMNS
 
     stage, _, name = metric.partition("/")
     stages = {"val": "validation", "test": "test", "train": "training"}

@@ -178,35 +178,3 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-#: A trial's record in its run folder, written by the sweep: the study, the trial's
-#: number, its state (Optuna's, lower case: ``complete``, ``pruned``, ``fail``), its
-#: objective, its sampled values and the last epoch it reported. The W&B logger of a trial the sweep prunes reads it
-#: when Lightning stops on the sweep's SIGTERM, and tags its run ``pruned``
-#: (:class:`t7synth.training.loggers.RunWandbLogger`); ``compare`` and the study's
-#: summary read the states from Optuna, this file keeps them with the run.
-TRIAL_FILE = "trial.json"
-
-
-def write_trial_record(run_dir: Path, record: dict) -> Path:
-    """Write ``run_dir/trial.json`` atomically (the folder is created if needed)."""
-    import json
-
-    from t7synth.files import atomic_path
-
-    path = Path(run_dir) / TRIAL_FILE
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-    return path
-
-
-def read_trial_record(run_dir: Path) -> dict:
-    """``run_dir/trial.json`` as a dict; empty when the run is no sweep trial (or it is unreadable)."""
-    import json
-
-    try:
-        record = json.loads((Path(run_dir) / TRIAL_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}

@@ -10,8 +10,8 @@ from helpers import TINY_UNET, make_pair, write_nifti
 
 from t7synth import evaluate, fit, predict
 from t7synth.cli import run_main
-from t7synth.evaluation.metrics import NAMES
-from t7synth.evaluation.scores import SECTION_COLUMNS
+from t7synth.measures.metrics import NAMES
+from t7synth.scores import SECTION_COLUMNS
 
 
 def _read(path):

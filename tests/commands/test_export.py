@@ -19,7 +19,7 @@ from helpers import TINY_UNET, make_dataset, make_pair, write_nifti
 from t7synth import evaluate, export, fit, predict, registry
 from t7synth.cli import run_main
 from t7synth.inference import package
-from t7synth.inference.checkpoint import checkpoint_config
+from t7synth.training.checkpoint import checkpoint_config
 
 TINY_GAN = [*TINY_UNET, "model.discriminator.channels=4", "model.discriminator.num_layers=2"]
 TINY_VNET = [
@@ -124,7 +124,7 @@ def test_gan_package_leaves_the_discriminator_out(tmp_path):
     assert not any(key.startswith("discriminator.") for key in weights)
     assert {key for key in stored if not key.startswith("discriminator.")} == set(weights)
 
-    from t7synth.inference.checkpoint import load_model
+    from t7synth.training.checkpoint import load_model
 
     original, loaded = load_model(ckpt), package.load_package(out)
     x, context = torch.rand(2, 3, 20, 18), torch.rand(2, 3, 1)

@@ -100,7 +100,7 @@ def test_offline_wandb_run_read_back_with_wandbs_records(dataset, tmp_path, monk
     wandb = pytest.importorskip("wandb")
     from wandb_file import offline_run
 
-    from t7synth.evaluation.scores import COLUMNS, REFERENCES
+    from t7synth.scores import COLUMNS, REFERENCES
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "")

@@ -7,10 +7,9 @@ import pytest
 from helpers import make_pair
 from scipy import ndimage
 
-from t7synth import plotting
-from t7synth.evaluation import scores
-from t7synth.evaluation.sharpness import SPECTRUM_BINS
-from t7synth.evaluation.structure import SPECTRUM, TARGET_SPECTRUM, StructureScorer
+from t7synth import plotting, scores
+from t7synth.measures.structure import StructureScorer
+from t7synth.scores import SPECTRUM, SPECTRUM_BINS, TARGET_SPECTRUM
 
 
 @pytest.fixture(scope="module")
