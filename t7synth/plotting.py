@@ -17,12 +17,13 @@ a W&B upload or a sweep never sees half a PNG.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from t7synth.run_files import BEST_CHECKPOINT, last_value, per_epoch, read_metrics
 
 #: Top of the error colour scale, in normalised intensity (volumes lie in [0, 1]).
 ERROR_MAX = 0.25
@@ -184,63 +185,7 @@ def _orientation_letters(axis, letters: tuple[str, str, str, str]) -> None:
         axis.text(x, y, letter, **style)
 
 
-# -- training curves -----------------------------------------------------------------------
-def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """The rows of a Lightning ``metrics.csv``, values as floats (``nan`` where empty).
-
-    Lightning's CSV logger rewrites the file when a new column appears, so a read can
-    meet a half-written file (a sweep reads it while the trial runs); rows that do not
-    parse are dropped and read again at the next call.
-    """
-    rows = []
-    try:
-        with open(path, newline="") as handle:
-            for row in csv.DictReader(handle):
-                parsed = {}
-                for key, value in row.items():
-                    if key is None:
-                        continue
-                    try:
-                        parsed[key] = float(value) if value not in ("", None) else math.nan
-                    except ValueError:
-                        parsed[key] = math.nan
-                rows.append(parsed)
-    except (FileNotFoundError, csv.Error):
-        return []
-    # Lightning's LearningRateMonitor logs at an epoch's start without the epoch
-    # column; such a row belongs to the epoch of the next row that has one.
-    following = math.nan
-    for row in reversed(rows):
-        if math.isnan(row.get("epoch", math.nan)):
-            row["epoch"] = following
-        else:
-            following = row["epoch"]
-    return [row for row in rows if not math.isnan(row["epoch"])]
-
-
-def per_epoch(rows: Sequence[dict[str, float]], key: str, how: str = "last") -> tuple[list[int], list[float]]:
-    """``(epochs, values)`` of ``key``: the epoch's ``last`` or ``mean`` logged value.
-
-    ``last`` keeps the most recent value of an epoch, so a run resumed from ``last.ckpt``
-    (which repeats nothing, but may log an epoch's LR again) shows one point per epoch.
-    """
-    by_epoch: dict[int, list[float]] = {}
-    for row in rows:
-        value = row.get(key, math.nan)
-        if not math.isnan(value):
-            by_epoch.setdefault(int(row["epoch"]), []).append(value)
-    epochs = sorted(by_epoch)
-    if how == "mean":
-        return epochs, [float(np.mean(by_epoch[e])) for e in epochs]
-    return epochs, [by_epoch[e][-1] for e in epochs]
-
-
-def last_value(rows: Sequence[dict[str, float]], key: str) -> float | None:
-    """The last logged value of ``key``, or ``None``."""
-    values = [row[key] for row in rows if not math.isnan(row.get(key, math.nan))]
-    return values[-1] if values else None
-
-
+# -- training curves ---------------------------------------------------------------------
 #: Reference rows of a run's validation, their labels and line styles.
 _REFERENCE_STYLES = (("identity", "identity (3T input)", "--"), ("lut", "intensity LUT", ":"))
 
@@ -291,7 +236,9 @@ def save_progress(metrics_csv: str | Path, path: str | Path, title: str = "") ->
             if reference is not None:
                 axis.axhline(reference, color="gray", linestyle=style, label=label)
         if best_epoch is not None:
-            axis.axvline(best_epoch, color="tab:green", alpha=0.4, linewidth=4, label=f"best.ckpt (epoch {best_epoch})")
+            axis.axvline(
+                best_epoch, color="tab:green", alpha=0.4, linewidth=4, label=f"{BEST_CHECKPOINT} (epoch {best_epoch})"
+            )
         _finish(axis, f"validation {COLUMNS[name].heading}", COLUMNS[name].heading, bool(values))
 
     axis = axes[2][1]

@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 
 from t7synth.cli import ArgumentParser, console_entry, run_main
+from t7synth.run_files import BEST_CHECKPOINT, CHECKPOINTS_DIR
 
 #: Exit status when some volumes of a folder failed (the others were written).
 PARTIAL_FAILURE_EXIT = 1
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument(
         "--ckpt",
         action="append",
-        help="checkpoint file (runs/<exp>/<version>/checkpoints/best.ckpt); repeat to fuse models",
+        help=f"checkpoint file (runs/<exp>/<version>/{CHECKPOINTS_DIR}/{BEST_CHECKPOINT}); repeat to fuse models",
     )
     weights.add_argument(
         "--model",

@@ -213,23 +213,6 @@ def format_report(rows: Sequence[Mapping[str, Any]], model_label: str, columns: 
     return "\n".join(lines)
 
 
-#: Where ``fit`` draws the test subjects' power spectra, relative to the run folder.
-TEST_SPECTRA = "samples/test_spectra.png"
-
-
-def format_test_report(
-    rows: Sequence[Mapping[str, Any]], model_name: str, checkpoint: str | None, run_dir: Path
-) -> str:
-    """The table ``fit`` prints: the model's test scores next to both references."""
-    subjects = sorted({r["subject"] for r in rows})
-    heading = f"Test split: {len(subjects)} held-out subjects, checkpoint {checkpoint or 'final weights'}"
-    report = format_report(rows, f"{model_name} (synthetic 7T)", REPORT_COLUMNS, heading)
-    report += f"\nPer-subject scores: {run_dir / 'test_scores.csv'}\nMontages: {run_dir / 'samples'}/test_<subject>.png"
-    if (run_dir / TEST_SPECTRA).is_file():
-        report += f"\nPower spectra: {run_dir / TEST_SPECTRA}"
-    return report
-
-
 def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write per-subject rows as CSV (``model, subject, <scores>``), atomically.
 

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from t7synth import scores
+from t7synth import run_files, scores
 
 
 def _rows(model_psnr=(25.0, 27.0), identity_psnr=(20.0, 22.0), lut_psnr=(22.5, 23.5)):
@@ -55,7 +55,7 @@ def test_cells_use_the_column_decimals():
 
 
 def test_fit_report_shows_both_references_and_the_gain(tmp_path):
-    report = scores.format_test_report(_rows(), "unet", "best.ckpt", tmp_path)
+    report = run_files.format_test_report(_rows(), "unet", "best.ckpt", tmp_path)
     lines = report.splitlines()
     assert lines[0] == "Test split: 2 held-out subjects, checkpoint best.ckpt"
     assert lines[1].split() == ["psnr_brain", "ssim_brain", "psnr", "ssim"]

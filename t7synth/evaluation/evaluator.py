@@ -22,8 +22,8 @@ with the 7T's, and with the dataset's true tissue labels where it has ``dseg`` f
 GMSD and the high-frequency energy ratio).
 
 Writes into ``--out`` (default ``<pred>/evaluation``): ``scores.csv`` (one row per
-subject and row kind, as ``fit``'s ``test_scores.csv``), ``metrics.csv`` (one row per
-subject), ``summary.csv`` (mean and SD of the predictions and both references),
+subject and row kind, as ``fit``'s ``test_scores.csv``), ``subject_scores.csv`` (one row per
+subject, the predictions only), ``summary.csv`` (mean and SD of the predictions and both references),
 ``config.yaml`` (the settings used, ``data.root`` the dataset scored; ``compare``
 reads it), ``spectra.png`` (the power spectra against the 7T's) and
 ``montages/<subject>.png``; prints the summary table. See ``docs/metrics.md``.
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.errors import UserError
+from t7synth.run_files import EVALUATE_SCORES_FILE, EVALUATE_SUBJECTS_FILE, write_config
 from t7synth.scores import (
     MODEL,
     SECTION_COLUMNS,
@@ -46,9 +47,6 @@ from t7synth.scores import (
     summarise,
     write_rows,
 )
-
-#: The per-subject file ``evaluate`` writes, in the format of ``fit``'s ``test_scores.csv``.
-SCORES_FILE = "scores.csv"
 
 
 def settings_config(config_file: str | None = None, ckpt: str | None = None, model: str | None = None):
@@ -376,7 +374,7 @@ class Evaluator:
 
 def write_results(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     """Write the per-subject rows (``scores.csv``: model and references, the format of
-    ``fit``'s ``test_scores.csv``), ``metrics.csv`` (the predictions only, one row per
+    ``fit``'s ``test_scores.csv``), ``subject_scores.csv`` (the predictions only, one row per
     subject), ``summary.csv`` (mean and SD per row kind) and ``spectra.png``."""
     from t7synth.files import atomic_path
     from t7synth.plotting import save_spectra
@@ -384,8 +382,8 @@ def write_results(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     spectra = save_spectra(out_dir / "spectra.png", rows, "synthetic 7T (--pred)")
 
     names = score_names(rows)
-    scores = write_rows(out_dir / SCORES_FILE, rows)
-    per_subject = out_dir / "metrics.csv"
+    scores = write_rows(out_dir / EVALUATE_SCORES_FILE, rows)
+    per_subject = out_dir / EVALUATE_SUBJECTS_FILE
     with atomic_path(per_subject) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["subject", *names])
@@ -400,7 +398,7 @@ def write_results(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
         for kind, values in table.items():
             n = sum(1 for r in rows if r["model"] == kind)
             writer.writerow([kind, n, *(f"{v:.6f}" for name in names for v in values[name])])
-    return {"scores": scores, "metrics": per_subject, "summary": summary, "spectra": spectra}
+    return {"scores": scores, "subjects": per_subject, "summary": summary, "spectra": spectra}
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
@@ -457,15 +455,14 @@ def evaluate(
     # built-in defaults, and name: null tells compare the model is unknown.
     import dataclasses
 
-    from t7synth.config import save_yaml
-
     settings = dataclasses.replace(
         config, data=dataclasses.replace(config.data, root=str(Path(data).expanduser().resolve()))
     )
-    save_yaml(settings.to_dict(), out_dir / "config.yaml")
+    write_config(out_dir, settings.to_dict())
     return (
         format_summary(rows)
-        + f"\nPer-subject scores: {files['scores']} (predictions only: {files['metrics']})\nSummary: {files['summary']}"
+        + f"\nPer-subject scores: {files['scores']} (predictions only: {files['subjects']})"
+        + f"\nSummary: {files['summary']}"
         + f"\nMontages: {out_dir / 'montages'}/<subject>.png"
         + (f"\nPower spectra: {files['spectra']}" if files["spectra"] else "")
         + "".join(f"\nNote: {line}" for line in evaluator.notes)

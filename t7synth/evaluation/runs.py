@@ -45,6 +45,17 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.errors import UserError
+from t7synth.run_files import (
+    CONFIG_FILE,
+    EVALUATE_SCORES_FILE,
+    METRICS_FILE,
+    STUDY_TABLE_FILE,
+    TEST_SCORES_FILE,
+    WANDB_ID_FILE,
+    checkpoint_dir,
+    read_config,
+    read_trial_record,
+)
 from t7synth.scores import (
     COLUMNS,
     DISPLAY_ORDER,
@@ -61,10 +72,6 @@ COMPARED = DISPLAY_ORDER
 #: Shown too when every row of every compared folder has them (test-time structure
 #: scores: score files written before they existed lack them).
 OPTIONAL = SECTION_COLUMNS
-#: The per-subject score file of a ``fit`` run, of an ``evaluate`` output (same format).
-FIT_SCORES, EVALUATE_SCORES = "test_scores.csv", "scores.csv"
-#: A sweep study folder's table of trials (:func:`t7synth.tuning.study.trials_table`).
-STUDY_TABLE = "trials.csv"
 #: Config keys left out of the differences: where a run's files went and how it was
 #: labelled, not what ran (``data.root`` stays: another dataset is another experiment).
 IGNORED_KEYS = ("name", "runs_dir", "wandb.")
@@ -117,18 +124,18 @@ def read_runs(path: str | Path, trials: int = 3) -> list[Run]:
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"run folder not found: {path}")
-    if (path / FIT_SCORES).is_file() or (path / EVALUATE_SCORES).is_file():
+    if (path / TEST_SCORES_FILE).is_file() or (path / EVALUATE_SCORES_FILE).is_file():
         return [read_run(path)]
-    if (path / STUDY_TABLE).is_file():
+    if (path / STUDY_TABLE_FILE).is_file():
         return read_study(path, trials)
-    if (path / "config.yaml").is_file() or (path / "checkpoints").is_dir():
+    if (path / CONFIG_FILE).is_file() or checkpoint_dir(path).is_dir():
         raise UserError(
-            f"{path} has no {FIT_SCORES} (the run did not reach its test, or its dataset has no test split; "
+            f"{path} has no {TEST_SCORES_FILE} (the run did not reach its test, or its dataset has no test split; "
             "pick another run, finish it, or score its predictions with evaluate)"
         )
     raise UserError(
-        f"{path} holds no scores: expected {FIT_SCORES} (a fit run), {EVALUATE_SCORES} (an evaluate output) "
-        f"or {STUDY_TABLE} (a sweep study)"
+        f"{path} holds no scores: expected {TEST_SCORES_FILE} (a fit run), {EVALUATE_SCORES_FILE} (an evaluate output) "
+        f"or {STUDY_TABLE_FILE} (a sweep study)"
     )
 
 
@@ -141,34 +148,28 @@ def read_run(path: str | Path) -> Run:
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"run folder not found: {path}")
-    scores = path / FIT_SCORES if (path / FIT_SCORES).is_file() else path / EVALUATE_SCORES
+    scores = path / TEST_SCORES_FILE if (path / TEST_SCORES_FILE).is_file() else path / EVALUATE_SCORES_FILE
     if not scores.is_file():
-        raise UserError(f"{path} has no {FIT_SCORES} (the run did not reach its test; pick another run or finish it)")
+        raise UserError(
+            f"{path} has no {TEST_SCORES_FILE} (the run did not reach its test; pick another run or finish it)"
+        )
     rows = read_scores(scores)
-    config: dict[str, Any] = {}
-    if (path / "config.yaml").is_file():
-        from t7synth.config import load_yaml
-
-        config = load_yaml(path / "config.yaml")
+    config: dict[str, Any] = read_config(path) or {}
     # Older config formats wrote plain values where sections are now: take what reads.
     wandb = config.get("wandb") if isinstance(config.get("wandb"), dict) else {}
     section = config.get("model")
     model = str(section.get("name") or "?") if isinstance(section, dict) else str(section or "?")
-    if scores.name == EVALUATE_SCORES:
+    if scores.name == EVALUATE_SCORES_FILE:
         # evaluate without --ckpt/--config records the built-in defaults (name: null),
         # which say nothing about the model that made the predictions.
         source, model = "evaluate", model if config.get("name") else "?"
         label = f"{path.resolve().parent.name}/{path.name}"
     else:
-        from t7synth.run_files import read_trial_record
-
         trial = read_trial_record(path)
         # The folder names stand in for a missing config; resolve so "." and "run" have a parent.
         experiment = config.get("name") or path.resolve().parent.name
         source = "trial" if trial else "fit"
         label = f"{trial.get('study') or wandb.get('group')}/{experiment}" if trial else f"{experiment}/{path.name}"
-    from t7synth.training.loggers import WANDB_ID_FILE
-
     id_file = path / WANDB_ID_FILE
     return Run(
         path,
@@ -177,7 +178,7 @@ def read_run(path: str | Path) -> Run:
         rows,
         source,
         config,
-        metrics=path / "metrics.csv" if source != "evaluate" and (path / "metrics.csv").is_file() else None,
+        metrics=path / METRICS_FILE if source != "evaluate" and (path / METRICS_FILE).is_file() else None,
         wandb_run=id_file.read_text().strip() if id_file.is_file() else "",
         wandb_project=wandb.get("project") or "t7synth",
         wandb_entity=wandb.get("entity"),
@@ -234,7 +235,7 @@ def read_study(path: Path, trials: int) -> list[Run]:
     since (or the sweep ran with a relative ``runs_dir`` from another folder), found
     inside the study folder by its last two parts (``trial-NNNN/version_0``).
     """
-    table = path / STUDY_TABLE
+    table = path / STUDY_TABLE_FILE
     with open(table, newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"rank", "run_dir"} <= set(reader.fieldnames):
@@ -354,9 +355,9 @@ def differences_markdown(runs: Sequence[Run], differences: dict[str, list[Any]])
     lines = ["## Config differences", ""]
     without = [run.label for run in runs if not run.config]
     if without:
-        lines += [f"No config.yaml (left out): {', '.join(without)}.", ""]
+        lines += [f"No {CONFIG_FILE} (left out): {', '.join(without)}.", ""]
     if len(with_config) < 2:
-        return "\n".join(lines + ["Fewer than two runs have a config.yaml: nothing to compare."])
+        return "\n".join(lines + [f"Fewer than two runs have a {CONFIG_FILE}: nothing to compare."])
     if not differences:
         return "\n".join(lines + ["The runs' configs are the same (name, runs_dir and wandb.* aside)."])
     lines.append("| key | " + " | ".join(run.label for run in with_config) + " |")
@@ -555,6 +556,6 @@ def compare(
     if wandb_mode != "disabled":
         log_to_wandb(entries, runs, differences, images, wandb_mode, out)
     pictures = f"Chart: {images['chart']}" + (
-        f"\nCurves: {curves}" if curves else "\nCurves: none (no run has a metrics.csv)"
+        f"\nCurves: {curves}" if curves else f"\nCurves: none (no run has a {METRICS_FILE})"
     )
     return f"{table}\n\n{section}\n\nTable: {out / 'comparison.md'}, {out / 'comparison.csv'}\n{pictures}"

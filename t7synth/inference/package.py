@@ -44,6 +44,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from t7synth.errors import UserError
+from t7synth.run_files import (
+    BEST_CHECKPOINT,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    TEST_SCORES_FILE,
+    best_checkpoint,
+    last_checkpoint,
+    run_of_checkpoint,
+)
 
 #: The manifest's ``format`` and the newest ``format_version`` this t7synth reads.
 FORMAT = "t7synth-model"
@@ -51,9 +61,9 @@ FORMAT_VERSION = 1
 #: Member names (flat: a package has no folders).
 MANIFEST = "t7synth-model.json"
 WEIGHTS = "weights.pt"
-CONFIG = "config.yaml"
+CONFIG = CONFIG_FILE  # the run folder's names: a package carries its run's files
 CARD = "README.md"
-SCORES = "test_scores.csv"
+SCORES = TEST_SCORES_FILE
 TORCHSCRIPT = "net.torchscript.pt"
 #: Upper bounds on a member's declared (uncompressed) size: text members are small,
 #: weights may be large (the paper's GAN U-Net is about 1.1 GB in float32).
@@ -358,18 +368,19 @@ def resolve_source(source: str | Path) -> tuple[Path, Path | None]:
     """
     source = Path(source).expanduser()
     if source.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            if (source / "checkpoints" / name).is_file():
-                return source / "checkpoints" / name, source
+        for checkpoint in (best_checkpoint(source), last_checkpoint(source)):
+            if checkpoint.is_file():
+                return checkpoint, source
         versions = sorted(p.name for p in source.glob("version_*") if p.is_dir())
         hint = f" (a run folder is one version, e.g. {source / versions[0]})" if versions else ""
-        raise UserError(f"{source} holds no checkpoints/best.ckpt or checkpoints/last.ckpt{hint}")
+        raise UserError(
+            f"{source} holds no {CHECKPOINTS_DIR}/{BEST_CHECKPOINT} or {CHECKPOINTS_DIR}/{LAST_CHECKPOINT}{hint}"
+        )
     if not source.is_file():
         raise UserError(f"run folder or checkpoint not found: {source}")
     if is_package(source):
         raise UserError(f"{source} is already a model package")
-    run = source.parent.parent if source.parent.name == "checkpoints" else None
-    return source, run
+    return source, run_of_checkpoint(source)
 
 
 def tested_scores(checkpoint: Path, run: Path | None) -> tuple[list[dict[str, str]], str]:
@@ -384,13 +395,16 @@ def tested_scores(checkpoint: Path, run: Path | None) -> tuple[list[dict[str, st
     from t7synth.scores import MODEL, is_number, score_names
 
     if run is None:
-        return [], "No test scores: the checkpoint is not in a run folder (runs/<experiment>/version_N/checkpoints/)."
+        return (
+            [],
+            f"No test scores: the checkpoint is not in a run folder (runs/<experiment>/version_N/{CHECKPOINTS_DIR}/).",
+        )
     table = run / SCORES
-    tested = "best.ckpt" if (run / "checkpoints" / "best.ckpt").is_file() else "last.ckpt"
+    tested = BEST_CHECKPOINT if best_checkpoint(run).is_file() else LAST_CHECKPOINT
     if checkpoint.name != tested:
-        return [], f"No test scores: `fit` tested checkpoints/{tested}, not {checkpoint.name}."
+        return [], f"No test scores: `fit` tested {CHECKPOINTS_DIR}/{tested}, not {checkpoint.name}."
     if not table.is_file():
-        return [], "No test scores: the run did not reach its test (no test_scores.csv)."
+        return [], f"No test scores: the run did not reach its test (no {TEST_SCORES_FILE})."
     with open(table, newline="") as handle:
         rows = list(csv.DictReader(handle))
     names = score_names(rows)

@@ -28,6 +28,7 @@ from t7synth.data.intensity_lut import DEFAULT_BINS, apply_lut
 from t7synth.errors import UserError
 from t7synth.measures import metrics
 from t7synth.models.tiling import predict_volume
+from t7synth.run_files import TEST_SCORES_FILE, TEST_SPECTRA_FILE, montage_path
 from t7synth.scores import (
     HEADLINE,
     MODEL,
@@ -308,12 +309,11 @@ class SynthesisModule(pl.LightningModule):
 
         scores = f"PSNR(brain) {row['psnr_brain']:.2f} dB  SSIM(brain) {row['ssim_brain']:.3f}"
         if stage == "val":
-            name = f"val_epoch{self.current_epoch:03d}_{subject}.png"
             title = f"{subject}  validation, epoch {self.current_epoch}  {scores}"
         else:
-            name = f"test_{subject}.png"
             title = f"{subject}  test, {self.scored_weights()}  {scores}"
-        path = save_montage(self.run_dir() / "samples" / name, source, prediction, target, mask, title)
+        where = montage_path(self.run_dir(), stage, subject, self.current_epoch)
+        path = save_montage(where, source, prediction, target, mask, title)
         if stage == "val":
             # Test montages go to W&B once, as one gallery (loggers.log_test_results); the
             # validation montage is handed to the loggers by training.callbacks.ImageLog.
@@ -366,16 +366,15 @@ class SynthesisModule(pl.LightningModule):
         self.log("epoch", float(self.scored_epoch()), sync_dist=False)
         self.test_rows = rows
         if self.trainer.is_global_zero and rows:
-            write_rows(self.run_dir() / "test_scores.csv", rows)
+            write_rows(self.run_dir() / TEST_SCORES_FILE, rows)
             self._spectra(rows)
 
     def _spectra(self, rows: list[dict[str, Any]]) -> None:
         """Draw the test subjects' power spectra beside the test montages; log it to W&B."""
         from t7synth.plotting import save_spectra
-        from t7synth.scores import TEST_SPECTRA
 
         title = f"test power spectra, {self.config.model.name}, {self.scored_weights()}"
-        path = save_spectra(self.run_dir() / TEST_SPECTRA, rows, f"{self.config.model.name} (synthetic 7T)", title)
+        path = save_spectra(self.run_dir() / TEST_SPECTRA_FILE, rows, f"{self.config.model.name} (synthetic 7T)", title)
         if path is not None:
             self.drawn_images.append(("test/spectra", path, None))
 

@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_warn
 
+from t7synth.run_files import METRICS_FILE, PROGRESS_FILE
+
 
 class DataStreamCheck(pl.Callback):
     """Warn when a run resumes with another seed or another number of processes.
@@ -74,10 +76,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
-#: The per-run training-curve picture (see :func:`t7synth.plotting.save_progress`).
-PROGRESS_FILE = "progress.png"
-
-
 class ProgressPlot(pl.Callback):
     """Log each epoch's wall time and redraw the run's ``progress.png`` after each validation.
 
@@ -128,7 +126,7 @@ class ProgressPlot(pl.Callback):
         if not (self._pending and trainer.is_global_zero):
             return
         from t7synth.plotting import save_progress
-        from t7synth.training.history import METRICS_FILE, RunCSVLogger
+        from t7synth.training.history import RunCSVLogger
 
         for logger in trainer.loggers:
             if isinstance(logger, RunCSVLogger):

@@ -17,7 +17,7 @@ from pathlib import Path
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-METRICS_FILE = "metrics.csv"
+from t7synth.run_files import METRICS_FILE
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.config import Config
-
-WANDB_ID_FILE = "wandb_id.txt"
+from t7synth.run_files import PROGRESS_FILE, RUN_FILES, WANDB_ID_FILE, montage_path
 
 
 def has_wandb_credentials() -> bool:
@@ -172,7 +171,7 @@ def log_test_results(loggers: list, rows: list[dict], run_dir: Path) -> None:
     names = score_names(rows)
     data = [[row["model"], row["subject"], *(float(row[name]) for name in names)] for row in rows]
     subjects = sorted({row["subject"] for row in rows})
-    montages = [(s, Path(run_dir) / "samples" / f"test_{s}.png") for s in subjects]
+    montages = [(s, montage_path(run_dir, "test", s)) for s in subjects]
     montages = [(s, path) for s, path in montages if path.is_file()]
     for logger in targets:
         logger.experiment.summary.update(summary)
@@ -181,11 +180,6 @@ def log_test_results(loggers: list, rows: list[dict], run_dir: Path) -> None:
             logger.log_image(
                 key="test/montages", images=[str(p) for _, p in montages], caption=[s for s, _ in montages]
             )
-
-
-#: The files of a run folder saved with its W&B run (those that exist), in the
-#: ``run-files`` artifact: enough to ``compare`` the run from the artifact alone.
-RUN_FILES = ("config.yaml", "environment.yaml", "metrics.csv", "test_scores.csv", "progress.png")
 
 
 def log_run_files(
@@ -218,8 +212,8 @@ def log_run_files(
     files = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]
     for logger in targets:
         run = logger.experiment
-        if (run_dir / "progress.png").is_file():
-            logger.log_image(key="progress", images=[str(run_dir / "progress.png")])
+        if (run_dir / PROGRESS_FILE).is_file():
+            logger.log_image(key="progress", images=[str(run_dir / PROGRESS_FILE)])
         artifact = wandb.Artifact(f"run-{run.id}-files", type="run-files", description=f"run folder {run_dir}")
         for path in files:
             artifact.add_file(str(path), name=path.name)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from t7synth.run_files import ENVIRONMENT_FILE
 from t7synth.training.launch import Launch
 
 #: Distributions whose versions ``environment.yaml`` records (absent ones are ``null``).
@@ -124,7 +125,7 @@ def write_environment(run_dir: Path, record: dict[str, Any]) -> Path:
 
     from t7synth.config import save_yaml
 
-    path = run_dir / "environment.yaml"
+    path = run_dir / ENVIRONMENT_FILE
     launches: list = []
     if path.is_file():
         try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t7synth.errors import UserError
+from t7synth.run_files import BEST, LAST, PROGRESS_FILE, checkpoint_dir, format_test_report, write_config
 from t7synth.training.launch import RUN_DIR_ENV, detect_launch
 from t7synth.training.run_dir import resolve_run_dir
 
@@ -82,10 +83,10 @@ def checkpoint_callbacks(run_dir: Path) -> tuple:
     """
     import pytorch_lightning as pl
 
-    folder = run_dir / "checkpoints"
+    folder = checkpoint_dir(run_dir)
     best = pl.callbacks.ModelCheckpoint(
         dirpath=folder,
-        filename="best",
+        filename=BEST,
         monitor="val/psnr_brain",
         mode="max",
         save_top_k=1,
@@ -95,7 +96,7 @@ def checkpoint_callbacks(run_dir: Path) -> tuple:
     # monitor=None and top-1 with a fixed name: overwrite last.ckpt every epoch.
     last = pl.callbacks.ModelCheckpoint(
         dirpath=folder,
-        filename="last",
+        filename=LAST,
         monitor=None,
         save_top_k=1,
         every_n_epochs=1,
@@ -110,7 +111,6 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     import torch
 
     from t7synth import registry
-    from t7synth.config import save_yaml
     from t7synth.data.datamodule import PairedDataModule
     from t7synth.training.callbacks import AtomicCheckpointIO, DataStreamCheck, ImageLog, ProgressPlot, RunProgressBar
     from t7synth.training.hardware import trainer_hardware
@@ -152,7 +152,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             datamodule.prepare_data()
             datamodule.setup("fit")
             datamodule.check_shardable(world)
-            save_yaml(config.to_dict(), run_dir / "config.yaml")
+            write_config(run_dir, config.to_dict())
             write_environment(
                 run_dir, environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None)
             )
@@ -211,7 +211,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             if trainer.is_global_zero:
                 result.report = (
                     f"Training finished: {run_dir}\nThe dataset has no test subjects, so nothing was tested "
-                    f"(checkpoints: {run_dir / 'checkpoints'}; curves: {run_dir / 'progress.png'})."
+                    f"(checkpoints: {checkpoint_dir(run_dir)}; curves: {run_dir / PROGRESS_FILE})."
                 )
             _finish_wandb(
                 trainer,
@@ -225,8 +225,6 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
         test_path = chosen.best_model_path or last.best_model_path or None
         trainer.test(model, datamodule=datamodule, ckpt_path=test_path, verbose=False)
         if trainer.is_global_zero:
-            from t7synth.scores import format_test_report
-
             result.report = format_test_report(model.test_rows, config.model.name, test_path, run_dir)
         log_test_results(trainer.loggers, model.test_rows, run_dir)
         _finish_wandb(

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t7synth.errors import UserError
+from t7synth.run_files import METRICS_FILE, STUDY_TABLE_FILE
 
 #: Consecutive failed trials after which the sweep stops: the cause is then the setup.
 MAX_CONSECUTIVE_FAILURES = 3
@@ -435,7 +436,7 @@ def run_trial(
     if status != 0 or not history:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         record("fail", None)
-        why = f"exit {status}" if status != 0 else f"no {metric} in metrics.csv"
+        why = f"exit {status}" if status != 0 else f"no {metric} in {METRICS_FILE}"
         tail = process.log_tail(1)
         return "failed", None, f" ({why}{': ' + tail if tail else ''}; log: {process.log_path})"
     best = (max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min)(history.values())
@@ -464,12 +465,12 @@ def write_summary(
     from t7synth.files import atomic_path
 
     table = trials_table(study)
-    with atomic_path(root / "trials.csv") as tmp:
+    with atomic_path(root / STUDY_TABLE_FILE) as tmp:
         table.to_csv(tmp, index=False)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     images = plot_study(study, root, sweep.metric, report)
     if not complete:
-        report(f"no trial completed; see {root / 'trials.csv'}")
+        report(f"no trial completed; see {root / STUDY_TABLE_FILE}")
         return
     best = study.best_trial
     report(f"best: trial {best.number}, {sweep.metric} {best.value:.3f}")
@@ -495,7 +496,7 @@ def trials_table(study):
     import optuna
     import pandas as pd
 
-    from t7synth.training.loggers import WANDB_ID_FILE
+    from t7synth.run_files import WANDB_ID_FILE
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -22,13 +22,14 @@ orphan (:func:`owner_is_gone`) and stop it (:func:`stop_orphaned_fit`).
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import signal
 import socket
 import subprocess
 from pathlib import Path
+
+from t7synth.run_files import METRICS_FILE, per_epoch, read_metrics
 
 
 class TrialProcess:
@@ -79,20 +80,9 @@ class TrialProcess:
         can meet a half-written file; rows that do not parse are skipped and read again
         at the next call.
         """
-        path = self.run_dir / "metrics.csv"
-        found: dict[int, float] = {}
-        try:
-            with open(path, newline="") as handle:
-                for row in csv.DictReader(handle):
-                    try:
-                        value, epoch = float(row.get(self.metric) or "nan"), int(row.get("epoch") or "")
-                    except (TypeError, ValueError):
-                        continue
-                    if math.isfinite(value):
-                        found[epoch] = value
-        except (FileNotFoundError, csv.Error):
-            pass
-        return found
+        rows = read_metrics(self.run_dir / METRICS_FILE)
+        epochs, values = per_epoch(rows, self.metric)
+        return {epoch: value for epoch, value in zip(epochs, values) if math.isfinite(value)}
 
     def log_tail(self, lines: int = 5) -> str:
         """The last lines of the trial's log (progress-bar redraws collapsed), for errors."""

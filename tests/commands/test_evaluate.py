@@ -79,7 +79,7 @@ def test_evaluate_reproduces_fit_test_scores(dataset, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "identity (3T input)" in printed and "intensity LUT" in printed
 
-    rows = _read(out / "metrics.csv")
+    rows = _read(out / "subject_scores.csv")
     # The structure scores follow the intensity ones; no dseg here, so no true-label Dice.
     structure = [name for name in SECTION_COLUMNS if not name.startswith("dice_true_")]
     assert list(rows[0]) == ["subject", *NAMES, *structure] and [r["subject"] for r in rows] == ["sub-004"]
@@ -112,7 +112,7 @@ def test_prediction_on_another_grid_is_refused(dataset, tmp_path, capsys):
     assert run_main(evaluate.main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sub-004_desc-synth7T_T1w.nii.gz" in err[0] and "shape" in err[0]
-    assert not (tmp_path / "eval" / "metrics.csv").exists()
+    assert not (tmp_path / "eval" / "subject_scores.csv").exists()
 
 
 def test_perfect_prediction_and_perceptual_distance(dataset, tmp_path, capsys):
@@ -148,7 +148,7 @@ def test_perfect_prediction_and_perceptual_distance(dataset, tmp_path, capsys):
         "--no-progress",
     ]
     assert run_main(evaluate.main, argv) == 0
-    row = _read(out / "metrics.csv")[0]
+    row = _read(out / "subject_scores.csv")[0]
     assert float(row["ssim"]) == pytest.approx(1.0) and float(row["mae"]) == 0.0
     assert float(row["perceptual"]) == pytest.approx(0.0, abs=1e-6)
     summary = {r["model"]: r for r in _read(out / "summary.csv")}

@@ -277,7 +277,7 @@ def test_dataset_predictions_are_a_bids_derivative_dataset(unet_package, dataset
         "--no-progress",
     ]
     assert run_main(evaluate.main, argv) == 0
-    with open(tmp_path / "eval" / "metrics.csv", newline="") as handle:
+    with open(tmp_path / "eval" / "subject_scores.csv", newline="") as handle:
         assert [row["subject"] for row in csv.DictReader(handle)] == ["sub-004"]
 
 
@@ -448,7 +448,7 @@ def test_package_predicts_what_its_checkpoint_predicts(trained, tmp_path, capsys
     assert run_main(evaluate.main, argv) == 0
     with open(run / "test_scores.csv", newline="") as handle:
         fit_rows = {(r["model"], r["subject"]): float(r["psnr_brain"]) for r in csv.DictReader(handle)}
-    with open(tmp_path / "eval" / "metrics.csv", newline="") as handle:
+    with open(tmp_path / "eval" / "subject_scores.csv", newline="") as handle:
         scored = {r["subject"]: float(r["psnr_brain"]) for r in csv.DictReader(handle)}
     assert scored and all(
         value == pytest.approx(fit_rows[("model", subject)], abs=0.05) for subject, value in scored.items()
