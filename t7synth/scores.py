@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from t7synth.errors import UserError
+from t7synth.files import atomic_path, read_text
+
 #: Row kinds, in table order: the model, then the references.
 #: Spatial frequency (cycles per voxel; 0.5 is Nyquist) above which energy counts as
 #: high-frequency: periods shorter than 4 voxels (6 mm at 1.5 mm), the scale the
@@ -219,8 +222,6 @@ def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     This is the one per-subject format: ``fit``'s ``test_scores.csv`` and ``evaluate``'s
     ``scores.csv``, and what ``compare`` reads.
     """
-    from t7synth.files import atomic_path
-
     names = score_names(rows)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["model", "subject", *names], extrasaction="ignore")
@@ -228,6 +229,49 @@ def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
         for row in rows:
             writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
     return path
+
+
+def read_rows(scores: Path) -> list[dict[str, str]]:
+    """Per-subject rows of a score file (:func:`write_rows`' format), checked: the
+    columns, a model row, complete rows of numbers. The one reader of score files
+    (``compare``, ``export``), with one rule: infinity is a score (a perfect
+    prediction's PSNR); NaN is not, and would make every mean and "best" of its column
+    meaningless.
+
+    Raises:
+        UserError: naming the file, the line and the cell.
+    """
+    import io
+
+    reader = csv.DictReader(io.StringIO(read_text(scores), newline=""))
+    try:
+        needed = {"model", "subject", *DISPLAY_ORDER}
+        if not reader.fieldnames or not needed <= set(reader.fieldnames):
+            raise UserError(f"{scores} lacks columns {sorted(needed - set(reader.fieldnames or []))}")
+        rows = []
+        for row in reader:
+            if None in row.values() or None in row:
+                raise UserError(
+                    f"{scores}, line {reader.line_num}: {len(reader.fieldnames)} cells expected, the row has a "
+                    "different number"
+                )
+            for name in DISPLAY_ORDER:
+                try:
+                    value = float(row[name])
+                except ValueError:
+                    raise UserError(
+                        f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}"
+                    ) from None
+                if math.isnan(value):
+                    raise UserError(
+                        f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}"
+                    )
+            rows.append(row)
+    except csv.Error as error:
+        raise UserError(f"{scores}, line {reader.line_num}: {error}") from None
+    if not any(r["model"] == MODEL for r in rows):
+        raise UserError(f"{scores} has no rows of the model")
+    return rows
 
 
 def summary_values(rows: Sequence[Mapping[str, Any]], stage: str = "test") -> dict[str, float]:
@@ -239,11 +283,3 @@ def summary_values(rows: Sequence[Mapping[str, Any]], stage: str = "test") -> di
             key = metric_key(stage, kind, name)
             values[key], values[f"{key}_sd"] = mean, sd
     return values
-
-
-def is_number(text: Any) -> bool:
-    """Whether ``text`` reads as a finite float."""
-    try:
-        return math.isfinite(float(text))
-    except (TypeError, ValueError):
-        return False

@@ -7,6 +7,7 @@ import csv
 import pytest
 
 from t7synth import run_files, scores
+from t7synth.errors import UserError
 
 
 def _rows(model_psnr=(25.0, 27.0), identity_psnr=(20.0, 22.0), lut_psnr=(22.5, 23.5)):
@@ -91,3 +92,14 @@ def test_summary_values_are_namespaced_keys():
         scores.metric_key("val", "model", "ssim") == "val/ssim"
         and scores.metric_key("val", "lut", "ssim") == "val/lut/ssim"
     )
+
+
+def test_score_files_have_one_rule_infinity_is_a_score_nan_is_not(tmp_path):
+    rows = _rows()
+    rows[0]["psnr_brain"] = float("inf")  # a perfect prediction
+    path = scores.write_rows(tmp_path / "test_scores.csv", rows)
+    assert [r["psnr_brain"] for r in scores.read_rows(path)][0] == "inf"
+    rows[0]["psnr_brain"] = float("nan")
+    scores.write_rows(path, rows)
+    with pytest.raises(UserError, match=r"test_scores.csv, line 2: psnr_brain of sub-002 is not a number"):
+        scores.read_rows(path)

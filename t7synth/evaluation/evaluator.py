@@ -157,7 +157,7 @@ class Evaluator:
         data_root: the dataset folder.
         config: the config whose ``data`` settings (percentiles, shape, split
             fractions and seed) the model was trained with.
-        perceptual: optional :class:`MedicalNetDistance`.
+        perceptual: optional :class:`~t7synth.evaluation.perceptual.MedicalNetDistance`.
         cache_dir: preprocessed-subject cache (default: the one ``fit`` uses).
         lut: the intensity LUT to score (a checkpoint's); ``None`` fits one on the
             dataset's training split, or leaves the LUT row out if it has none
@@ -305,6 +305,7 @@ class Evaluator:
         from t7synth.data.intensity_lut import apply_lut
         from t7synth.measures import metrics
         from t7synth.measures.structure import StructureScorer
+        from t7synth.measures.subject import subject_rows
 
         data = self.preprocessed(record)
         source, target, mask = data["source"], data["target"], data["mask"]
@@ -313,19 +314,17 @@ class Evaluator:
         if self.lut is not None:
             guesses["lut"] = apply_lut(self.lut, source, mask)
         structure = StructureScorer(target, mask, self.tissue_truth(record, data))
-        rows = []
-        for model, guess in guesses.items():
-            row = {
-                "model": model,
-                "subject": record.subject,
-                **metrics.volume_scores(guess, target, mask),
-                **structure(guess),
-            }
+
+        def extra(guess) -> dict[str, Any]:
+            # evaluate's own additions to the scores fit computes (opt-in flags).
+            scores: dict[str, Any] = {}
             if self.perceptual is not None:
-                row["perceptual"] = self.perceptual(guess.clamp(0, 1), target)
+                scores["perceptual"] = self.perceptual(guess.clamp(0, 1), target)
             if self.ssim == "authors":
-                row.update(metrics.authors_ssim_scores(guess, target, self.slice_axis))
-            rows.append(row)
+                scores.update(metrics.authors_ssim_scores(guess, target, self.slice_axis))
+            return scores
+
+        rows = subject_rows(record.subject, guesses, target, mask, structure, extra)
         if montage_dir is not None:
             from t7synth.plotting import save_montage
 

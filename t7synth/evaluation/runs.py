@@ -65,6 +65,7 @@ from t7synth.scores import (
     SECTION_COLUMNS,
     format_cell,
     mean_sd,
+    read_rows,
 )
 
 #: The columns a comparison shows, in order (every per-subject score file has them).
@@ -153,7 +154,7 @@ def read_run(path: str | Path) -> Run:
         raise UserError(
             f"{path} has no {TEST_SCORES_FILE} (the run did not reach its test; pick another run or finish it)"
         )
-    rows = read_scores(scores)
+    rows = read_rows(scores)
     config: dict[str, Any] = read_config(path) or {}
     # Older config formats wrote plain values where sections are now: take what reads.
     wandb = config.get("wandb") if isinstance(config.get("wandb"), dict) else {}
@@ -183,49 +184,6 @@ def read_run(path: str | Path) -> Run:
         wandb_project=wandb.get("project") or "t7synth",
         wandb_entity=wandb.get("entity"),
     )
-
-
-def read_scores(scores: Path) -> list[dict[str, str]]:
-    """Per-subject rows of a score file, checked: the columns, a model row, complete
-    rows of numbers. Infinity is a score (a perfect prediction's PSNR); NaN is not,
-    and would make every mean and "best" of its column meaningless.
-
-    Raises:
-        UserError: naming the file, the line and the cell.
-    """
-    import io
-
-    from t7synth.files import read_text
-
-    reader = csv.DictReader(io.StringIO(read_text(scores), newline=""))
-    try:
-        needed = {"model", "subject", *COMPARED}
-        if not reader.fieldnames or not needed <= set(reader.fieldnames):
-            raise UserError(f"{scores} lacks columns {sorted(needed - set(reader.fieldnames or []))}")
-        rows = []
-        for row in reader:
-            if None in row.values() or None in row:
-                raise UserError(
-                    f"{scores}, line {reader.line_num}: {len(reader.fieldnames)} cells expected, the row has a "
-                    "different number"
-                )
-            for name in COMPARED:
-                try:
-                    value = float(row[name])
-                except ValueError:
-                    raise UserError(
-                        f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}"
-                    ) from None
-                if math.isnan(value):
-                    raise UserError(
-                        f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}"
-                    )
-            rows.append(row)
-    except csv.Error as error:
-        raise UserError(f"{scores}, line {reader.line_num}: {error}") from None
-    if not any(r["model"] == MODEL for r in rows):
-        raise UserError(f"{scores} has no rows of the model")
-    return rows
 
 
 def read_study(path: Path, trials: int) -> list[Run]:

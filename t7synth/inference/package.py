@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from t7synth import registry
 from t7synth.errors import UserError
 from t7synth.run_files import (
     BEST_CHECKPOINT,
@@ -54,6 +55,7 @@ from t7synth.run_files import (
     last_checkpoint,
     run_of_checkpoint,
 )
+from t7synth.scores import read_rows
 
 #: The manifest's ``format`` and the newest ``format_version`` this t7synth reads.
 FORMAT = "t7synth-model"
@@ -273,7 +275,7 @@ def load_package(path: str | Path, device: str = "cpu"):
     import torch
 
     package = read_package(path)
-    model = _build_on_meta(package)
+    model = registry.build_on_meta(package.config, f"model package {package.path}")
     keys = prediction_keys(model)
     expected = {key: tensor for key, tensor in model.state_dict().items() if key in keys}
     problems = [f"{key} is missing" for key in expected if key not in package.state_dict]
@@ -299,24 +301,6 @@ def load_package(path: str | Path, device: str = "cpu"):
                 tensor.zero_()
     model.load_state_dict(package.state_dict, strict=False)
     return model.eval().to(device)
-
-
-def _build_on_meta(package: Package):
-    import torch
-
-    from t7synth import registry
-
-    module_class = registry.get(package.config.model.name)
-    try:
-        with torch.device("meta"):
-            return module_class(package.config.to_dict())
-    except UserError as error:
-        raise UserError(f"model package {package.path}: {error}") from None
-    except (TypeError, ValueError, RuntimeError, AssertionError) as error:
-        raise UserError(
-            f"model package {package.path}: its config does not build model {package.config.model.name!r}: "
-            f"{_first_line(error)}"
-        ) from None
 
 
 def prediction_keys(model) -> set[str]:
@@ -390,10 +374,6 @@ def tested_scores(checkpoint: Path, run: Path | None) -> tuple[list[dict[str, st
     ``fit`` tests ``checkpoints/best.ckpt`` (``last.ckpt`` when it kept no best); the
     scores of any other checkpoint are unknown.
     """
-    import csv
-
-    from t7synth.scores import MODEL, is_number, score_names
-
     if run is None:
         return (
             [],
@@ -405,14 +385,9 @@ def tested_scores(checkpoint: Path, run: Path | None) -> tuple[list[dict[str, st
         return [], f"No test scores: `fit` tested {CHECKPOINTS_DIR}/{tested}, not {checkpoint.name}."
     if not table.is_file():
         return [], f"No test scores: the run did not reach its test (no {TEST_SCORES_FILE})."
-    with open(table, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    names = score_names(rows)
-    if (
-        not any(row.get("model") == MODEL for row in rows)
-        or not names
-        or not all(is_number(r.get(n)) for r in rows for n in names)
-    ):
+    try:
+        rows = read_rows(table)
+    except UserError:
         return [], f"No test scores: {table.name} of the run could not be read."
     return rows, f"Test scores from the run's {table.name}, computed by `fit` with this checkpoint."
 
@@ -688,7 +663,7 @@ def trace_network(model) -> tuple[bytes, list[list[int]]]:
     """The model's network as TorchScript bytes, checked against the model, and the
     input shapes it was checked at.
 
-    Traced with :meth:`LightningModule.to_torchscript` on one input and run on it and
+    Traced with :meth:`pytorch_lightning.LightningModule.to_torchscript` on one input and run on it and
     on a larger one (:func:`example_inputs`): 2.5D models see whole slices of any
     size, so a trace that only held for its example's size would be wrong.
 

@@ -26,7 +26,8 @@ from t7synth.config import Config
 from t7synth.data import batches
 from t7synth.data.intensity_lut import DEFAULT_BINS, apply_lut
 from t7synth.errors import UserError
-from t7synth.measures import metrics
+from t7synth.measures.structure import StructureScorer
+from t7synth.measures.subject import subject_rows
 from t7synth.models.tiling import predict_volume
 from t7synth.run_files import TEST_SCORES_FILE, TEST_SPECTRA_FILE, montage_path
 from t7synth.scores import (
@@ -278,27 +279,23 @@ class SynthesisModule(pl.LightningModule):
         prediction = self.predict_subject(source, meta, mask)
         # The structure scores (tissue segmentation, sharpness) take seconds a volume:
         # the test runs them once, validation keeps to the cheap intensity scores.
-        structure = None
-        if stage == "test":
-            from t7synth.measures.structure import StructureScorer
-
-            structure = StructureScorer(target, mask)
-        row = {
-            "subject": subject,
-            "model": MODEL,
-            **metrics.volume_scores(prediction, target, mask),
-            **(structure(prediction) if structure else {}),
-        }
-        self._rows.append(row)
+        structure = StructureScorer(target, mask) if stage == "test" else None
+        # The references of a subject are scored once per stage and reused every validation.
+        keys = {b: (b, subject, stage == "test") for b in REFERENCES}
+        known = {b: self._baseline_scores[key] for b, key in keys.items() if key in self._baseline_scores}
+        guesses: dict[str, torch.Tensor | None] = {MODEL: prediction}
         for baseline in REFERENCES:
-            key = (baseline, subject, stage == "test")
-            if key not in self._baseline_scores:
-                guess = source if baseline == "identity" else apply_lut(self.lut, source, mask)
-                self._baseline_scores[key] = {
-                    **metrics.volume_scores(guess, target, mask),
-                    **(structure(guess) if structure else {}),
-                }
-            self._rows.append({"subject": subject, "model": baseline, **self._baseline_scores[key]})
+            if baseline in known:
+                guesses[baseline] = None
+            else:
+                guesses[baseline] = source if baseline == "identity" else apply_lut(self.lut, source, mask)
+        rows = subject_rows(subject, guesses, target, mask, structure, known=known)
+        for scored in rows[1:]:
+            self._baseline_scores[keys[scored["model"]]] = {
+                k: v for k, v in scored.items() if k not in ("model", "subject")
+            }
+        self._rows.extend(rows)
+        row = rows[0]
         # Validation draws one montage per epoch (rank 0's first subject); test draws
         # one per subject, since it runs once.
         if self.trainer.is_global_zero and (stage == "test" or batch_idx == 0):

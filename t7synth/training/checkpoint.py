@@ -24,6 +24,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from t7synth import registry
 from t7synth.errors import UserError
 
 #: How many mismatching tensors a "does not fit" message names before "and N more".
@@ -113,23 +114,6 @@ def checkpoint_config(path: str | Path, checkpoint: dict[str, Any] | None = None
     return config
 
 
-def _build_on_meta(path, config):
-    import torch
-
-    from t7synth import registry
-
-    module_class = registry.get(config.model.name)
-    try:
-        with torch.device("meta"):
-            return module_class(config.to_dict())
-    except UserError as error:
-        raise UserError(f"checkpoint {path}: {error}") from None
-    except (TypeError, ValueError, RuntimeError, AssertionError) as error:
-        raise UserError(
-            f"checkpoint {path}: its config does not build model {config.model.name!r}: {_first_line(error)}"
-        ) from None
-
-
 def check_fits(path: str | Path, config, state_dict: dict[str, Any]):
     """Build ``config``'s model on the meta device and compare it with ``state_dict``.
 
@@ -142,7 +126,7 @@ def check_fits(path: str | Path, config, state_dict: dict[str, Any]):
         UserError: naming the checkpoint, the model and the first tensors that are
             missing, unexpected or of another shape.
     """
-    model = _build_on_meta(path, config)
+    model = registry.build_on_meta(config, f"checkpoint {path}")
     expected = model.state_dict()
     problems = []
     for key, tensor in expected.items():
