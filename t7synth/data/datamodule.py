@@ -379,7 +379,7 @@ class PairedDataModule(pl.LightningDataModule):
 
         Reshuffles the subject-level DDP sampler (Lightning calls ``set_epoch`` only on
         samplers it injected itself) and seeds Python, NumPy and torch with
-        :func:`t7synth.environment.training_seed` (seed, rank, epoch). Everything random
+        :func:`t7synth.data.seeds.training_seed` (seed, rank, epoch). Everything random
         in the epoch follows: augmentation, patch positions and order, the Queue's
         worker seeds, the subject order of a single process, and randomness inside the
         model's training step (the GAN's gradient-penalty mixes). So ranks never draw

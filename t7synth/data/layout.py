@@ -45,7 +45,8 @@ def discover(root: str | Path) -> list[SubjectRecord]:
     """List the subjects of a dataset folder, checking that each has both partners.
 
     Subjects come from ``participants.tsv`` when it exists, else from the ``sub-*``
-    folders. Files are not read here; see :func:`load_volume` and :func:`check_pair`.
+    folders. Files are not read here; see :func:`~t7synth.data.volumes.load_volume` and
+    :func:`~t7synth.data.volumes.check_pair`.
 
     Raises:
         UserError: a missing folder, a malformed ``participants.tsv``, a subject with

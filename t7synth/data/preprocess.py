@@ -1,6 +1,6 @@
 """Deterministic preprocessing, done once per subject and cached.
 
-Steps (``reference/paper.md`` §2, steps 5-7): RAS+ orientation; a brain mask (the
+Steps (Gicquel et al., arXiv:2507.13782, §2, steps 5-7): RAS+ orientation; a brain mask (the
 dataset's, else the 3T image's non-zero voxels); per volume, intensities scaled by the
 brain's 1st and 99th percentiles (:func:`normalise`, ``data.normalisation``); crop or
 pad to a fixed shape centred on the brain. Augmentation is kept apart
@@ -130,7 +130,7 @@ def preprocess_record(record: SubjectRecord, settings: Preprocessing) -> dict[st
         normalisation.
 
     Raises:
-        UserError: any bad file (see :func:`~t7synth.data.layout.load_volume`) or a
+        UserError: any bad file (see :func:`~t7synth.data.volumes.load_volume`) or a
             pair whose grids differ.
     """
     import torchio as tio

@@ -143,7 +143,7 @@ def run_version(run_dir: str | Path) -> int | str:
 
 
 class ImageLog(pl.Callback):
-    """Hands the pictures a module drew (:attr:`SynthesisModule.drawn_images`: the
+    """Hands the pictures a module drew (``SynthesisModule.drawn_images``: the
     validation montage, the test spectra) to the W&B loggers, right after the batch or
     the test that drew them. The module draws to disk; the loggers belong to training."""
 

@@ -95,7 +95,7 @@ def wandb_run_id(run_dir: Path) -> str:
 
 
 def is_wandb_logger(logger: Any) -> bool:
-    """Whether ``logger`` is a W&B logger (Lightning's, :class:`RunWandbLogger`, or a
+    """Whether ``logger`` is a W&B logger (Lightning's, :class:`~t7synth.training.wandb_logger.RunWandbLogger`, or a
     stand-in named ``WandbLogger`` in tests)."""
     return any(cls.__name__ == "WandbLogger" for cls in type(logger).__mro__)
 

@@ -44,7 +44,7 @@ def resolve_run_dir(config, resume: str | None, launch: Launch | None = None) ->
     * ranks that Lightning starts inherit rank 0's choice through :data:`RUN_DIR_ENV`;
     * ranks that srun or torchrun start together all derive it from the job id
       (``slurm_<SLURM_JOB_ID>``, ``torchrun_<rdzv id>``, see
-      :attr:`t7synth.environment.Launch.run_name`); if that folder already holds
+      :attr:`t7synth.training.launch.Launch.run_name`); if that folder already holds
       ``checkpoints/last.ckpt`` the job was requeued and continues from it;
     * a user may set :data:`RUN_DIR_ENV` on every node;
     * otherwise rank 0 (a single process, or the first of a Lightning launch) takes

@@ -621,7 +621,7 @@ def log_summary_to_wandb(table, images: list[Path], sweep, root: Path, mode_sett
 
     The table is :func:`trials_table` with its numbers as numbers (it sorts and plots
     on W&B), each trial's state (``pruned`` included: a pruned trial's own run is
-    tagged too, see :class:`t7synth.training.loggers.RunWandbLogger`) and a
+    tagged too, see :class:`t7synth.training.wandb_logger.RunWandbLogger`) and a
     ``wandb_link`` to the trial's run: its URL online, its ``entity/project/id`` path
     offline (``wandb sync`` keeps ids, so the path stays valid after syncing). The
     summary holds the best trial and the count of trials per state.

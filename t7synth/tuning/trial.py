@@ -10,7 +10,7 @@ A trial runs as a subprocess rather than inside the sweep's Python process becau
 * Optuna stays out of ``fit``: the trial is watched through the ``metrics.csv`` that
   every run writes anyway, and a pruned trial is stopped by a signal.
 
-The run folder is fixed in advance through :data:`t7synth.environment.RUN_DIR_ENV`,
+The run folder is fixed in advance through :data:`t7synth.training.launch.RUN_DIR_ENV`,
 so the sweep knows where to look before the trial has written anything.
 
 A sweep killed outright (SIGKILL, the out-of-memory killer, a closed terminal) cannot
