@@ -91,6 +91,7 @@ class PairedDataModule(pl.LightningDataModule):
         config: the resolved experiment config; ``data`` and ``geometry`` are used.
         cache_dir: where preprocessed subjects are kept; default
             ``<cache_root>/preprocessed``.
+        batch_plan: the run's :class:`~t7synth.data.batches.BatchPlan`, if planned.
 
     Attributes:
         lut: the intensity-mapping baseline fitted on the training subjects (after
@@ -99,9 +100,12 @@ class PairedDataModule(pl.LightningDataModule):
         subjects: ``{"train"|"val"|"test": [tio.Subject]}`` after :meth:`setup`.
     """
 
-    def __init__(self, config: Config, cache_dir: str | Path | None = None):
+    def __init__(self, config: Config, cache_dir: str | Path | None = None, batch_plan=None):
         super().__init__()
         self.config = config
+        #: The run's :class:`~t7synth.data.batches.BatchPlan` (``fit`` passes it); without
+        #: one the micro-batch is derived from the trainer's ``accumulate_grad_batches``.
+        self.batch_plan = batch_plan
         self.settings = Preprocessing.from_config(config.data)
         if cache_dir is None:
             from t7synth.files import cache_root
@@ -359,7 +363,9 @@ class PairedDataModule(pl.LightningDataModule):
 
     def micro_batch_size(self) -> int:
         """Samples per training batch of this process: its share of ``data.batch_size``
-        (``data.batch_scope``) over the trainer's ``accumulate_grad_batches``."""
+        (``data.batch_scope``) over the plan's (else the trainer's) micro-batches per step."""
+        if self.batch_plan is not None:
+            return self.batch_plan.micro_batch
         world, _ = self._world()
         accumulate = getattr(self.trainer, "accumulate_grad_batches", 1) if self.trainer is not None else 1
         return batches.micro_batch(self.config.data, world, accumulate)

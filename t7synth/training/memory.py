@@ -49,7 +49,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from t7synth import registry
-from t7synth.data.batches import SUBJECT_KEYS, batch_share, micro_batch
+from t7synth.data.batches import SUBJECT_KEYS, BatchPlan, batch_share, micro_batch, plan_batches
 from t7synth.data.volumes import canonical_shape
 from t7synth.errors import UserError
 
@@ -513,6 +513,13 @@ def accumulation(config, gpus: int, world: int, precision: str) -> tuple[int, Pl
     shape = volume_shape(config, create=True)
     plan = check_gpu_memory(config, world, capacity, precision, shape)
     return plan.accumulate, plan
+
+
+def batch_plan(config, gpus: int, world: int, precision: str) -> BatchPlan:
+    """The run's :class:`~t7synth.data.batches.BatchPlan`: :func:`accumulation`'s
+    micro-batches per step (refusing a config that cannot fit) and the sizes they give."""
+    accumulate, _ = accumulation(config, gpus, world, precision)
+    return plan_batches(config.data, world, accumulate)
 
 
 def summary_lines(config, world: int | None = None) -> list[str]:

@@ -73,7 +73,11 @@ def git_revision(package_dir: str | Path | None = None) -> str | None:
 
 
 def environment_record(
-    seed: int, launch: Launch, hardware: Mapping[str, Any], resumed_from: str | None
+    seed: int,
+    launch: Launch,
+    hardware: Mapping[str, Any],
+    resumed_from: str | None,
+    batch_plan: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """One launch's entry in ``environment.yaml`` (plain types only).
 
@@ -82,6 +86,7 @@ def environment_record(
         launch: how the process was started.
         hardware: the Trainer's accelerator arguments (see :func:`t7synth.training.hardware.trainer_hardware`).
         resumed_from: the checkpoint the launch resumed from, if any.
+        batch_plan: the launch's :class:`~t7synth.data.batches.BatchPlan` as a dict.
     """
     import datetime
 
@@ -109,6 +114,7 @@ def environment_record(
         "nodes": nodes,
         "world_size": int(devices) * int(nodes) if isinstance(devices, int) else None,
         "precision": hardware.get("precision"),
+        "batch_plan": dict(batch_plan) if batch_plan is not None else None,
         "git_revision": git_revision(),
         "versions": package_versions(),
         "cuda": cuda,

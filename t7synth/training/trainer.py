@@ -130,10 +130,10 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     _check_nodes(options.nodes, launch)
     # The batch split and, on GPUs, the memory plan: a config that cannot fit is refused
     # here, before anything is built or written (t7synth.training.memory).
-    from t7synth.training.memory import accumulation
+    from t7synth.training.memory import batch_plan
 
     world = (options.gpus or options.cpus) * options.nodes
-    accumulate, _ = accumulation(config, options.gpus, world, hardware["precision"])
+    plan = batch_plan(config, options.gpus, world, hardware["precision"])
     # W&B exists on rank 0 only: Lightning would create the run there anyway, and
     # ranks that srun/torchrun start together must not race to create wandb_id.txt.
     mode = wandb_mode(options.wandb or config.wandb.mode) if rank_zero else "disabled"
@@ -147,14 +147,17 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     # leaves no run folder behind and config.yaml of a resumed run untouched.
     try:
         resume = check_resume(checkpoint, config) if checkpoint is not None else None
-        datamodule = PairedDataModule(config)
+        datamodule = PairedDataModule(config, batch_plan=plan)
         if rank_zero:
             datamodule.prepare_data()
             datamodule.setup("fit")
             datamodule.check_shardable(world)
             write_config(run_dir, config.to_dict())
             write_environment(
-                run_dir, environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None)
+                run_dir,
+                environment_record(
+                    config.seed, launch, hardware, str(checkpoint) if checkpoint else None, plan.to_dict()
+                ),
             )
     except BaseException:
         if rank_zero:
@@ -189,7 +192,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             plugins=[AtomicCheckpointIO()],
             default_root_dir=run_dir,
             check_val_every_n_epoch=config.trainer.val_every,
-            accumulate_grad_batches=accumulate,
+            accumulate_grad_batches=plan.accumulate,
             log_every_n_steps=config.trainer.log_every_n_steps,
             num_sanity_val_steps=0,
             # The data module shards subjects itself (see PairedDataModule).
