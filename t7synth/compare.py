@@ -6,7 +6,7 @@ Examples::
     python -m t7synth.compare runs/demo_unet/version_0 synth/evaluation runs/demo_unet_lr --trials 2
     python -m t7synth.compare runs/*/version_0 --out comparison/ --wandb offline
 
-What is read and written: :mod:`t7synth.evaluation.runs`.
+What is read and written: :mod:`t7synth.evaluation.compare`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from t7synth.evaluation.runs import compare
+    from t7synth.evaluation.compare import compare
 
     args = build_parser().parse_args(argv)
     print(

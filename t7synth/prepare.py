@@ -8,7 +8,7 @@ Examples::
     python -m t7synth.prepare --raw /data/raw --out /data/paired --overwrite   # redo every subject
     python -m t7synth.prepare --raw /data/bids --out /data/paired --field-strength ses-pre=3T,ses-post=7T
 
-What is read, checked and written: :mod:`t7synth.data.pairing`. The first line printed
+What is read, checked and written: :mod:`t7synth.data.prepare`. The first line printed
 is the dataset folder, the second a summary.
 """
 
@@ -23,7 +23,7 @@ from t7synth.cli import ArgumentParser, console_entry, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from t7synth.data.pairing import INTERPOLATIONS
+    from t7synth.data.prepare import INTERPOLATIONS
 
     parser = ArgumentParser(
         prog="python -m t7synth.prepare",
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: prepare the dataset, print its folder and the summary."""
-    from t7synth.data.pairing import prepare
+    from t7synth.data.prepare import prepare
 
     args = build_parser().parse_args(argv)
     summary = prepare(

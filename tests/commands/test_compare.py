@@ -12,7 +12,7 @@ from helpers import make_dataset
 from t7synth import compare, evaluate
 from t7synth.cli import run_main
 from t7synth.config import Config, save_yaml
-from t7synth.evaluation import runs as runs_module
+from t7synth.evaluation import compare as runs_module
 from t7synth.scores import write_rows
 
 BASELINES = {"identity": 20.0, "lut": 22.0}

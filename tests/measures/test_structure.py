@@ -94,7 +94,7 @@ def test_zoom_montage_needs_volumes_on_one_grid(volumes, tmp_path):
 
 
 def test_compare_shows_structure_columns_only_when_every_run_has_them():
-    from t7synth.evaluation import runs
+    from t7synth.evaluation import compare as runs
 
     base = {"psnr": "30", "ssim": "0.9", "psnr_brain": "25", "ssim_brain": "0.8", "mae": "0.01"}
     entries = [

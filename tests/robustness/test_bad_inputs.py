@@ -368,7 +368,7 @@ def test_compare_takes_infinite_psnr_and_old_config_formats(tmp_path, capsys):
 
 
 def test_compare_writes_all_its_outputs_or_none(tmp_path, capsys, monkeypatch):
-    from t7synth.evaluation import runs as runs_module
+    from t7synth.evaluation import compare as runs_module
 
     first = _run(tmp_path / "a", "model,sub-1,25.0,0.9,30,0.95,0.01\n")
     second = _run(tmp_path / "b", "model,sub-1,24.0,0.9,30,0.95,0.01\n")
