@@ -141,3 +141,17 @@ def make_fieldbridge(root: Path, shape=(16, 18, 14), missing: bool = True, metad
     table.parent.mkdir(parents=True, exist_ok=True)
     table.write_text("\n".join(lines) + "\n")
     return root
+
+
+def make_sited_dataset(root: Path, sites=(("siteA", 3), ("siteB", 3), ("siteC", 2)), shape=(20, 24, 18)) -> Path:
+    """:func:`make_dataset` (no split column) with a ``site`` column: ``sites`` is
+    (site, number of subjects) in subject order."""
+    from t7synth.data import naming
+
+    names = [site for site, count in sites for _ in range(count)]
+    make_dataset(root, n_subjects=len(names), shape=shape, splits=False)
+    table = root / naming.PARTICIPANTS
+    lines = table.read_text().splitlines()
+    lines = [lines[0] + "\tsite"] + [f"{line}\t{site}" for line, site in zip(lines[1:], names, strict=True)]
+    table.write_text("\n".join(lines) + "\n")
+    return root
