@@ -8,7 +8,7 @@ Examples::
     python -m t7synth.compare runs/public_loso_unet        # a cross-validation: per fold, pooled, per site
 
 What is read and written: :mod:`t7synth.evaluation.runs` (a cross-validation folder,
-``runs/<name>`` with ``fold_<I>`` folders: :mod:`t7synth.evaluation.cross_validation`).
+``runs/<name>`` with ``fold_<I>`` folders: :mod:`t7synth.evaluation.fold_scores`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from t7synth.evaluation.runs import compare
 
     args = build_parser().parse_args(argv)
-    from t7synth.evaluation.cross_validation import compare_folds, is_cross_validation
+    from t7synth.evaluation.fold_scores import compare_folds, is_cross_validation
 
     if any(is_cross_validation(path) for path in args.runs):
         if len(args.runs) > 1:

@@ -44,11 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out", metavar="DIR", help="where runs go: DIR/<name>/<version> (config key runs_dir; default: runs)")
     add("--resume", metavar="last|PATH", help="continue from the last checkpoint of the experiment, or from a file")
     add("--fold", metavar="I|all", help="cross-validation (data.folds): run fold I, or all folds not yet finished")
-    add(
-        "--init",
-        metavar="FILE",
-        help="start from these weights (t7synth checkpoint, model package or official checkpoint), fresh optimiser",
-    )
+    add("--init", metavar="FILE", help="start from the weights of a checkpoint, package or official file")
     add("--wandb", choices=["online", "offline", "disabled"], help="W&B mode (default: online with credentials)")
     add("--fast-dev-run", action="store_true", help="one training and one validation batch, then exit")
     add("--summary", action="store_true", help="print the parameter count, geometry and GPU memory plan, then exit")
@@ -90,16 +86,8 @@ def main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> int:
 
         print(model_summary(config, args.gpus * args.nodes if args.gpus else None))
         return 0
-    from t7synth.training.trainer import FitOptions, fit
+    from t7synth.training.trainer import FitOptions
 
-    init_weights = None
-    if args.init:
-        from t7synth.errors import UserError
-        from t7synth.inference.initial import initial_weights
-
-        if args.resume:
-            raise UserError("--init starts a new run from given weights; --resume continues one: give one of them")
-        init_weights = initial_weights(args.init, config)
     options = FitOptions(
         gpus=args.gpus,
         nodes=args.nodes,
@@ -109,16 +97,16 @@ def main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> int:
         fast_dev_run=args.fast_dev_run,
         deterministic=args.deterministic,
     )
-    if args.fold is not None:
-        from t7synth.training.cross_validation import fit_folds
+    init_weights = None
+    if args.init:
+        from t7synth.inference.initial import initial_weights
 
-        for result in fit_folds(config, args.fold, options, callbacks, init_weights):
-            if result.report:
-                print(result.report)
-        return 0
-    result = fit(config, options, callbacks, init_weights)
-    if result.report:
-        print(result.report)
+        init_weights = initial_weights(args.init, config)
+    from t7synth.training.cross_validation import fit_runs
+
+    for result in fit_runs(config, options, callbacks, args.fold, init_weights):
+        if result.report:
+            print(result.report)
     return 0
 
 

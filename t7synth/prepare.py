@@ -48,12 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a FieldBridge-MRI download (pairs.tsv or metadata/pairs.tsv): its T1w 3T/7T pairs, with their site",
     )
-    parser.add_argument(
-        "--sources", metavar="NAME,...", help="--fieldbridge: only these source_dataset values (default: all)"
-    )
-    parser.add_argument(
-        "--voxel-size", type=float, metavar="MM", help="--fieldbridge: resample to this isotropic voxel size"
-    )
+    parser.add_argument("--sources", metavar="NAME,...", help="--fieldbridge: only these source_dataset values")
+    parser.add_argument("--voxel-size", type=float, metavar="MM", help="--fieldbridge: resample to this voxel size")
     parser.add_argument(
         "--field-strength",
         metavar="ENTITY-LABEL=3T|7T,...",
@@ -78,13 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--overwrite", action="store_true", help="prepare every subject again, even complete ones")
     parser.add_argument(
-        "--workers",
-        "--jobs",
-        dest="workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="subjects prepared in parallel processes (default 1)",
+        "--workers", "--jobs", dest="workers", type=int, default=1, metavar="N", help="parallel processes (default 1)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -95,12 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from t7synth.data.pairing import prepare
 
     args = build_parser().parse_args(argv)
-    if args.fieldbridge is not None:
-        return _fieldbridge(args)
-    if args.sources or args.voxel_size is not None:
-        from t7synth.errors import UserError
+    if args.fieldbridge is not None or args.sources or args.voxel_size is not None:
+        from t7synth.data.fieldbridge import prepare_fieldbridge
 
-        raise UserError("--sources and --voxel-size apply to --fieldbridge")
+        outcome = prepare_fieldbridge(
+            args.fieldbridge, args.out, args.sources, args.voxel_size, args.workers, not args.no_progress
+        )
+        print(f"{args.out.expanduser()}\n{outcome.summary}")
+        for line in outcome.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2 if outcome.problems else 0
     summary = prepare(
         args.out,
         raw=args.raw,
@@ -115,24 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(args.out.expanduser())
     print(summary)
     return 0
-
-
-def _fieldbridge(args: argparse.Namespace) -> int:
-    from t7synth.data.fieldbridge import prepare_fieldbridge
-
-    outcome = prepare_fieldbridge(
-        args.fieldbridge,
-        args.out,
-        sources=args.sources.split(",") if args.sources else None,
-        voxel_size=args.voxel_size,
-        workers=args.workers,
-        progress=not args.no_progress,
-    )
-    print(args.out.expanduser())
-    print(outcome.summary)
-    for line in outcome.problems:
-        print(f"error: {line}", file=sys.stderr)
-    return 2 if outcome.problems else 0
 
 
 #: The ``t7synth-prepare`` console script.

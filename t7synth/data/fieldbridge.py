@@ -394,9 +394,9 @@ class Outcome:
 
 
 def prepare_fieldbridge(
-    root: Path,
+    root: Path | None,
     out: Path,
-    sources: list[str] | None = None,
+    sources: str | list[str] | None = None,
     voxel_size: float | None = None,
     workers: int = 1,
     progress: bool = True,
@@ -406,6 +406,14 @@ def prepare_fieldbridge(
     Subjects already prepared from the same files with the same settings are skipped
     (an interrupted run resumes). ``participants.tsv`` lists the subjects written
     (now or before), so ``fit`` never meets a listed subject without files.
+
+    Args:
+        root: the download (``None``: ``--sources``/``--voxel-size`` without ``--fieldbridge``).
+        out: the dataset folder to write.
+        sources: ``source_dataset`` values to keep (a list, or comma-separated text).
+        voxel_size: isotropic voxel size to resample to, in mm (``None``: keep 0.5 mm).
+        workers: subjects prepared in parallel processes.
+        progress: a progress bar over subjects.
 
     Returns:
         The :class:`Outcome`: its ``problems`` (bad rows, missing or unreadable
@@ -418,6 +426,10 @@ def prepare_fieldbridge(
     from t7synth.data.bids import write_description
     from t7synth.data.pairing import check_output
 
+    if root is None:
+        raise UserError("--sources and --voxel-size apply to --fieldbridge")
+    if isinstance(sources, str):
+        sources = [name for name in sources.split(",") if name.strip()]
     if workers < 1:
         raise UserError(f"--jobs {workers}: must be at least 1")
     if voxel_size is not None and not (voxel_size > 0 and np.isfinite(voxel_size)):

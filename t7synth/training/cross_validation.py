@@ -59,6 +59,27 @@ def finished_run(config) -> Path | None:
     return next((run for run in versions(base) if (run / FINISHED_FILE).is_file()), None)
 
 
+def fit_runs(
+    config,
+    options: FitOptions,
+    callbacks: Sequence = (),
+    fold: str | None = None,
+    init_weights: dict | None = None,
+    say=print,
+) -> list[FitResult]:
+    """``fit``'s one library call: one run, or the folds ``--fold`` names (:func:`fit_folds`).
+
+    Raises:
+        UserError: ``--init`` with ``--resume`` (a new run from given weights, or the
+            continuation of one: not both); see :func:`fit_folds`.
+    """
+    if init_weights is not None and options.resume:
+        raise UserError("--init starts a new run from given weights; --resume continues one: give one of them")
+    if fold is None:
+        return [fit(config, options, callbacks, init_weights)]
+    return fit_folds(config, fold, options, callbacks, init_weights, say)
+
+
 def fit_folds(
     config,
     fold: str,
