@@ -43,8 +43,8 @@ from t7synth.evaluation.runs import (
 from t7synth.evaluation.scores import COLUMNS, LABELS, MODEL, ROW_KINDS, format_cell, is_number, mean_sd
 from t7synth.files import atomic_paths, check_writable, remove_stale_temporaries
 from t7synth.plotting import save_curves
+from t7synth.training.cross_validation import finished_runs
 from t7synth.training.loggers import check_wandb_mode
-from t7synth.training.run_dir import versions
 
 #: The label of the pooled rows.
 POOLED = "pooled"
@@ -71,7 +71,7 @@ def read_folds(path: Path) -> list[tuple[Run, dict[str, str]]]:
     folds = []
     seen: dict[str, str] = {}
     for folder in fold_folders(path):
-        tested = [run for run in versions(folder) if (run / FIT_SCORES).is_file()]
+        tested = finished_runs(folder)
         if not tested:
             raise UserError(
                 f"{folder} has no run that reached its test ({FIT_SCORES}); finish it with fit --fold "

@@ -53,10 +53,18 @@ def fold_config(config, fold: int):
     return folded
 
 
+def finished_runs(folder: Path) -> list[Path]:
+    """The run folders under a fold's ``folder`` that finished, oldest first: ``version_N``
+    in order of N, then launcher-named ones (``slurm_<job>``, a multi-task job's) by name."""
+    folder = Path(folder)
+    named = sorted(p for p in folder.glob("*") if p.is_dir() and p not in versions(folder))
+    return [run for run in [*versions(folder), *named] if (run / FINISHED_FILE).is_file()]
+
+
 def finished_run(config) -> Path | None:
     """The first run folder of ``config`` (a fold's) that finished, or ``None``."""
-    base = Path(config.runs_dir) / config.name
-    return next((run for run in versions(base) if (run / FINISHED_FILE).is_file()), None)
+    found = finished_runs(Path(config.runs_dir) / config.name)
+    return found[0] if found else None
 
 
 def fit_runs(
