@@ -83,3 +83,34 @@ def test_bad_fold_is_one_line(tmp_path, fold):
     config.data.root = str(data)
     with pytest.raises(UserError, match="--fold"):
         fit_folds(config, fold)
+
+
+@pytest.mark.slow
+def test_demo_three_fold_cross_validation_end_to_end(tmp_path, capsys):
+    """The demo U-Net (tiny) in a 3-fold cross-validation of the embedded demo data, then
+    compare: every subject held out once, the pooled row counts them all."""
+    from t7synth import compare
+
+    runs = tmp_path / "runs"
+    demo = ("data.demo_subjects=6", "data.demo_voxel_size=6", "data.folds=3", "geometry.inplane=null")
+    argv = ["--config", "experiments/demo_unet.yaml", *sets(f"runs_dir={runs}", *demo), "--max-epochs", "1"]
+    argv = [*argv, "--precision", "32-true", "--name", "cv", "--wandb", "disabled", "--fold", "all"]
+    from helpers import REPO
+
+    argv[1] = str(REPO / argv[1])
+    assert run_main(fit.main, argv) == 0
+    held, pool = [], set()
+    for fold in range(3):
+        with open(runs / "cv" / f"fold_{fold}" / "version_0" / "split.tsv") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        held += [r["subject"] for r in rows if r["split"] == "test"]
+        pool |= {r["subject"] for r in rows}
+    # every subject of the folds (the demo's own test subjects stay out) held out exactly once
+    assert sorted(held) == sorted(pool) and len(pool) >= 3
+    capsys.readouterr()
+    assert run_main(fit.main, argv) == 0  # all finished: nothing runs again
+    assert capsys.readouterr().out.count("finished in") == 3
+    assert not (runs / "cv" / "fold_0" / "version_1").exists()
+    assert run_main(compare.main, [str(runs / "cv"), "--out", str(tmp_path / "cmp")]) == 0
+    pooled = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| pooled | "))
+    assert pooled.split("|")[3].strip() == str(len(pool))
