@@ -95,3 +95,9 @@ def test_split_table_round_trip(tmp_path):
     table = read_split_table(write_split_table(tmp_path, splits))
     assert {s for s, (site, split) in table.items() if split == "test"} == {r.subject for r in splits["test"]}
     assert {site for site, split in table.values() if split == "test"} == {"b"}
+
+
+def test_by_subject_folds_stay_even_when_sites_do_not_divide():
+    """Dealing continues across sites: three sites of 3 in 2 folds give 5 and 4, not 6 and 3."""
+    sizes = Counter(assign_folds(records({"a": 3, "b": 3, "c": 3}), 2, "subject", seed=0).values())
+    assert sorted(sizes.values()) == [4, 5]
