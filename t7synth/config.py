@@ -197,6 +197,9 @@ class TrainerConfig:
     ``accumulate_grad_batches``: micro-batches per optimiser step (gradient
     accumulation); ``null`` is one on the CPU and, on GPUs, the fewest that fit in
     memory by ``fit``'s estimate (:mod:`t7synth.training.memory`).
+    ``nonfinite_patience``: an optimiser step with a non-finite loss or gradient is
+    skipped and counted (``train/skipped_steps``); this many in a row stop the run with
+    one line naming the step (:mod:`t7synth.training.nonfinite`).
     """
 
     max_epochs: int = 10
@@ -206,6 +209,7 @@ class TrainerConfig:
     limit_val_subjects: int | None = None
     test_checkpoint: Literal["best", "last"] = "best"
     accumulate_grad_batches: int | None = None
+    nonfinite_patience: int = 10
 
     def __post_init__(self) -> None:
         # One spelling of "follow the hardware", so that a checkpoint written with
@@ -405,6 +409,7 @@ RESUMABLE_KEYS = (
     "seed",
     "trainer.max_epochs",
     "trainer.log_every_n_steps",
+    "trainer.nonfinite_patience",
     "data.num_workers",
     "data.inference_batch_size",
     "wandb.*",
@@ -460,6 +465,7 @@ def validate(config: Config) -> None:
         "trainer.max_epochs": trainer.max_epochs,
         "trainer.val_every": trainer.val_every,
         "trainer.log_every_n_steps": trainer.log_every_n_steps,
+        "trainer.nonfinite_patience": trainer.nonfinite_patience,
         "data.demo_subjects": data.demo_subjects,
     }
     if trainer.accumulate_grad_batches is not None:

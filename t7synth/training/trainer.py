@@ -19,6 +19,7 @@ from pathlib import Path
 
 from t7synth.errors import UserError
 from t7synth.training.launch import RUN_DIR_ENV, detect_launch
+from t7synth.training.nonfinite import NonFiniteGuard
 from t7synth.training.precision import resolve_precision
 from t7synth.training.run_dir import resolve_run_dir
 
@@ -175,6 +176,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
 
     model = module_class(config.to_dict())
     best, last = checkpoint_callbacks(run_dir)
+    guard = NonFiniteGuard(config.trainer.nonfinite_patience)
     result = FitResult(run_dir)
     with _quiet_known_warnings():
         trainer = pl.Trainer(
@@ -185,6 +187,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
                 best,
                 last,
                 DataStreamCheck(config.seed),
+                guard,
                 pl.callbacks.LearningRateMonitor("epoch"),
                 ProgressPlot(run_dir, f"{config.name}/{run_dir.name} ({config.model.name})"),
                 # tqdm, not rich: it also reads well in log files and CI output.
@@ -208,6 +211,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             enable_model_summary=False,
         )
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        guard.check()  # a run stopped by non-finite steps ends in its one line, untested
         if options.fast_dev_run:
             if trainer.is_global_zero:
                 result.report = f"fast dev run finished: {run_dir}"
