@@ -86,7 +86,9 @@ def wandb_run_id(run_dir: Path) -> str:
     """The run's W&B id, created once and kept in the run directory."""
     path = run_dir / WANDB_ID_FILE
     if path.is_file():
-        return path.read_text().strip()
+        from t7synth.textfiles import read_text
+
+        return read_text(path).strip()
     import secrets
 
     run_id = secrets.token_hex(4)
