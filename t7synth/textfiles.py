@@ -14,7 +14,8 @@ naming the file, instead of a ``UnicodeDecodeError``, ``RecursionError`` or
   no memory.
 * **Encoding.** UTF-8, with a byte-order mark accepted (spreadsheet programs write
   one); a UTF-16 or UTF-32 byte-order mark declares those encodings (Windows
-  "Unicode text" exports). Tables (``legacy=True``) that are not UTF-8 are read as
+  "Unicode text" exports). Tables people edit (``legacy=True``: ``--pairs``,
+  ``participants.tsv``) that are not UTF-8 are read as
   Windows-1252, the superset of Latin-1 that European spreadsheet programs write, when
   every byte decodes and the result is text: accented names in a clinic's table read
   right. YAML (YAML 1.2, section 5.2) and JSON (RFC 8259, section 8.1) are Unicode by
@@ -306,7 +307,7 @@ def read_table(
     delimiter: str = ",",
     complete: bool = True,
     max_bytes: int = TABLE_LIMIT,
-    legacy: bool = True,
+    legacy: bool = False,
 ) -> Table:
     """A CSV or TSV file, read whole through :func:`read_text` and :mod:`csv`.
 
@@ -318,7 +319,9 @@ def read_table(
             reader of a file being rewritten, e.g. a running trial's ``metrics.csv``,
             passes ``False`` and skips such rows itself).
         max_bytes: the size limit.
-        legacy: read a non-UTF-8 table as Windows-1252 text (see the module docstring).
+        legacy: read a non-UTF-8 table as Windows-1252 text (see the module docstring):
+            for tables people edit in spreadsheet programs (``--pairs``,
+            ``participants.tsv``), never for the tables t7synth writes itself.
 
     Raises:
         UserError: see :func:`read_text`; a malformed table (an unclosed quote, a cell

@@ -137,7 +137,7 @@ def read_participants(table: Path) -> list[dict[str, str]]:
         UserError: naming the table and the bad column or value.
     """
     # UTF-8 (with the byte-order mark spreadsheet programs write), else Windows-1252 text.
-    read = read_table(table, delimiter="\t", complete=False)
+    read = read_table(table, delimiter="\t", complete=False, legacy=True)
     if "participant_id" not in read.fieldnames:
         raise UserError(f"{table} has no participant_id column (columns: {read.fieldnames or None})")
     rows = [row for row in read.rows if (row.get("participant_id") or "").strip()]

@@ -279,7 +279,7 @@ def plan_from_table(table: Path) -> tuple[list[RawSubject], list[str]]:
         raise UserError(f"{table}: a pairs table is .tsv or .csv")
     # UTF-8 (a byte-order mark accepted), else the Windows-1252 a European spreadsheet
     # program writes: accented names read right; binary or other bytes are one line.
-    read = read_table(table, delimiter=delimiters[table.suffix.lower()], complete=False)
+    read = read_table(table, delimiter=delimiters[table.suffix.lower()], complete=False, legacy=True)
     header = [name.strip() for name in read.fieldnames]
     missing = [name for name in FILE_COLUMNS[:3] if name not in header]
     if missing:

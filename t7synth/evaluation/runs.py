@@ -517,8 +517,11 @@ def compare(
     table = markdown_table(entries)
     section = differences_markdown(runs, differences)
     from t7synth.files import atomic_paths, check_writable, remove_stale_temporaries
-    from t7synth.plotting import save_curves
+    from t7synth.plotting import read_metrics, save_curves
 
+    for run in runs:  # a damaged metrics.csv is refused now, before anything is written
+        if run.metrics is not None:
+            read_metrics(run.metrics)
     check_writable(out)
     remove_stale_temporaries(out)
     finals = [out / name for name in ("comparison.md", "comparison.csv", "comparison.png", "curves.png")]
