@@ -212,3 +212,35 @@ def test_prepare_refuses_an_unreadable_pairs_table_in_one_line(tmp_path, capsys,
     table.write_bytes(content)
     argv = ["--pairs", str(table), "--out", str(tmp_path / "prepared"), "--no-register", "--no-progress"]
     _refused(tmp_path, capsys, prepare.main, argv, expected)
+
+
+# -- prepare --raw: BIDS sidecars and participants.tsv ------------------------------------
+def _raw_bids(root: Path, sidecar: bytes, participants: bytes) -> Path:
+    """One subject in two neutral sessions; the sidecars tell the field strength."""
+    source, target, _ = make_pair((20, 24, 18))
+    for session, array, content in (("01", source, b'{"MagneticFieldStrength": 2.89}'), ("02", target, sidecar)):
+        path = write_nifti(root / "sub-01" / f"ses-{session}" / "anat" / f"sub-01_ses-{session}_T1w.nii.gz", array)
+        path.with_name(f"sub-01_ses-{session}_T1w.json").write_bytes(content)
+    (root / naming.PARTICIPANTS).write_bytes(participants)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "expected"),
+    [(DEEP_JSON.encode(), "nests lists or mappings more than 64 levels deep"), (PNG, "is binary")],
+    ids=["deep", "binary"],
+)
+def test_prepare_refuses_a_hostile_bids_sidecar_in_one_line(tmp_path, capsys, sidecar, expected):
+    raw = _raw_bids(tmp_path / "raw", sidecar, b"participant_id\tsplit\nsub-01\ttest\n")
+    argv = ["--raw", str(raw), "--out", str(tmp_path / "prepared"), "--no-register", "--no-progress"]
+    _refused(tmp_path, capsys, prepare.main, argv, "sub-01_ses-02_T1w.json", expected)
+
+
+def test_prepare_reads_a_latin1_participants_table_of_a_raw_dataset(tmp_path, capsys):
+    participants = "participant_id\tsplit\tsite\nsub-01\ttest\tUniversitätsspital Zürich\n".encode("latin-1")
+    raw = _raw_bids(tmp_path / "raw", b'{"MagneticFieldStrength": 6.98}', participants)
+    out = tmp_path / "prepared"
+    status = run_main(prepare.main, ["--raw", str(raw), "--out", str(out), "--no-register", "--no-progress"])
+    assert status == 0, capsys.readouterr().err
+    text = (out / naming.PARTICIPANTS).read_text(encoding="utf-8")
+    assert "Universitätsspital Zürich" in text
