@@ -346,6 +346,12 @@ def read_table(
     return table
 
 
+def _shown(text: Any) -> str:
+    # A damaged cell can be megabytes long: an error line shows its start.
+    shown = repr(text)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def parse_number(text: Any, what: str, finite: bool = True) -> float:
     """A table cell as a float: never NaN; infinite only where ``finite`` is ``False``
     (a perfect prediction's PSNR is infinite, an epoch never is).
@@ -361,11 +367,11 @@ def parse_number(text: Any, what: str, finite: bool = True) -> float:
     try:
         value = float(text.strip() if isinstance(text, str) else text)
     except (TypeError, ValueError):
-        raise UserError(f"{what} is not a number: {text!r}") from None
+        raise UserError(f"{what} is not a number: {_shown(text)}") from None
     if math.isnan(value):
-        raise UserError(f"{what} is not a number: {text!r}")
+        raise UserError(f"{what} is not a number: {_shown(text)}")
     if finite and math.isinf(value):
-        raise UserError(f"{what} must be a finite number, not {text!r}")
+        raise UserError(f"{what} must be a finite number, not {_shown(text)}")
     return value
 
 
@@ -378,7 +384,7 @@ def parse_int(text: Any, what: str, minimum: int = 0) -> int:
     """
     value = parse_number(text, what)
     if not value.is_integer():
-        raise UserError(f"{what} must be a whole number, not {text!r}")
+        raise UserError(f"{what} must be a whole number, not {_shown(text)}")
     if value < minimum:
-        raise UserError(f"{what} must be at least {minimum}, not {text!r}")
+        raise UserError(f"{what} must be at least {minimum}, not {_shown(text)}")
     return int(value)

@@ -214,3 +214,9 @@ def test_a_minimum_above_zero():
 
 def test_the_limits_are_what_the_docs_say():
     assert textfiles.MAX_DEPTH == 64 and textfiles.TEXT_LIMIT == 16 * 2**20 and textfiles.TABLE_LIMIT == 256 * 2**20
+
+
+def test_a_long_bad_cell_is_shown_cut_short_on_one_line():
+    with pytest.raises(UserError) as error:
+        parse_int("x" * 100_000 + "\n2", "epoch")
+    assert len(str(error.value)) < 100 and "\n" not in str(error.value) and str(error.value).endswith("...")
