@@ -25,7 +25,7 @@ from t7synth.data import naming
 from t7synth.inference import package
 
 #: Tens of thousands of nested lists: Python's parsers raise RecursionError on these.
-DEEP = 50_000
+DEEP = 20_000
 DEEP_YAML = "name: deep\nmodel: " + "[" * DEEP + "]" * DEEP + "\n"
 DEEP_JSON = "[" * DEEP + "]" * DEEP
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01"
@@ -117,7 +117,7 @@ def test_compare_refuses_a_damaged_study_folder_in_one_line(tmp_path, capsys, tr
 
 
 def test_compare_reads_a_trial_whose_trial_json_is_hostile_as_a_plain_run(tmp_path, capsys):
-    # trial.json only labels a run; an unreadable one (here nested 50 000 deep) makes it a fit run.
+    # trial.json only labels a run; an unreadable one (here nested 20 000 deep) makes it a fit run.
     study = _study(tmp_path / "study", "number,rank,run_dir\n0,1.0,RUN\n", trial_json=DEEP_JSON)
     assert run_main(compare.main, [str(study), "--out", str(tmp_path / "cmp")]) == 0, capsys.readouterr().err
     assert "| demo/version_0 | unet | 1 |" in (tmp_path / "cmp" / "comparison.md").read_text()
