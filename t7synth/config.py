@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from t7synth.errors import UserError
+from t7synth.textfiles import MAX_DEPTH, check_nesting, read_yaml
 
 
 @dataclass
@@ -274,20 +275,11 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with one clear error line for a missing or malformed file."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    from t7synth.files import read_text
-
-    text = read_text(path)  # UTF-8, a byte-order mark accepted; another encoding is one line
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UserError(f"config file {path} is not valid YAML{where}") from None
+    # Size, encoding (UTF-8, a byte-order mark accepted) and nesting are checked there.
+    data = read_yaml(path, f"config file {path}") or {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
     return data
@@ -304,7 +296,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    return key.strip(), value
+    except RecursionError:  # tens of thousands of brackets: deeper than any nesting check allows
+        raise UserError(f"--set {key.strip()}: the value nests lists more than {MAX_DEPTH} levels deep") from None
+    return key.strip(), check_nesting(value, f"--set {key.strip()}")
 
 
 def parse_override(text: str) -> dict[str, Any]:
