@@ -201,6 +201,9 @@ class TrainerConfig:
     ``nonfinite_patience``: an optimiser step with a non-finite loss or gradient is
     skipped and counted (``train/skipped_steps``); this many in a row stop the run with
     one line naming the step (:mod:`t7synth.training.nonfinite`).
+    ``join_timeout``: seconds a multi-node launch waits for nodes that cannot meet before
+    it stops with one line (:mod:`t7synth.training.join`; 0: wait as long as
+    ``torch.distributed`` does, 30 minutes under Lightning).
     """
 
     max_epochs: int = 10
@@ -211,6 +214,7 @@ class TrainerConfig:
     test_checkpoint: Literal["best", "last"] = "best"
     accumulate_grad_batches: int | None = None
     nonfinite_patience: int = 10
+    join_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         # One spelling of "follow the hardware", so that a checkpoint written with
@@ -404,6 +408,7 @@ RESUMABLE_KEYS = (
     "trainer.max_epochs",
     "trainer.log_every_n_steps",
     "trainer.nonfinite_patience",
+    "trainer.join_timeout",
     "data.num_workers",
     "data.inference_batch_size",
     "wandb.*",
@@ -481,6 +486,7 @@ def validate(config: Config) -> None:
         "seed": config.seed,
         "data.split_seed": data.split_seed,
         "data.demo_seed": data.demo_seed,
+        "trainer.join_timeout": trainer.join_timeout,
         **{
             f"loss.{f.name}": getattr(config.loss, f.name)
             for f in dataclasses.fields(LossConfig)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t7synth.errors import UserError
+from t7synth.training.join import JoinWatchdog
 from t7synth.training.launch import RUN_DIR_ENV, detect_launch
 from t7synth.training.nonfinite import NonFiniteGuard
 from t7synth.training.precision import resolve_precision
@@ -210,7 +211,8 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             fast_dev_run=options.fast_dev_run,
             enable_model_summary=False,
         )
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        with join_watchdog(trainer, options.nodes, rank_zero, config.trainer.join_timeout):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
         guard.check()  # a run stopped by non-finite steps ends in its one line, untested
         if options.fast_dev_run:
             if trainer.is_global_zero:
@@ -247,6 +249,18 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
         return result
 
 
+def join_watchdog(trainer, nodes: int, rank_zero: bool, timeout: float):
+    """A :class:`~t7synth.training.join.JoinWatchdog` for a run over several nodes, else nothing.
+
+    The address is the cluster environment's (SLURM's first node, torchrun's or
+    ``MASTER_ADDR``), read from the trainer's strategy as Lightning will use it.
+    """
+    if nodes < 2 or timeout <= 0:
+        return contextlib.nullcontext()
+    environment = trainer.strategy.cluster_environment
+    return JoinWatchdog(timeout, rank_zero, environment.main_address, environment.main_port, nodes)
+
+
 def _check_nodes(nodes: int, launch) -> None:
     """Refuse ``--nodes N`` that nothing would start, rather than wait for it forever.
 
@@ -263,12 +277,10 @@ def _check_nodes(nodes: int, launch) -> None:
             f"srun or torchrun, or set MASTER_ADDR, MASTER_PORT and NODE_RANK (0 to {nodes - 1}) on each yourself"
         )
     if launch.rank_zero:
-        import sys
-
         print(
             f"note: waiting for the other {nodes - 1} node(s) to join at {os.environ['MASTER_ADDR']}:"
             f"{os.environ.get('MASTER_PORT', '?')} (started by hand with NODE_RANK 1 to {nodes - 1}); "
-            "Lightning gives up after 30 minutes",
+            "stops after trainer.join_timeout seconds if they cannot meet",
             file=sys.stderr,
         )
 
