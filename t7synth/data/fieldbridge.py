@@ -49,7 +49,8 @@ from tqdm.auto import tqdm
 from t7synth.data import naming
 from t7synth.data.volumes import check_pair, load_volume, write_nifti
 from t7synth.errors import UserError
-from t7synth.files import atomic_dir, atomic_path, check_writable, read_text, remove_stale_temporaries
+from t7synth.files import atomic_dir, atomic_path, check_writable, remove_stale_temporaries
+from t7synth.textfiles import read_json, read_table
 
 #: The columns of FieldBridge's ``pairs.tsv`` this reader needs.
 COLUMNS = (
@@ -154,13 +155,14 @@ def read_plan(root: Path, sources: list[str] | None = None) -> Plan:
     """
     root = Path(root).expanduser()
     table = find_table(root)
-    reader = csv.DictReader(read_text(table).splitlines(), delimiter="\t")
-    header = [name.strip() for name in reader.fieldnames or []]
+    # The guarded reader (size, encoding, binary content): one line naming the table.
+    read = read_table(table, delimiter="\t", complete=False, legacy=True)
+    header = [(name or "").strip() for name in read.fieldnames]
     missing = [name for name in COLUMNS if name not in header and name != "fieldbridge_id"]
     if missing:
         raise UserError(f"{table} has no column {', '.join(missing)} (columns: {', '.join(header) or 'none'})")
     rows = []
-    for line, raw in enumerate(reader, start=2):
+    for line, raw in zip(read.lines, read.rows, strict=True):
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k}
         if any(row.values()):
             rows.append((line, row))
@@ -249,9 +251,12 @@ def _record_path(out: Path, subject: str) -> Path:
 
 
 def _read_record(out: Path, subject: str) -> dict | None:
+    path = _record_path(out, subject)
+    if not path.is_file():
+        return None
     try:
-        record = json.loads(_record_path(out, subject).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        record = read_json(path)
+    except UserError:  # damaged: the subject is prepared again
         return None
     return record if isinstance(record, dict) else None
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from t7synth.data.layout import SubjectRecord
 from t7synth.errors import UserError
 from t7synth.files import atomic_path
+from t7synth.textfiles import read_table
 
 #: The run folder's table of who was in which split (``subject, site, split``).
 SPLIT_FILE = "split.tsv"
@@ -158,8 +159,7 @@ def read_split_table(path: Path) -> dict[str, tuple[str, str]]:
     path = Path(path)
     if not path.is_file():
         return {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        if not {"subject", "site", "split"} <= set(reader.fieldnames or []):
-            raise UserError(f"{path} has no subject, site and split columns")
-        return {row["subject"]: (row["site"], row["split"]) for row in reader}
+    table = read_table(path, delimiter="\t")
+    if not {"subject", "site", "split"} <= set(table.fieldnames):
+        raise UserError(f"{path} has no subject, site and split columns")
+    return {row["subject"]: (row["site"], row["split"]) for row in table.rows}
