@@ -147,3 +147,14 @@ def test_first_validation_equals_the_source_models(tmp_path, dataset):
     steps = [s["step"] for s in state["optimizer_states"][0]["state"].values()]
     source_steps = [s["step"] for s in source_state["optimizer_states"][0]["state"].values()]
     assert float(steps[0]) == float(source_steps[0]) and state["epoch"] == 0
+
+
+def test_a_gan_starts_from_a_unet_generator(tmp_path):
+    """The GAN U-Net's generator is the U-Net's network: --init from a U-Net checkpoint
+    fills it, and its critic is left to start at random."""
+    module = source_module()
+    checkpoint = save_checkpoint(tmp_path / "unet.ckpt", module)
+    config = resolve("gan_unet", None, list(TINY_UNET))
+    weights = initial_weights(checkpoint, config)
+    assert same(weights, module)
+    assert config.model.init == str(checkpoint.resolve())
