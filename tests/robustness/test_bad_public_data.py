@@ -34,6 +34,10 @@ def _empty_table(root):
     (root / "metadata" / "pairs.tsv").write_text("")
 
 
+def _binary_table(root):
+    (root / "metadata" / "pairs.tsv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
+
+
 def _only_t2w(root):
     table = root / "metadata" / "pairs.tsv"
     lines = table.read_text().splitlines()
@@ -47,6 +51,7 @@ def _only_t2w(root):
         (_no_column, [], "no column relative_path"),
         (_empty_table, [], "no column"),
         (_only_t2w, [], "no T1W 3T/7T pair"),
+        (_binary_table, [], "pairs.tsv"),
         (None, ["--sources", "mars"], "--sources mars"),
         (None, ["--jobs", "0"], "--jobs 0"),
         (None, ["--voxel-size", "-1"], "--voxel-size -1"),
