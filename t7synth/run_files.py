@@ -25,7 +25,6 @@ summary :data:`EVALUATE_SCORES_FILE` and its per-subject :data:`EVALUATE_SUBJECT
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -35,8 +34,10 @@ from typing import Any
 import numpy as np
 
 from t7synth.config import load_yaml, save_yaml
+from t7synth.errors import UserError
 from t7synth.files import atomic_path
 from t7synth.scores import REPORT_COLUMNS, format_report
+from t7synth.textfiles import parse_int, read_json, read_table
 
 CONFIG_FILE = "config.yaml"
 ENVIRONMENT_FILE = "environment.yaml"
@@ -109,10 +110,12 @@ def write_trial_record(run_dir: Path, record: dict) -> Path:
 
 
 def read_trial_record(run_dir: Path) -> dict:
-    """``run_dir/trial.json`` as a dict; empty when the run is no sweep trial (or it is unreadable)."""
+    """``run_dir/trial.json`` as a dict; empty when the run is no sweep trial (or it is
+    unreadable: damaged, binary, or nested too deep, all refused by :func:`~t7synth.textfiles.read_json`)."""
+    path = Path(run_dir) / TRIAL_FILE
     try:
-        record = json.loads((Path(run_dir) / TRIAL_FILE).read_text())
-    except (OSError, ValueError):
+        record = read_json(path) if path.is_file() else {}
+    except UserError:
         return {}
     return record if isinstance(record, dict) else {}
 
@@ -122,24 +125,31 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
     """The rows of a Lightning ``metrics.csv``, values as floats (``nan`` where empty).
 
     Lightning's CSV logger rewrites the file when a new column appears, so a read can
-    meet a half-written file (a sweep reads it while the trial runs); rows that do not
-    parse are dropped and read again at the next call.
+    meet a half-written file (a sweep reads it while the trial runs); cells that do not
+    parse are read as ``nan`` and read again at the next call. An epoch is never cut
+    to a fraction or infinity, so such an epoch is a damaged file.
+
+    Raises:
+        UserError: a binary or non-UTF-8 file, or an epoch that is not a whole number
+            of at least zero, naming the file and line.
     """
-    rows = []
-    try:
-        with open(path, newline="") as handle:
-            for row in csv.DictReader(handle):
-                parsed = {}
-                for key, value in row.items():
-                    if key is None:
-                        continue
-                    try:
-                        parsed[key] = float(value) if value not in ("", None) else math.nan
-                    except ValueError:
-                        parsed[key] = math.nan
-                rows.append(parsed)
-    except (FileNotFoundError, csv.Error):
+    if not Path(path).is_file():
         return []
+    table = read_table(path, complete=False)
+    rows = []
+    for line, row in zip(table.lines, table.rows):
+        parsed = {}
+        for key, value in row.items():
+            if key is None:
+                continue
+            if key == "epoch" and value not in ("", None):
+                parsed[key] = float(parse_int(value, f"{path}, line {line}: epoch"))
+                continue
+            try:
+                parsed[key] = float(value) if value not in ("", None) else math.nan
+            except ValueError:
+                parsed[key] = math.nan
+        rows.append(parsed)
     # Lightning's LearningRateMonitor logs at an epoch's start without the epoch
     # column; such a row belongs to the epoch of the next row that has one.
     following = math.nan

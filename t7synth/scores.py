@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from t7synth.errors import UserError
-from t7synth.files import atomic_path, read_text
+from t7synth.files import atomic_path
+from t7synth.textfiles import parse_number, read_table
 
 #: Row kinds, in table order: the model, then the references.
 #: Spatial frequency (cycles per voxel; 0.5 is Nyquist) above which energy counts as
@@ -241,34 +242,14 @@ def read_rows(scores: Path) -> list[dict[str, str]]:
     Raises:
         UserError: naming the file, the line and the cell.
     """
-    import io
-
-    reader = csv.DictReader(io.StringIO(read_text(scores), newline=""))
-    try:
-        needed = {"model", "subject", *DISPLAY_ORDER}
-        if not reader.fieldnames or not needed <= set(reader.fieldnames):
-            raise UserError(f"{scores} lacks columns {sorted(needed - set(reader.fieldnames or []))}")
-        rows = []
-        for row in reader:
-            if None in row.values() or None in row:
-                raise UserError(
-                    f"{scores}, line {reader.line_num}: {len(reader.fieldnames)} cells expected, the row has a "
-                    "different number"
-                )
-            for name in DISPLAY_ORDER:
-                try:
-                    value = float(row[name])
-                except ValueError:
-                    raise UserError(
-                        f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}"
-                    ) from None
-                if math.isnan(value):
-                    raise UserError(
-                        f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}"
-                    )
-            rows.append(row)
-    except csv.Error as error:
-        raise UserError(f"{scores}, line {reader.line_num}: {error}") from None
+    table = read_table(scores)  # size, encoding, binary content, malformed or ragged rows: one line
+    needed = {"model", "subject", *DISPLAY_ORDER}
+    if not needed <= set(table.fieldnames):
+        raise UserError(f"{scores} lacks columns {sorted(needed - set(table.fieldnames))}")
+    rows = table.rows
+    for line, row in zip(table.lines, rows):
+        for name in DISPLAY_ORDER:
+            parse_number(row[name], f"{scores}, line {line}: {name} of {row['subject']}", finite=False)
     if not any(r["model"] == MODEL for r in rows):
         raise UserError(f"{scores} has no rows of the model")
     return rows
@@ -283,3 +264,11 @@ def summary_values(rows: Sequence[Mapping[str, Any]], stage: str = "test") -> di
             key = metric_key(stage, kind, name)
             values[key], values[f"{key}_sd"] = mean, sd
     return values
+
+
+def is_number(text: Any) -> bool:
+    """Whether ``text`` reads as a finite float."""
+    try:
+        return math.isfinite(float(text))
+    except (TypeError, ValueError):
+        return False

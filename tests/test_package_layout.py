@@ -23,7 +23,7 @@ MAX_COMMAND_LINES = 120
 #: A top-level module is its own "package" (``t7synth.config`` -> ``config``), a module in
 #: a stage package belongs to the package (``t7synth.data.volumes`` -> ``data``).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("t7synth", "errors", "files", "cli"),
+    ("t7synth", "errors", "files", "textfiles", "cli"),
     ("config", "scores"),
     ("run_files", "plotting"),
     ("data", "nets"),

@@ -67,6 +67,7 @@ from t7synth.scores import (
     mean_sd,
     read_rows,
 )
+from t7synth.textfiles import parse_int, read_table, read_text
 
 #: The columns a comparison shows, in order (every per-subject score file has them).
 COMPARED = DISPLAY_ORDER
@@ -180,7 +181,7 @@ def read_run(path: str | Path) -> Run:
         source,
         config,
         metrics=path / METRICS_FILE if source != "evaluate" and (path / METRICS_FILE).is_file() else None,
-        wandb_run=id_file.read_text().strip() if id_file.is_file() else "",
+        wandb_run=read_text(id_file).strip() if id_file.is_file() else "",
         wandb_project=wandb.get("project") or "t7synth",
         wandb_entity=wandb.get("entity"),
     )
@@ -194,14 +195,18 @@ def read_study(path: Path, trials: int) -> list[Run]:
     inside the study folder by its last two parts (``trial-NNNN/version_0``).
     """
     table = path / STUDY_TABLE_FILE
-    with open(table, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"rank", "run_dir"} <= set(reader.fieldnames):
-            raise UserError(
-                f"{table} has no rank and run_dir columns (an older sweep wrote it): run the sweep command again "
-                "to rewrite it"
-            )
-        ranked = sorted((row for row in reader if row["rank"].strip()), key=lambda row: int(float(row["rank"])))
+    study = read_table(table)
+    if not {"rank", "run_dir"} <= set(study.fieldnames):
+        raise UserError(
+            f"{table} has no rank and run_dir columns (an older sweep wrote it): run the sweep command again "
+            "to rewrite it"
+        )
+    ranks = {
+        id(row): parse_int(row["rank"], f"{table}, line {line}: rank", minimum=1)
+        for line, row in zip(study.lines, study.rows)
+        if row["rank"].strip()
+    }
+    ranked = sorted((row for row in study.rows if id(row) in ranks), key=lambda row: ranks[id(row)])
     if not ranked:
         raise UserError(f"{path}: no trial of the study is complete ({table}), so none was tested")
     runs = []
@@ -494,7 +499,11 @@ def compare(
     section = differences_markdown(runs, differences)
     from t7synth.files import atomic_paths, check_writable, remove_stale_temporaries
     from t7synth.plotting import save_curves
+    from t7synth.run_files import read_metrics
 
+    for run in runs:  # a damaged metrics.csv is refused now, before anything is written
+        if run.metrics is not None:
+            read_metrics(run.metrics)
     check_writable(out)
     remove_stale_temporaries(out)
     finals = [out / name for name in ("comparison.md", "comparison.csv", "comparison.png", "curves.png")]

@@ -47,6 +47,7 @@ from t7synth.scores import (
     summarise,
     write_rows,
 )
+from t7synth.training.precision import SCORING_LINE
 
 
 def settings_config(config_file: str | None = None, ckpt: str | None = None, model: str | None = None):
@@ -459,7 +460,8 @@ def evaluate(
     )
     write_config(out_dir, settings.to_dict())
     return (
-        format_summary(rows)
+        f"{SCORING_LINE}\n"
+        + format_summary(rows)
         + f"\nPer-subject scores: {files['scores']} (predictions only: {files['subjects']})"
         + f"\nSummary: {files['summary']}"
         + f"\nMontages: {out_dir / 'montages'}/<subject>.png"

@@ -13,8 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from t7synth.errors import UserError
 from t7synth.run_files import ENVIRONMENT_FILE
+from t7synth.textfiles import read_yaml
 from t7synth.training.launch import Launch
+from t7synth.training.precision import cpu_bf16, cpu_name
 
 #: Distributions whose versions ``environment.yaml`` records (absent ones are ``null``).
 RECORDED_PACKAGES = ("torch", "pytorch-lightning", "torchio", "monai", "numpy", "torchmetrics", "nibabel", "wandb")
@@ -77,6 +80,7 @@ def environment_record(
     launch: Launch,
     hardware: Mapping[str, Any],
     resumed_from: str | None,
+    precision=None,
     batch_plan: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """One launch's entry in ``environment.yaml`` (plain types only).
@@ -86,6 +90,8 @@ def environment_record(
         launch: how the process was started.
         hardware: the Trainer's accelerator arguments (see :func:`t7synth.training.hardware.trainer_hardware`).
         resumed_from: the checkpoint the launch resumed from, if any.
+        precision: the :class:`~t7synth.training.precision.PrecisionChoice` of the launch:
+            its precision, what was asked for and why, and the CPU's bf16 capability.
         batch_plan: the launch's :class:`~t7synth.data.batches.BatchPlan` as a dict.
     """
     import datetime
@@ -93,6 +99,7 @@ def environment_record(
     import torch
 
     devices = hardware.get("devices", 1)
+    native, native_bf16 = cpu_bf16()
     nodes = hardware.get("num_nodes", 1)
     cuda = None
     if torch.cuda.is_available():
@@ -114,6 +121,9 @@ def environment_record(
         "nodes": nodes,
         "world_size": int(devices) * int(nodes) if isinstance(devices, int) else None,
         "precision": hardware.get("precision"),
+        **(precision.record() if precision is not None else {}),
+        "cpu": cpu_name(),
+        "cpu_bf16": native_bf16 if native else f"none ({native_bf16})",
         "batch_plan": dict(batch_plan) if batch_plan is not None else None,
         "git_revision": git_revision(),
         "versions": package_versions(),
@@ -127,16 +137,14 @@ def write_environment(run_dir: Path, record: dict[str, Any]) -> Path:
     A resumed run adds an entry instead of overwriting, so the file tells which code
     and libraries produced each stretch of training.
     """
-    import yaml
-
     from t7synth.config import save_yaml
 
     path = run_dir / ENVIRONMENT_FILE
     launches: list = []
     if path.is_file():
-        try:
-            launches = list((yaml.safe_load(path.read_text()) or {}).get("launches") or [])
-        except (yaml.YAMLError, AttributeError):
+        try:  # a damaged record is started afresh: it describes, it decides nothing
+            launches = list((read_yaml(path) or {}).get("launches") or [])
+        except (UserError, AttributeError, TypeError):
             launches = []
     save_yaml({"launches": [*launches, record]}, path)
     return path

@@ -29,7 +29,9 @@ import socket
 import subprocess
 from pathlib import Path
 
-from t7synth.run_files import METRICS_FILE, per_epoch, read_metrics
+from t7synth.errors import UserError
+from t7synth.run_files import METRICS_FILE
+from t7synth.textfiles import read_table
 
 
 class TrialProcess:
@@ -80,9 +82,22 @@ class TrialProcess:
         can meet a half-written file; rows that do not parse are skipped and read again
         at the next call.
         """
-        rows = read_metrics(self.run_dir / METRICS_FILE)
-        epochs, values = per_epoch(rows, self.metric)
-        return {epoch: value for epoch, value in zip(epochs, values) if math.isfinite(value)}
+        path = self.run_dir / METRICS_FILE
+        found: dict[int, float] = {}
+        if not path.is_file():
+            return found
+        try:
+            rows = read_table(path, complete=False).rows
+        except UserError:  # damaged: the trial's fit reads the same file and ends on it with its own error
+            return found
+        for row in rows:
+            try:
+                value, epoch = float(row.get(self.metric) or "nan"), int(row.get("epoch") or "")
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(value) and epoch >= 0:
+                found[epoch] = value
+        return found
 
     def log_tail(self, lines: int = 5) -> str:
         """The last lines of the trial's log (progress-bar redraws collapsed), for errors."""
