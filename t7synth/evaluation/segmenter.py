@@ -232,7 +232,10 @@ class Segmenter:
                 )
             if not output.is_file() or output.stat().st_size == 0:
                 raise UserError(f"--segmenter {self.template!r} wrote no {{output}} for {path.name}")
-            labels_on_grid(output, (1, 1, 1), np.eye(4))  # readable and 3D, before it is cached
+            try:  # readable and 3D, before it is cached
+                labels_on_grid(output, (1, 1, 1), np.eye(4))
+            except UserError as error:
+                raise UserError(f"--segmenter {self.template!r} on {path.name}: {error}") from None
             with atomic_path(cached) as tmp:
                 shutil.copyfile(output, tmp)
         return cached
