@@ -40,7 +40,9 @@ from t7synth.evaluation.scores import (
     MODEL,
     SECTION_COLUMNS,
     display_names,
+    format_cell,
     format_report,
+    mean_sd,
     score_names,
     sort_rows,
     summarise,
@@ -467,18 +469,16 @@ class Evaluator:
             rows = [{k: v for k, v in r.items() if not k.startswith("seg_true_dice_")} for r in rows]
         return rows
 
-    def target_quality_note(self) -> str | None:
+    def target_quality_line(self) -> str | None:
         """The 7T's own CNR, CJV and SNR (mean ± SD over the subjects): what the rows'
         no-reference quality is read against."""
         if not self.target_quality:
             return None
-        from t7synth.evaluation.scores import format_cell, mean_sd
-
         cells = ", ".join(
             f"{name} {format_cell(name, *mean_sd([q[name] for q in self.target_quality]))}"
             for name in self.target_quality[0]
         )
-        return f"the 7T's own no-reference quality: {cells}"
+        return f"The 7T's own no-reference quality (the rows' CNR, CJV and SNR are read against it): {cells}"
 
 
 def write_results(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
@@ -573,9 +573,7 @@ def evaluate(
         data, config, perceptual=perceptual, ssim=ssim, lut=lut, pred_scale=pred_scale, segmenter=runner
     )
     rows = evaluator.run(predictions, split, pred_dir, out_dir, progress=progress)
-    quality_note = evaluator.target_quality_note()
-    if quality_note:
-        evaluator.note(quality_note)
+    target_quality = evaluator.target_quality_line()
     files = write_results(rows, out_dir)
     # The settings the scores were computed with, data.root the dataset scored: what
     # compare shows as config differences. Without --ckpt/--config these are the
@@ -590,6 +588,7 @@ def evaluate(
     save_yaml(settings.to_dict(), out_dir / "config.yaml")
     return (
         format_summary(rows)
+        + (f"\n{target_quality}" if target_quality else "")
         + f"\nPer-subject scores: {files['scores']} (predictions only: {files['metrics']})\nSummary: {files['summary']}"
         + f"\nMontages: {out_dir / 'montages'}/<subject>.png"
         + (f"\nPower spectra: {files['spectra']}" if files["spectra"] else "")

@@ -78,10 +78,12 @@ def test_evaluate_reproduces_fit_test_scores(dataset, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "identity (3T input)" in printed and "intensity LUT" in printed
+    assert "The 7T's own no-reference quality" in printed and "cnr " in printed
 
     rows = _read(out / "metrics.csv")
     # The structure scores follow the intensity ones; no dseg here, so no true-label Dice.
-    structure = [name for name in SECTION_COLUMNS if not name.startswith("dice_true_")]
+    # No --segmenter either, so no per-structure columns.
+    structure = [name for name in SECTION_COLUMNS if not name.startswith(("dice_true_", "seg_"))]
     assert list(rows[0]) == ["subject", *NAMES, *structure] and [r["subject"] for r in rows] == ["sub-004"]
     assert float(rows[0]["psnr_brain"]) == pytest.approx(float(fit_rows[("model", "sub-004")]["psnr_brain"]), abs=0.05)
     summary = {r["model"]: r for r in _read(out / "summary.csv")}
