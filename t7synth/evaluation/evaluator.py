@@ -19,7 +19,12 @@ site) and no checkpoint gets no LUT row, and a note says so.
 Every row carries the intensity scores (:mod:`~t7synth.evaluation.metrics`) and the
 structure scores (:mod:`~t7synth.evaluation.structure`: tissue segmentation agreement
 with the 7T's, and with the dataset's true tissue labels where it has ``dseg`` files;
-GMSD and the high-frequency energy ratio).
+MRIQC's no-reference CNR, CJV and SNR; GMSD and the high-frequency energy ratio); with
+``--segmenter`` also an external segmenter's per-structure agreement
+(:mod:`~t7synth.evaluation.segmenter`). A prediction must be on ``predict``'s [0, 1]
+scale, or ``--pred-scale percentile`` normalises it like the target
+(:meth:`Evaluator.prediction_on_grid`). The gain lines carry paired statistics
+(:mod:`~t7synth.evaluation.statistics`).
 
 Writes into ``--out`` (default ``<pred>/evaluation``): ``scores.csv`` (one row per
 subject and row kind, as ``fit``'s ``test_scores.csv``), ``metrics.csv`` (one row per
