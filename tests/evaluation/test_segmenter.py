@@ -229,3 +229,16 @@ def test_bad_templates_are_refused_before_anything_runs(tmp_path):
         segmenter_module.Segmenter(f"{sys.executable} x.py {{input}}")
     with pytest.raises(UserError, match="command not found: no-such-segmenter"):
         segmenter_module.Segmenter("no-such-segmenter --i {input} --o {output}")
+
+
+def test_labels_are_resampled_by_nearest_neighbour(tmp_path):
+    """Onto a grid shifted by 0.4 voxel: every voxel takes its nearest label, never a
+    blend (linear interpolation of 2 and 41 would invent label 18, the amygdala)."""
+    labels = np.zeros((6, 4, 4), dtype=np.int16)
+    labels[:3], labels[3:] = 2, 41
+    path = write_nifti(tmp_path / "l.nii.gz", labels, np.eye(4))
+    shifted = np.eye(4)
+    shifted[0, 3] = 0.4
+    resampled = segmenter_module.labels_on_grid(path, labels.shape, shifted)
+    assert set(np.unique(resampled)) <= {0, 2, 41}
+    assert np.array_equal(resampled[:5], labels[:5])  # x + 0.4 rounds back to x
