@@ -179,13 +179,19 @@ PRECISIONS = Literal[
     "64-true",
 ]
 
+#: What ``trainer.precision`` accepts: ``auto`` or one of Lightning's names.
+PRECISION_SETTINGS = Literal[("auto", *typing.get_args(PRECISIONS))]
+
 
 @dataclass
 class TrainerConfig:
     """Trainer settings that belong to the experiment (devices come from the CLI).
 
-    ``precision: null`` picks ``bf16-mixed`` on GPUs and ``32-true`` on the CPU;
-    otherwise one of Lightning's precision names (:data:`PRECISIONS`).
+    ``precision: auto`` (the default) follows the hardware: ``bf16-mixed`` where the GPU
+    or CPU computes bf16 natively, else ``16-mixed`` on GPUs and ``32-true`` on CPUs
+    (:mod:`t7synth.training.precision`); otherwise one of Lightning's precision names
+    (:data:`PRECISIONS`), obeyed as given. ``null`` (configs and checkpoints written
+    before ``auto`` existed) reads as ``auto``.
     ``test_checkpoint`` is the checkpoint ``fit`` tests after training: ``best`` (highest
     in-brain validation PSNR) or ``last`` (the final epoch's, which the authors released).
     ``accumulate_grad_batches``: micro-batches per optimiser step (gradient
@@ -194,12 +200,18 @@ class TrainerConfig:
     """
 
     max_epochs: int = 10
-    precision: PRECISIONS | None = None
+    precision: PRECISION_SETTINGS | None = "auto"
     val_every: int = 1
     log_every_n_steps: int = 10
     limit_val_subjects: int | None = None
     test_checkpoint: Literal["best", "last"] = "best"
     accumulate_grad_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        # One spelling of "follow the hardware", so that a checkpoint written with
+        # ``null`` resumes under today's default without a config difference.
+        if self.precision is None:
+            self.precision = "auto"
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.training.launch import Launch
+from t7synth.training.precision import cpu_bf16, cpu_name
 
 #: Distributions whose versions ``environment.yaml`` records (absent ones are ``null``).
 RECORDED_PACKAGES = ("torch", "pytorch-lightning", "torchio", "monai", "numpy", "torchmetrics", "nibabel", "wandb")
@@ -72,7 +73,7 @@ def git_revision(package_dir: str | Path | None = None) -> str | None:
 
 
 def environment_record(
-    seed: int, launch: Launch, hardware: Mapping[str, Any], resumed_from: str | None
+    seed: int, launch: Launch, hardware: Mapping[str, Any], resumed_from: str | None, precision=None
 ) -> dict[str, Any]:
     """One launch's entry in ``environment.yaml`` (plain types only).
 
@@ -81,12 +82,15 @@ def environment_record(
         launch: how the process was started.
         hardware: the Trainer's accelerator arguments (see :func:`t7synth.training.hardware.trainer_hardware`).
         resumed_from: the checkpoint the launch resumed from, if any.
+        precision: the :class:`~t7synth.training.precision.PrecisionChoice` of the launch:
+            its precision, what was asked for and why, and the CPU's bf16 capability.
     """
     import datetime
 
     import torch
 
     devices = hardware.get("devices", 1)
+    native, native_bf16 = cpu_bf16()
     nodes = hardware.get("num_nodes", 1)
     cuda = None
     if torch.cuda.is_available():
@@ -108,6 +112,9 @@ def environment_record(
         "nodes": nodes,
         "world_size": int(devices) * int(nodes) if isinstance(devices, int) else None,
         "precision": hardware.get("precision"),
+        **(precision.record() if precision is not None else {}),
+        "cpu": cpu_name(),
+        "cpu_bf16": native_bf16 if native else f"none ({native_bf16})",
         "git_revision": git_revision(),
         "versions": package_versions(),
         "cuda": cuda,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from t7synth.errors import UserError
 from t7synth.training.launch import RUN_DIR_ENV, detect_launch
+from t7synth.training.precision import resolve_precision
 from t7synth.training.run_dir import resolve_run_dir
 
 
@@ -124,8 +126,9 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     # included. Ranks that Lightning starts carry LOCAL_RANK/NODE_RANK, srun's and
     # torchrun's carry SLURM_PROCID/RANK.
     rank_zero = launch.rank_zero
+    precision = resolve_precision(config.trainer.precision, "cuda" if options.gpus else "cpu")
     hardware = trainer_hardware(
-        options.gpus, options.nodes, options.cpus, config.trainer.precision, module_class.FIND_UNUSED_PARAMETERS
+        options.gpus, options.nodes, options.cpus, precision.precision, module_class.FIND_UNUSED_PARAMETERS
     )
     _check_nodes(options.nodes, launch)
     # The batch split and, on GPUs, the memory plan: a config that cannot fit is refused
@@ -154,12 +157,15 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             datamodule.check_shardable(world)
             save_yaml(config.to_dict(), run_dir / "config.yaml")
             write_environment(
-                run_dir, environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None)
+                run_dir,
+                environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None, precision),
             )
     except BaseException:
         if rank_zero:
             discard_if_empty(run_dir, existed)
         raise
+    if rank_zero:  # after the checks: a refused fit prints its error line alone
+        print(precision.describe(), file=sys.stderr)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
     # Each epoch's training stream is then reseeded per rank by the data module.
