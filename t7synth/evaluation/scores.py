@@ -9,7 +9,9 @@ from per-subject *rows*::
 ``model`` is the row's kind: the model's synthetic 7T, or one of the two references
 scored beside it on the same subjects (the 3T input itself, and the intensity LUT
 fitted on the training subjects). Columns are described once in :data:`COLUMNS` (heading,
-direction, decimals), so a new measure added there shows up in every table.
+direction, decimals), so a new measure added there shows up in every table. Gains of the
+model over a reference are paired by subject, with a bootstrap interval and a Wilcoxon
+p-value (:func:`gain_line`, :mod:`~t7synth.evaluation.statistics`).
 """
 
 from __future__ import annotations
