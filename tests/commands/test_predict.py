@@ -190,7 +190,11 @@ def test_folder_with_a_corrupt_file(identity_checkpoint, tmp_path, capsys):
         ["--ckpt", str(identity_checkpoint("slab")), "--input", str(folder), "--output", str(out), "--no-progress"],
     )
     assert status != 0
-    assert sorted(p.name for p in out.iterdir()) == ["sub-001_T1w_synth7T.nii.gz", "sub-002_T1w_synth7T.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "qc.tsv",
+        "sub-001_T1w_synth7T.nii.gz",
+        "sub-002_T1w_synth7T.nii.gz",
+    ]
     naming = [line for line in capsys.readouterr().err.splitlines() if str(corrupt) in line]
     assert len(naming) == 1 and naming[0].startswith("error: cannot read")
 
