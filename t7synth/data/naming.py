@@ -161,6 +161,8 @@ def nifti_stem(path: Path) -> str:
 PLAIN_MASK_SUFFIX = "_mask.nii.gz"
 #: The quality table ``predict`` writes beside its outputs, one row per input.
 QC_TABLE = "qc.tsv"
+#: BIDS: the file listing what validators skip (``qc.tsv`` is no BIDS file).
+BIDSIGNORE = ".bidsignore"
 #: BIDS ``desc`` labels of ``predict --bids``'s outputs.
 SYNTHETIC_DESC = "synth7T"
 BRAIN_MASK_DESC = "brain"

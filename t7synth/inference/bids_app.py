@@ -14,7 +14,8 @@ T1w gives, under ``DERIV_DIR/sub-<l>[/ses-<s>]/anat/`` (the source's entities ke
 * ``..._desc-synth7Tsd_T1w.nii.gz``: the SD across models, when several are fused;
 
 and ``DERIV_DIR/dataset_description.json`` (``DatasetType: derivative``, ``GeneratedBy``,
-``DatasetLinks.raw``) and ``DERIV_DIR/qc.tsv``. A rerun skips a scan whose files are all
+``DatasetLinks.raw``), ``DERIV_DIR/qc.tsv`` and ``DERIV_DIR/.bidsignore`` (listing
+``qc.tsv``, which is no BIDS file, so validators pass). A rerun skips a scan whose files are all
 there (each is written atomically and the sidecar last, so they are complete).
 """
 
@@ -109,6 +110,19 @@ def bids_targets(root, output, participants=None, sessions=None, fused: bool = F
             }
         )
     return targets
+
+
+def write_bidsignore(root: Path) -> Path:
+    """``ROOT/.bidsignore`` listing ``qc.tsv`` (no BIDS file: validators would reject it),
+    keeping any lines already there; atomically."""
+    from t7synth.files import atomic_path
+
+    path = Path(root) / naming.BIDSIGNORE
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    if naming.QC_TABLE not in lines:
+        with atomic_path(path) as tmp:
+            tmp.write_text("\n".join([*lines, naming.QC_TABLE]) + "\n", encoding="utf-8")
+    return path
 
 
 def complete(job) -> bool:

@@ -327,7 +327,7 @@ def predict(
     names = [s.config.model.name for s in synthesisers]
     skipped: list[Job] = []
     if bids is not None:
-        from t7synth.inference.bids_app import RAW_LINK, bids_targets, complete, model_entries
+        from t7synth.inference.bids_app import RAW_LINK, bids_targets, complete, model_entries, write_bidsignore
 
         planned = [Job(**target) for target in bids_targets(bids, output, participant_labels, session_labels, fused)]
         jobs, skipped = [j for j in planned if not complete(j)], [j for j in planned if complete(j)]
@@ -356,6 +356,7 @@ def predict(
             Path(bids),
             link=RAW_LINK,
         )
+        write_bidsignore(output_root)
     elif Path(input).expanduser().is_dir() and is_dataset(Path(input).expanduser()):
         write_description(
             output_root,

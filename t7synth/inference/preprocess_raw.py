@@ -19,7 +19,8 @@ a quality row after it, on the scan's own grid.
    writes the JSON sidecar last (so a sidecar on disk means a complete output).
 
 A scan that keeps a mismatch with the training inputs (``--preprocess none`` on a
-full-head scan for a model trained on brains) is one warning line; so is a flagged row.
+full-head scan for a model trained on brains) is flagged ``preprocessing`` in its row;
+a flagged row is one warning line naming every flag.
 """
 
 from __future__ import annotations
@@ -129,11 +130,6 @@ class RawPipeline:
             stripped,
             n4,
         )
-        if self.record["fitted"] and self.record["skull_stripped"] == training.YES and not stripped:
-            self.warn(
-                f"{job.source}: a full-head scan (signal outside the brain) for a model trained on skull-stripped "
-                "brains; add --skull-strip (or --preprocess auto), or give its --mask"
-            )
         mask_file = job.brain_mask_output if (strip or job.brain_mask_output is not None) else None
         if mask_file is None and strip:
             from t7synth.data.naming import brain_mask_output

@@ -157,7 +157,10 @@ def warning_line(row: dict) -> str:
         ),
         "brain-volume": f"brain volume {_cell(row['brain_volume_ml'])} ml",
         "mask-touches-border": "brain mask touches the volume's border",
-        "preprocessing": "not skull-stripped, the model's training inputs were",
+        "preprocessing": (
+            "a full-head scan for a model trained on skull-stripped brains: add --skull-strip (or --preprocess auto)"
+            " or its --mask"
+        ),
     }
     names = row[FLAGS].split(",") if row.get(FLAGS) and row[FLAGS] != NO_FLAGS else []
     return f"{row['input']}: outside the training data ({'; '.join(details.get(n, n) for n in names)}); see qc.tsv"
