@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import make_pair
 from torch import nn
 
 from t7synth import predict, registry
@@ -176,3 +177,25 @@ def test_auto_extracts_for_a_model_trained_on_brains(runs):
     rows = [dict(zip(header, line.split("\t"))) for line in table[1:]]
     head_row = next(row for row in rows if row["input"] == str(runs["ras"]["head"]))
     assert head_row["skull_stripped"] == "true" and head_row["n4"] == "true"
+
+
+def test_full_head_without_extraction_warns_in_one_line(tmp_path, monkeypatch, capsys):
+    """``--preprocess none`` on a full-head scan for a model trained on skull-stripped
+    brains: the output is written, with one warning line and the row flagged."""
+    ckpt = stripped_model_checkpoint(tmp_path / "identity.ckpt", monkeypatch)
+    # A small brain inside a noisy "head" that fills the field of view (fast: no template).
+    brain = np.pad(make_pair((16, 18, 14), seed=1)[0], 4)
+    head = brain + np.where(brain > 0, 0.0, 0.4) + np.abs(np.random.default_rng(1).normal(0, 0.02, brain.shape))
+    source = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(head.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), source)
+    out = tmp_path / "head_synth7T.nii.gz"
+    argv = ["--ckpt", ckpt, "--input", str(source), "--output", str(out), "--preprocess", "none", "--no-progress"]
+    assert run_main(predict.main, argv) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, warnings
+    assert str(source) in warnings[0] and "trained on skull-stripped brains" in warnings[0]
+    assert "--skull-strip" in warnings[0]
+    header, row = (tmp_path / naming.QC_TABLE).read_text().splitlines()
+    flags = dict(zip(header.split("\t"), row.split("\t")))["flags"].split(",")
+    assert "preprocessing" in flags and "mask-touches-border" in flags
+    assert not naming.brain_mask_output(out).exists()  # nothing was extracted
