@@ -346,6 +346,9 @@ def predict(
     for folder in sorted({job.output.parent for job in jobs} | ({output_root} if bids is not None else set())):
         check_writable(folder)  # a read-only --output is one line now, not one per volume
         remove_stale_temporaries(folder)  # what a killed predict left
+    # Said once everything was checked: a refused command prints its error line alone.
+    for line in dict.fromkeys(s.precision.describe() for s in synthesisers):
+        print(line, file=sys.stderr)
     from t7synth.data.bids import write_description
 
     if bids is not None:
