@@ -50,17 +50,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         source, output = Path(folder) / "head.nii.gz", Path(folder) / "head_synth7T.nii.gz"
         nib.save(nib.Nifti1Image(scan.head, affine), source)
+        nib.save(nib.Nifti1Image(scan.mask.astype(np.uint8), affine), Path(folder) / "true_mask.nii.gz")
         pipeline.write(Job(source=source, output=output))
         head = np.asarray(nib.as_closest_canonical(nib.load(source)).dataobj, dtype=np.float32)
         mask = np.asarray(nib.as_closest_canonical(nib.load(brain_mask_output(output))).dataobj) > 0
         synthetic = np.asarray(nib.as_closest_canonical(nib.load(output)).dataobj, dtype=np.float32)
+        truth = np.asarray(nib.as_closest_canonical(nib.load(Path(folder) / "true_mask.nii.gz")).dataobj) > 0
+    dice = 2.0 * float((mask & truth).sum()) / float(mask.sum() + truth.sum())
     row = pipeline.rows[0]
     columns = [
         ("full-head input", head / np.percentile(head, 99.5), "gray", 1.0),
         ("deepbet mask", mask.astype(np.float32), "gray", 1.0),
         ("predict output", synthetic, "gray", 1.0),
     ]
-    title = f"oblique 1.5 mm full-head phantom; brain {row['brain_volume_ml']:.0f} ml (identity network)"
+    title = (
+        f"oblique 1.5 mm full-head phantom; brain {row['brain_volume_ml']:.0f} ml, "
+        f"Dice {dice:.3f} with the true mask (identity network)"
+    )
     print(save_panels(OUT, columns, mask, title))
 
 
