@@ -116,7 +116,8 @@ class RawPipeline:
             stripped = True
         else:
             inside = given if given is not None else volumes.brain_mask(job.source, array, affine)
-            stripped = qc.looks_skull_stripped(array, given, self.record)
+            # With a mask the network sees only the brain (normalised inside it, zero outside).
+            stripped = given is not None or qc.looks_skull_stripped(array, None, self.record)
         prepared = n4_correct(array, inside, spacing(affine)) if n4 else array
         prepared = np.where(inside, prepared, 0.0).astype(np.float32) if (strip or n4) else prepared
         row = qc.quality_row(

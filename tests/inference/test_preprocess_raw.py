@@ -199,3 +199,25 @@ def test_full_head_without_extraction_warns_in_one_line(tmp_path, monkeypatch, c
     flags = dict(zip(header.split("\t"), row.split("\t")))["flags"].split(",")
     assert "preprocessing" in flags and "mask-touches-border" in flags
     assert not naming.brain_mask_output(out).exists()  # nothing was extracted
+
+
+def test_a_given_mask_replaces_extraction(tmp_path, monkeypatch, capsys):
+    """A full-head scan with its ``--mask`` for a model trained on brains: ``auto`` does
+    not extract (the mask is the brain), no mask file is written, and the preprocessing
+    is not flagged."""
+    ckpt = stripped_model_checkpoint(tmp_path / "identity.ckpt", monkeypatch)
+    brain, _, mask = make_pair((16, 18, 14), seed=2)
+    head = np.pad(brain, 4) + np.where(np.pad(mask, 4) > 0, 0.0, 0.4)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    source, mask_file = tmp_path / "head.nii.gz", tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(head.astype(np.float32), affine), source)
+    nib.save(nib.Nifti1Image(np.pad(mask, 4), affine), mask_file)
+    out = tmp_path / "head_synth7T.nii.gz"
+    argv = ["--ckpt", ckpt, "--input", str(source), "--mask", str(mask_file), "--output", str(out), "--no-progress"]
+    assert run_main(predict.main, argv) == 0
+    assert "skull-stripped" not in capsys.readouterr().err
+    assert not naming.brain_mask_output(out).exists()
+    header, row = (tmp_path / naming.QC_TABLE).read_text().splitlines()
+    values = dict(zip(header.split("\t"), row.split("\t")))
+    assert values["skull_stripped"] == "true"
+    assert values["flags"] == "brain-volume"  # a 7 ml toy brain: the only flag
