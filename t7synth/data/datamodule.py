@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from t7synth.config import Config
 from t7synth.data import batches
+from t7synth.data.folds import fold_splits
 from t7synth.data.intensity_lut import fit_lut
 from t7synth.data.layout import SubjectRecord, assign_splits, discover
 from t7synth.data.preprocess import Preprocessing, load_or_preprocess
@@ -113,6 +114,7 @@ class PairedDataModule(pl.LightningDataModule):
             cache_dir = cache_root() / "preprocessed"
         self.cache_dir = Path(cache_dir)
         self.subjects: dict[str, list] = {}
+        self.split_records: dict[str, list[SubjectRecord]] = {}
         self.lut: torch.Tensor | None = None
         self.voxel_size: tuple[float, float, float] | None = None
         #: What the training inputs looked like (data/profile.py), after :meth:`setup`.
@@ -141,7 +143,12 @@ class PairedDataModule(pl.LightningDataModule):
             return
         records = discover(resolve_root(self.config))
         data = self.config.data
-        splits = assign_splits(records, data.val_fraction, data.test_fraction, data.split_seed)
+        if data.folds is None:
+            splits = assign_splits(records, data.val_fraction, data.test_fraction, data.split_seed)
+        else:  # one fold of a cross-validation (t7synth.data.folds)
+            splits = fold_splits(records, data.folds, data.fold, data.fold_by, data.val_fraction, data.split_seed)
+        #: The records of each split: split.tsv in the run folder (t7synth.data.folds).
+        self.split_records = splits
         self.subjects = {name: [self._subject(r) for r in recs] for name, recs in splits.items()}
         self.check_training_subjects()
         self.lut = fit_lut((s["source"].data, s["target"].data, s["mask"].data) for s in self.subjects["train"])

@@ -56,17 +56,22 @@ class FitResult:
     report: str | None = None
 
 
-def fit(config, options: FitOptions = FitOptions(), callbacks: Sequence = ()) -> FitResult:
+def fit(
+    config, options: FitOptions = FitOptions(), callbacks: Sequence = (), init_weights: dict | None = None
+) -> FitResult:
     """Fit ``config``, then test its ``trainer.test_checkpoint`` (best or last); see the module docstring.
 
     Args:
         config: the resolved :class:`~t7synth.config.Config`.
         options: hardware, resume, W&B and fast-dev-run settings.
         callbacks: extra Lightning callbacks (sweeps, tests), after t7synth's own.
+        init_weights: ``fit --init``: the generator's starting weights, already
+            checked against this config's network (``t7synth.inference.initial``);
+            loaded strictly into the freshly built model, before the optimiser exists.
     """
     inherited = os.environ.get(RUN_DIR_ENV)
     try:
-        return _fit(config, options, callbacks)
+        return _fit(config, options, callbacks, init_weights)
     finally:
         # Only the processes this run launches may inherit its folder, not a later
         # run in the same Python process (tests, sweeps).
@@ -109,13 +114,14 @@ def checkpoint_callbacks(run_dir: Path) -> tuple:
     return best, last
 
 
-def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
+def _fit(config, options: FitOptions, callbacks: Sequence, init_weights: dict | None = None) -> FitResult:
     import pytorch_lightning as pl
     import torch
 
     from t7synth import registry
     from t7synth.config import save_yaml
     from t7synth.data.datamodule import PairedDataModule
+    from t7synth.data.folds import write_split_table
     from t7synth.training.callbacks import AtomicCheckpointIO, DataStreamCheck, ProgressPlot, RunProgressBar
     from t7synth.training.hardware import trainer_hardware
     from t7synth.training.loggers import build_loggers, check_wandb_mode, log_test_results, wandb_mode
@@ -158,6 +164,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             datamodule.setup("fit")
             datamodule.check_shardable(world)
             save_yaml(config.to_dict(), run_dir / "config.yaml")
+            write_split_table(run_dir, datamodule.split_records)
             write_environment(
                 run_dir,
                 environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None, precision),
@@ -176,6 +183,9 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
         torch.set_float32_matmul_precision("high")
 
     model = module_class(config.to_dict())
+    if init_weights is not None and checkpoint is None:
+        # Fine-tuning: the given weights, a fresh optimiser, schedule and epoch counter.
+        model.generator().load_state_dict(init_weights, strict=True)
     best, last = checkpoint_callbacks(run_dir)
     guard = NonFiniteGuard(config.trainer.nonfinite_patience)
     result = FitResult(run_dir)
