@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from t7synth.errors import UserError
+from t7synth.textfiles import MAX_DEPTH, check_nesting, read_yaml
 
 
 @dataclass
@@ -88,6 +89,11 @@ class DataConfig:
     checkpoints use (``python -m t7synth.convert``): the scan's own array axes, the
     brain's box cropped and end-padded to ``shape``, the script's position tokens, the
     raw output (:mod:`t7synth.inference.official`). Training never reads it.
+
+    ``folds``, ``fold`` and ``fold_by`` select one fold of a cross-validation
+    (:mod:`t7synth.data.folds`): ``folds: null`` (default) splits by ``split``/fractions;
+    ``folds: K`` holds out fold ``fold`` (0..K-1) as the test split, by ``subject``
+    (balanced over sites) or by ``site`` (``folds: 0`` = one fold per site).
     """
 
     root: str | None = None
@@ -102,6 +108,9 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     split_seed: int = 0
+    folds: int | None = None
+    fold: int = 0
+    fold_by: Literal["subject", "site"] = "subject"
     batch_size: int = 8
     batch_scope: Literal["per_gpu", "global"] = "per_gpu"
     samples_per_volume: int = 16
@@ -122,6 +131,8 @@ class ModelConfig:
     ``discriminator`` configures the GAN's critic. ``position_divisor`` is the ``n`` of
     the slice-position token ``2 (j - mid) / n``: ``null`` divides by the preprocessed
     volume's slice count along ``geometry.axis``, the paper configs by the authors' 244.
+    ``init`` records where the starting weights of ``fit --init`` came from (the file);
+    ``null`` for weights initialised at random. Only ``fit --init`` sets it.
     """
 
     name: str = "unet"
@@ -130,6 +141,7 @@ class ModelConfig:
     residual: bool = False
     discriminator: dict[str, Any] = field(default_factory=dict)
     position_divisor: int | None = None
+    init: str | None = None
 
 
 @dataclass
@@ -197,6 +209,12 @@ class TrainerConfig:
     ``accumulate_grad_batches``: micro-batches per optimiser step (gradient
     accumulation); ``null`` is one on the CPU and, on GPUs, the fewest that fit in
     memory by ``fit``'s estimate (:mod:`t7synth.training.memory`).
+    ``nonfinite_patience``: an optimiser step with a non-finite loss or gradient is
+    skipped and counted (``train/skipped_steps``); this many in a row stop the run with
+    one line naming the step (:mod:`t7synth.training.nonfinite`).
+    ``join_timeout``: seconds a multi-node launch waits for nodes that cannot meet before
+    it stops with one line (:mod:`t7synth.training.join`; 0: wait as long as
+    ``torch.distributed`` does, 30 minutes under Lightning).
     """
 
     max_epochs: int = 10
@@ -206,6 +224,8 @@ class TrainerConfig:
     limit_val_subjects: int | None = None
     test_checkpoint: Literal["best", "last"] = "best"
     accumulate_grad_batches: int | None = None
+    nonfinite_patience: int = 10
+    join_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         # One spelling of "follow the hardware", so that a checkpoint written with
@@ -270,20 +290,11 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with one clear error line for a missing or malformed file."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    from t7synth.files import read_text
-
-    text = read_text(path)  # UTF-8, a byte-order mark accepted; another encoding is one line
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UserError(f"config file {path} is not valid YAML{where}") from None
+    # Size, encoding (UTF-8, a byte-order mark accepted) and nesting are checked there.
+    data = read_yaml(path, f"config file {path}") or {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
     return data
@@ -300,7 +311,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    return key.strip(), value
+    except RecursionError:  # tens of thousands of brackets: deeper than any nesting check allows
+        raise UserError(f"--set {key.strip()}: the value nests lists more than {MAX_DEPTH} levels deep") from None
+    return key.strip(), check_nesting(value, f"--set {key.strip()}")
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -405,6 +418,8 @@ RESUMABLE_KEYS = (
     "seed",
     "trainer.max_epochs",
     "trainer.log_every_n_steps",
+    "trainer.nonfinite_patience",
+    "trainer.join_timeout",
     "data.num_workers",
     "data.inference_batch_size",
     "wandb.*",
@@ -460,6 +475,7 @@ def validate(config: Config) -> None:
         "trainer.max_epochs": trainer.max_epochs,
         "trainer.val_every": trainer.val_every,
         "trainer.log_every_n_steps": trainer.log_every_n_steps,
+        "trainer.nonfinite_patience": trainer.nonfinite_patience,
         "data.demo_subjects": data.demo_subjects,
     }
     if trainer.accumulate_grad_batches is not None:
@@ -471,6 +487,10 @@ def validate(config: Config) -> None:
     for key, value in at_least_one.items():
         if value < 1:
             raise UserError(f"config key {key} must be at least 1, got {value}")
+    if data.folds is not None and (data.folds < 0 or (data.folds == 0 and data.fold_by != "site") or data.folds == 1):
+        raise UserError(f"config key data.folds must be at least 2 (or 0 with data.fold_by: site), got {data.folds}")
+    if data.fold < 0:
+        raise UserError(f"config key data.fold must be 0 or more, got {data.fold}")
     for key, value in {"optim.lr": optim.lr, "optim.d_lr": optim.d_lr, "optim.step_gamma": optim.step_gamma}.items():
         if not value > 0:
             raise UserError(f"config key {key} must be a positive number, got {value}")
@@ -481,6 +501,7 @@ def validate(config: Config) -> None:
         "seed": config.seed,
         "data.split_seed": data.split_seed,
         "data.demo_seed": data.demo_seed,
+        "trainer.join_timeout": trainer.join_timeout,
         **{
             f"loss.{f.name}": getattr(config.loss, f.name)
             for f in dataclasses.fields(LossConfig)

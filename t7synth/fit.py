@@ -8,6 +8,8 @@ Examples::
     python -m t7synth.fit --config experiments/demo_unet.yaml --resume last
     python -m t7synth.fit --model unet --config experiments/paper_unet.yaml --summary
     python -m t7synth.fit --config experiments/demo_unet.yaml --out /scratch/runs --print-config
+    python -m t7synth.fit --config experiments/public_loso_unet.yaml --data /data/public --fold all
+    python -m t7synth.fit --config experiments/public_finetune_unet.yaml --init unet_official.ckpt
 
 This module parses arguments, calls :func:`t7synth.training.trainer.fit` and prints;
 the training itself (run folders under DDP, checkpoints, loggers) lives in
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--name", help="experiment name: <out>/<name>/<version> (default: config file name)")
     add("--out", metavar="DIR", help="where runs go: DIR/<name>/<version> (config key runs_dir; default: runs)")
     add("--resume", metavar="last|PATH", help="continue from the last checkpoint of the experiment, or from a file")
+    add("--fold", metavar="I|all", help="cross-validation (data.folds): run fold I, or all folds not yet finished")
+    add("--init", metavar="FILE", help="start from the weights of a checkpoint, package or official file")
     add("--wandb", choices=["online", "offline", "disabled"], help="W&B mode (default: online with credentials)")
     add("--fast-dev-run", action="store_true", help="one training and one validation batch, then exit")
     add("--summary", action="store_true", help="print the parameter count, geometry and GPU memory plan, then exit")
@@ -82,7 +86,7 @@ def main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> int:
 
         print(model_summary(config, args.gpus * args.nodes if args.gpus else None))
         return 0
-    from t7synth.training.trainer import FitOptions, fit
+    from t7synth.training.trainer import FitOptions
 
     options = FitOptions(
         gpus=args.gpus,
@@ -93,9 +97,16 @@ def main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> int:
         fast_dev_run=args.fast_dev_run,
         deterministic=args.deterministic,
     )
-    result = fit(config, options, callbacks)
-    if result.report:
-        print(result.report)
+    init_weights = None
+    if args.init:
+        from t7synth.inference.initial import initial_weights
+
+        init_weights = initial_weights(args.init, config)
+    from t7synth.training.cross_validation import fit_runs
+
+    for result in fit_runs(config, options, callbacks, args.fold, init_weights):
+        if result.report:
+            print(result.report)
     return 0
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from t7synth.data import naming
 from t7synth.errors import UserError
+from t7synth.textfiles import read_json
 
 FIELDS = ("3T", "7T")
 #: A ``ses-``/``acq-`` label naming a field strength: ends in 3T or 7T, not after a digit.
@@ -102,10 +103,10 @@ def field_strength(path: Path, mapping: dict[tuple[str, str], str]) -> Scan:
             return Scan(path, f"{match.group(1)}T", f"{key}-{labels[key]}")
     sidecar = path.with_name(naming.nifti_stem(path) + ".json")
     if sidecar.is_file():
-        try:
-            value = json.loads(sidecar.read_text(encoding="utf-8")).get(naming.FIELD_STRENGTH_KEY)
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            raise UserError(f"{sidecar} is not a JSON object (a BIDS sidecar)") from None
+        content = read_json(sidecar)  # size, encoding, nesting: one line naming it
+        if not isinstance(content, dict):
+            raise UserError(f"{sidecar} is not a JSON object (a BIDS sidecar)")
+        value = content.get(naming.FIELD_STRENGTH_KEY)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             tesla = round(float(value))
             if f"{tesla}T" in FIELDS:
@@ -179,7 +180,9 @@ def find_scans(
     return source, target, masks[0] if masks else None
 
 
-def write_description(folder: Path, name: str, description: str, source: Path | None = None) -> Path:
+def write_description(
+    folder: Path, name: str, description: str, source: Path | None = None, link: str | None = None
+) -> Path:
     """``folder/dataset_description.json`` of a BIDS derivative dataset, atomically.
 
     Args:
@@ -187,6 +190,8 @@ def write_description(folder: Path, name: str, description: str, source: Path | 
         name: the dataset's ``Name``.
         description: what t7synth did, in ``GeneratedBy[0].Description``.
         source: the dataset it was made from (``SourceDatasets``, as a file URI).
+        link: also name ``source`` in ``DatasetLinks`` under this key, so sidecars can
+            point into it with BIDS URIs (``bids:<link>:sub-01/anat/...``).
     """
     import t7synth
     from t7synth.files import atomic_path
@@ -199,6 +204,8 @@ def write_description(folder: Path, name: str, description: str, source: Path | 
     }
     if source is not None:
         data["SourceDatasets"] = [{"URL": Path(source).expanduser().resolve().as_uri()}]
+        if link is not None:
+            data["DatasetLinks"] = {link: Path(source).expanduser().resolve().as_uri()}
     path = Path(folder) / naming.DATASET_DESCRIPTION
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

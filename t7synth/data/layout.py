@@ -8,7 +8,6 @@ that names the file.
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from t7synth.data import naming
 from t7synth.errors import UserError
+from t7synth.textfiles import read_table
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,9 @@ class SubjectRecord:
     ``None`` when the dataset leaves splitting to t7synth. ``dseg`` is the subject's
     optional tissue label map and ``dseg_table`` its look-up table (beside it, else the
     dataset's ``dseg.tsv``; ``None`` if neither exists), which ``evaluate`` scores
-    segmentations against (:mod:`t7synth.evaluation.segmentation`).
+    segmentations against (:mod:`t7synth.evaluation.segmentation`). ``site`` is the
+    ``site`` column (where the scans were acquired; ``None`` if absent), which
+    cross-validation by site holds out (:mod:`t7synth.data.folds`).
     """
 
     subject: str
@@ -39,6 +41,7 @@ class SubjectRecord:
     split: str | None = None
     dseg: Path | None = None
     dseg_table: Path | None = None
+    site: str | None = None
 
 
 def discover(root: str | Path) -> list[SubjectRecord]:
@@ -84,6 +87,7 @@ def discover(root: str | Path) -> list[SubjectRecord]:
                 split=split,
                 dseg=dseg if dseg.is_file() else None,
                 dseg_table=lookup if dseg.is_file() else None,
+                site=None if (row.get("site") or "").strip() in ("", "n/a") else row["site"].strip(),
             )
         )
     if not records:
@@ -136,18 +140,11 @@ def read_participants(table: Path) -> list[dict[str, str]]:
     Raises:
         UserError: naming the table and the bad column or value.
     """
-    import io
-
-    from t7synth.files import read_text
-
-    # UTF-8, with the byte-order mark spreadsheet programs write accepted.
-    reader = csv.DictReader(io.StringIO(read_text(table), newline=""), delimiter="\t")
-    try:
-        if not reader.fieldnames or "participant_id" not in reader.fieldnames:
-            raise UserError(f"{table} has no participant_id column (columns: {reader.fieldnames})")
-        rows = [row for row in reader if (row.get("participant_id") or "").strip()]
-    except csv.Error as error:
-        raise UserError(f"{table}, line {reader.line_num}: {error}") from None
+    # UTF-8 (with the byte-order mark spreadsheet programs write), else Windows-1252 text.
+    read = read_table(table, delimiter="\t", complete=False, legacy=True)
+    if "participant_id" not in read.fieldnames:
+        raise UserError(f"{table} has no participant_id column (columns: {read.fieldnames or None})")
+    rows = [row for row in read.rows if (row.get("participant_id") or "").strip()]
     seen = set()
     for row in rows:
         subject = row["participant_id"].strip()

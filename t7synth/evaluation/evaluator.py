@@ -53,7 +53,6 @@ from t7synth.evaluation.scores import (
     summarise,
     write_rows,
 )
-from t7synth.training.precision import SCORING_LINE
 
 #: The per-subject file ``evaluate`` writes, in the format of ``fit``'s ``test_scores.csv``.
 SCORES_FILE = "scores.csv"
@@ -66,6 +65,11 @@ PRED_SCALES = ("as-is", "percentile")
 #: while a scanner-scale image (hundreds) always is.
 SCALE_TOLERANCE = 0.1
 SCALE_PERCENTILES = (1.0, 99.0)
+
+#: ``evaluate``'s precision line (``fit`` and ``predict`` print theirs from
+#: :mod:`t7synth.training.precision`): it runs no synthesis network, and every score
+#: is computed in fp32.
+SCORING_LINE = "precision: 32-true (evaluate runs no synthesis network; every score is computed in fp32)"
 
 
 def settings_config(config_file: str | None = None, ckpt: str | None = None, model: str | None = None):

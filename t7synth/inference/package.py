@@ -44,6 +44,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from t7synth.errors import UserError
+from t7synth.textfiles import decode_text, loads_json, loads_yaml, read_table
 
 #: The manifest's ``format`` and the newest ``format_version`` this t7synth reads.
 FORMAT = "t7synth-model"
@@ -154,7 +155,6 @@ def read_package(path: str | Path, weights: bool = True) -> Package:
             format or a newer version, YAML or pickle content that is refused, weights
             whose SHA-256 differs from the manifest's, or a config that does not check.
     """
-    import yaml
 
     from t7synth.config import Config, validate
 
@@ -175,11 +175,9 @@ def read_package(path: str | Path, weights: bool = True) -> Package:
             raise UserError(f"{path} is not a model package: no {MANIFEST}{hint}")
         members = _check_member_names(path, archive.infolist())
         manifest = _parse_manifest(path, _read_member(path, archive, members, MANIFEST))
-        try:
-            raw_config = yaml.safe_load(_read_member(path, archive, members, CONFIG).decode("utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            # safe_load refuses python/* tags: a config that would build objects lands here.
-            raise UserError(f"model package {path}: {CONFIG} is not plain YAML: {_first_line(error)}") from None
+        # safe_load refuses python/* tags: a config that would build objects is "not plain YAML".
+        what = f"model package {path}: {CONFIG}"
+        raw_config = loads_yaml(decode_text(_read_member(path, archive, members, CONFIG), what), what)
         if not isinstance(raw_config, dict):
             raise UserError(f"model package {path}: {CONFIG} must hold a mapping of keys")
         try:
@@ -206,10 +204,8 @@ def read_package(path: str | Path, weights: bool = True) -> Package:
 
 
 def _parse_manifest(path: Path, data: bytes) -> dict[str, Any]:
-    try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise UserError(f"model package {path}: {MANIFEST} is not JSON: {_first_line(error)}") from None
+    what = f"model package {path}: {MANIFEST}"
+    manifest = loads_json(decode_text(data, what), what)  # encoding, nesting, NaN: one line
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UserError(f"{path} is not a t7synth model package ({MANIFEST} has no format {FORMAT!r})")
     version = manifest.get("format_version")
@@ -264,6 +260,7 @@ def load_package(path: str | Path, device: str = "cpu"):
 
     package = read_package(path)
     model = _build_on_meta(package)
+    package.state_dict = type(model).complete_state_dict(package.state_dict)
     keys = prediction_keys(model)
     expected = {key: tensor for key, tensor in model.state_dict().items() if key in keys}
     problems = [f"{key} is missing" for key in expected if key not in package.state_dict]
@@ -379,7 +376,6 @@ def tested_scores(checkpoint: Path, run: Path | None) -> tuple[list[dict[str, st
     ``fit`` tests ``checkpoints/best.ckpt`` (``last.ckpt`` when it kept no best); the
     scores of any other checkpoint are unknown.
     """
-    import csv
 
     from t7synth.evaluation.scores import MODEL, is_number, score_names
 
@@ -391,8 +387,10 @@ def tested_scores(checkpoint: Path, run: Path | None) -> tuple[list[dict[str, st
         return [], f"No test scores: `fit` tested checkpoints/{tested}, not {checkpoint.name}."
     if not table.is_file():
         return [], "No test scores: the run did not reach its test (no test_scores.csv)."
-    with open(table, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        rows = read_table(table, complete=False).rows
+    except UserError as error:
+        return [], f"No test scores: {error}."
     names = score_names(rows)
     if (
         not any(row.get("model") == MODEL for row in rows)
@@ -529,11 +527,26 @@ def _manifest(
             "normalisation": config.data.normalisation,
             "percentiles": list(config.data.percentiles),
             "intensity_range": [0.0, 1.0],
+            # What the training inputs looked like (data/profile.py); the weights carry
+            # it too (input_profile, intensity_histogram), this copy is for people.
+            "training_inputs": training_inputs(state),
         },
         "geometry": config.to_dict()["geometry"],
         # Whether the network takes (age, sex, slice position) tokens beside its input.
         "context_tokens": bool(context),
     }
+
+
+def training_inputs(state: dict) -> dict[str, float] | None:
+    """The ``input_profile`` buffer of ``state`` as named plain numbers, ``None`` when
+    absent or the model saw no training data."""
+    from t7synth.data.profile import as_dict
+
+    profile = state.get("input_profile")
+    if profile is None:
+        return None
+    values = as_dict(profile)
+    return {key: round(value, 6) for key, value in values.items()} if values["fitted"] else None
 
 
 def model_card(manifest: dict, rows: list[dict[str, str]], provenance: str) -> str:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from t7synth.errors import UserError
+from t7synth.textfiles import read_yaml
 from t7synth.training.launch import Launch
 from t7synth.training.precision import cpu_bf16, cpu_name
 
@@ -127,16 +129,14 @@ def write_environment(run_dir: Path, record: dict[str, Any]) -> Path:
     A resumed run adds an entry instead of overwriting, so the file tells which code
     and libraries produced each stretch of training.
     """
-    import yaml
-
     from t7synth.config import save_yaml
 
     path = run_dir / "environment.yaml"
     launches: list = []
     if path.is_file():
-        try:
-            launches = list((yaml.safe_load(path.read_text()) or {}).get("launches") or [])
-        except (yaml.YAMLError, AttributeError):
+        try:  # a damaged record is started afresh: it describes, it decides nothing
+            launches = list((read_yaml(path) or {}).get("launches") or [])
+        except (UserError, AttributeError, TypeError):
             launches = []
     save_yaml({"launches": [*launches, record]}, path)
     return path

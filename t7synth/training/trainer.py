@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t7synth.errors import UserError
+from t7synth.training.join import JoinWatchdog
 from t7synth.training.launch import RUN_DIR_ENV, detect_launch
+from t7synth.training.nonfinite import NonFiniteGuard
 from t7synth.training.precision import resolve_precision
 from t7synth.training.run_dir import resolve_run_dir
 
@@ -54,17 +56,22 @@ class FitResult:
     report: str | None = None
 
 
-def fit(config, options: FitOptions = FitOptions(), callbacks: Sequence = ()) -> FitResult:
+def fit(
+    config, options: FitOptions = FitOptions(), callbacks: Sequence = (), init_weights: dict | None = None
+) -> FitResult:
     """Fit ``config``, then test its ``trainer.test_checkpoint`` (best or last); see the module docstring.
 
     Args:
         config: the resolved :class:`~t7synth.config.Config`.
         options: hardware, resume, W&B and fast-dev-run settings.
         callbacks: extra Lightning callbacks (sweeps, tests), after t7synth's own.
+        init_weights: ``fit --init``: the generator's starting weights, already
+            checked against this config's network (``t7synth.inference.initial``);
+            loaded strictly into the freshly built model, before the optimiser exists.
     """
     inherited = os.environ.get(RUN_DIR_ENV)
     try:
-        return _fit(config, options, callbacks)
+        return _fit(config, options, callbacks, init_weights)
     finally:
         # Only the processes this run launches may inherit its folder, not a later
         # run in the same Python process (tests, sweeps).
@@ -107,13 +114,14 @@ def checkpoint_callbacks(run_dir: Path) -> tuple:
     return best, last
 
 
-def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
+def _fit(config, options: FitOptions, callbacks: Sequence, init_weights: dict | None = None) -> FitResult:
     import pytorch_lightning as pl
     import torch
 
     from t7synth import registry
     from t7synth.config import save_yaml
     from t7synth.data.datamodule import PairedDataModule
+    from t7synth.data.folds import write_split_table
     from t7synth.training.callbacks import AtomicCheckpointIO, DataStreamCheck, ProgressPlot, RunProgressBar
     from t7synth.training.hardware import trainer_hardware
     from t7synth.training.loggers import build_loggers, check_wandb_mode, log_test_results, wandb_mode
@@ -156,6 +164,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             datamodule.setup("fit")
             datamodule.check_shardable(world)
             save_yaml(config.to_dict(), run_dir / "config.yaml")
+            write_split_table(run_dir, datamodule.split_records)
             write_environment(
                 run_dir,
                 environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None, precision),
@@ -174,7 +183,11 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
         torch.set_float32_matmul_precision("high")
 
     model = module_class(config.to_dict())
+    if init_weights is not None and checkpoint is None:
+        # Fine-tuning: the given weights, a fresh optimiser, schedule and epoch counter.
+        model.generator().load_state_dict(init_weights, strict=True)
     best, last = checkpoint_callbacks(run_dir)
+    guard = NonFiniteGuard(config.trainer.nonfinite_patience)
     result = FitResult(run_dir)
     with _quiet_known_warnings():
         trainer = pl.Trainer(
@@ -185,6 +198,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
                 best,
                 last,
                 DataStreamCheck(config.seed),
+                guard,
                 pl.callbacks.LearningRateMonitor("epoch"),
                 ProgressPlot(run_dir, f"{config.name}/{run_dir.name} ({config.model.name})"),
                 # tqdm, not rich: it also reads well in log files and CI output.
@@ -207,7 +221,9 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             fast_dev_run=options.fast_dev_run,
             enable_model_summary=False,
         )
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        with join_watchdog(trainer, options.nodes, rank_zero, config.trainer.join_timeout):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        guard.check()  # a run stopped by non-finite steps ends in its one line, untested
         if options.fast_dev_run:
             if trainer.is_global_zero:
                 result.report = f"fast dev run finished: {run_dir}"
@@ -243,6 +259,18 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
         return result
 
 
+def join_watchdog(trainer, nodes: int, rank_zero: bool, timeout: float):
+    """A :class:`~t7synth.training.join.JoinWatchdog` for a run over several nodes, else nothing.
+
+    The address is the cluster environment's (SLURM's first node, torchrun's or
+    ``MASTER_ADDR``), read from the trainer's strategy as Lightning will use it.
+    """
+    if nodes < 2 or timeout <= 0:
+        return contextlib.nullcontext()
+    environment = trainer.strategy.cluster_environment
+    return JoinWatchdog(timeout, rank_zero, environment.main_address, environment.main_port, nodes)
+
+
 def _check_nodes(nodes: int, launch) -> None:
     """Refuse ``--nodes N`` that nothing would start, rather than wait for it forever.
 
@@ -259,12 +287,10 @@ def _check_nodes(nodes: int, launch) -> None:
             f"srun or torchrun, or set MASTER_ADDR, MASTER_PORT and NODE_RANK (0 to {nodes - 1}) on each yourself"
         )
     if launch.rank_zero:
-        import sys
-
         print(
             f"note: waiting for the other {nodes - 1} node(s) to join at {os.environ['MASTER_ADDR']}:"
             f"{os.environ.get('MASTER_PORT', '?')} (started by hand with NODE_RANK 1 to {nodes - 1}); "
-            "Lightning gives up after 30 minutes",
+            "stops after trainer.join_timeout seconds if they cannot meet",
             file=sys.stderr,
         )
 
