@@ -88,7 +88,11 @@ def no_reference_quality(volume, mask) -> dict[str, float]:
     The volume is segmented and bias-corrected as every t7synth segmentation is
     (:func:`~t7synth.evaluation.segmentation.segment_corrected`: clamped to [0, 1], so
     pass it on t7synth's [0, 1] scale), and :func:`tissue_quality` reads the
-    corrected intensities of its grey and white matter.
+    corrected intensities of its grey and white matter. A brain of one value (an
+    untrained model's output) has no tissue classes: NaN.
     """
+    values = np.clip(as_array(volume), 0.0, 1.0)[as_array(mask) > 0]
+    if values.size < 3 or np.ptp(values) == 0:
+        return dict.fromkeys(NAMES, math.nan)  # a constant brain (an untrained model's output) has no tissues
     corrected, labels = segmentation.segment_corrected(volume, mask)
     return tissue_quality(corrected, labels)

@@ -182,7 +182,10 @@ class RawPipeline:
     def measure_quality(self, written: Path, prepared: np.ndarray, inside: np.ndarray) -> dict[str, float]:
         """:attr:`quality` of the output (as written: RAS+, on the scan's grid, [0, 1])
         and of the input normalised as the model saw it (``input_`` columns)."""
-        synthetic, _ = volumes.load_volume(written)
+        # Not load_volume: it refuses a constant volume, and an untrained model's output may be.
+        import nibabel as nib
+
+        synthetic = np.asarray(nib.as_closest_canonical(volumes.load_image(written)).dataobj, dtype=np.float32)
         scaled = normalise(
             torch.from_numpy(np.ascontiguousarray(prepared, dtype=np.float32)[None]),
             torch.from_numpy(inside[None].astype(np.uint8)),

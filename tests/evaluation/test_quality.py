@@ -63,3 +63,9 @@ def test_noisier_image_scores_worse_through_t7synth_segmentation():
     quiet, noisy = results
     assert quiet["cnr"] > noisy["cnr"] and quiet["cjv"] < noisy["cjv"] and quiet["snr_wm"] > noisy["snr_wm"]
     assert quiet["cnr"] == pytest.approx(0.3 / (math.sqrt(2) * 0.02), rel=0.15)
+
+
+def test_a_constant_brain_is_nan_not_an_error():
+    mask = np.zeros((8, 8, 8), dtype=bool)
+    mask[2:6, 2:6, 2:6] = True
+    assert all(math.isnan(v) for v in no_reference_quality(np.zeros((8, 8, 8), np.float32), mask).values())
