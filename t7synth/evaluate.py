@@ -4,6 +4,9 @@ Examples::
 
     python -m t7synth.evaluate --pred synth/ --data DATASET --split test --ckpt best.ckpt
     python -m t7synth.evaluate --pred synth/ --data DATASET --config experiments/demo_unet.yaml --out eval/
+    python -m t7synth.evaluate --pred synth/ --data DATASET --split test --ckpt best.ckpt \
+        --segmenter 'mri_synthseg --i {input} --o {output} --robust --cpu'
+    python -m t7synth.evaluate --pred other_tool/ --data DATASET --split test --pred-scale percentile
 
 How predictions are found, preprocessed and scored: :mod:`t7synth.evaluation.evaluator`;
 what each score means: ``docs/metrics.md``.
