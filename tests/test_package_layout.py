@@ -24,7 +24,7 @@ MAX_COMMAND_LINES = 120
 #: a stage package belongs to the package (``t7synth.data.volumes`` -> ``data``).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("t7synth", "errors", "files", "textfiles", "cli"),
-    ("config", "scores"),
+    ("config", "scores", "statistics"),
     ("run_files", "plotting"),
     ("data", "nets"),
     ("measures",),

@@ -62,7 +62,12 @@ def test_fit_report_shows_both_references_and_the_gain(tmp_path):
     assert lines[1].split() == ["psnr_brain", "ssim_brain", "psnr", "ssim"]
     assert lines[2].startswith("unet (synthetic 7T)") and "26.00 ± 1.41" in lines[2]
     assert lines[3].startswith("identity (3T input)") and lines[4].startswith("intensity LUT")
-    assert "+5.00 dB over identity (3T input), +3.00 dB over intensity LUT" in report
+    # Paired per subject: identity gains 5 and 5 (interval 5 to 5), LUT gains 2.5 and 3.5.
+    assert (
+        "In-brain PSNR gain over identity (3T input): +5.00 dB, 95% CI +5.00 to +5.00, Wilcoxon p = 0.50, n = 2"
+        in lines
+    )
+    assert "In-brain PSNR gain over intensity LUT: +3.00 dB, 95% CI +2.50 to +3.50, Wilcoxon p = 0.50, n = 2" in lines
 
 
 def test_evaluate_summary_uses_the_same_vocabulary():
@@ -71,7 +76,8 @@ def test_evaluate_summary_uses_the_same_vocabulary():
     report = format_summary(_rows())
     assert report.splitlines()[0] == "2 subjects"
     assert report.splitlines()[1].split() == ["psnr_brain", "ssim_brain", "psnr", "ssim", "mae"]
-    assert "In-brain PSNR gain: +5.00 dB over identity (3T input), +3.00 dB over intensity LUT" in report
+    assert "In-brain PSNR gain over identity (3T input): +5.00 dB, 95% CI +5.00 to +5.00" in report
+    assert "In-brain PSNR gain over intensity LUT: +3.00 dB, 95% CI +2.50 to +3.50" in report
 
 
 def test_rows_round_trip_through_the_per_subject_file(tmp_path):

@@ -28,6 +28,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -38,6 +39,7 @@ from t7synth.data.folds import fold_splits
 from t7synth.data.intensity_lut import fit_lut
 from t7synth.data.layout import SubjectRecord, assign_splits, discover
 from t7synth.data.preprocess import Preprocessing, load_or_preprocess
+from t7synth.data.profile import training_profile
 from t7synth.data.seeds import seed_all, training_seed
 from t7synth.errors import UserError
 
@@ -98,6 +100,8 @@ class PairedDataModule(pl.LightningDataModule):
         lut: the intensity-mapping baseline fitted on the training subjects (after
             :meth:`setup`).
         voxel_size: the training subjects' voxel size in mm (after :meth:`setup`).
+        input_profile, intensity_histogram: what the training inputs looked like
+            (:func:`~t7synth.data.profile.training_profile`, after :meth:`setup`).
         subjects: ``{"train"|"val"|"test": [tio.Subject]}`` after :meth:`setup`.
     """
 
@@ -117,6 +121,9 @@ class PairedDataModule(pl.LightningDataModule):
         self.split_records: dict[str, list[SubjectRecord]] = {}
         self.lut: torch.Tensor | None = None
         self.voxel_size: tuple[float, float, float] | None = None
+        #: What the training inputs looked like (data/profile.py), after :meth:`setup`.
+        self.input_profile: torch.Tensor | None = None
+        self.intensity_histogram: torch.Tensor | None = None
         self._queue_sampler = None
         self._passes = 0
         self._prefetcher = None
@@ -150,6 +157,15 @@ class PairedDataModule(pl.LightningDataModule):
         self.check_training_subjects()
         self.lut = fit_lut((s["source"].data, s["target"].data, s["mask"].data) for s in self.subjects["train"])
         self.voxel_size = tuple(float(v) for v in self.subjects["train"][0]["source"].spacing)
+        self.input_profile, self.intensity_histogram = training_profile(
+            {
+                "normalised": s["source"].data[0].numpy(),
+                "mask": s["mask"].data[0].numpy(),
+                "outside_fraction": s["outside_fraction"],
+                "voxel_volume_ml": float(np.prod(s["source"].spacing)) / 1000.0,
+            }
+            for s in self.subjects["train"]
+        )
 
     def check_shardable(self, world: int) -> None:
         """Refuse more processes than training subjects: each rank needs one.
@@ -242,6 +258,7 @@ class PairedDataModule(pl.LightningDataModule):
             sex=record.sex,
             brain_mid=batches.brain_middle(data["mask"], axis),
             n_slices=data["mask"].shape[axis + 1],
+            outside_fraction=float(data["outside_fraction"]),
             **extra,
         )
 

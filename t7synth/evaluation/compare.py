@@ -19,8 +19,10 @@ It writes into ``--out`` (default ``comparison/``):
 
 * ``comparison.md``: one Markdown table, a row per run (mean ± SD over its test
   subjects) plus the identity and intensity-LUT references once, the best value of
-  each column in bold; then the config keys whose values differ between the runs
-  (both printed too);
+  each column in bold; each run's in-brain PSNR against the first run's, paired by
+  subject (mean difference, 95 % bootstrap interval, Wilcoxon p, n:
+  :mod:`~t7synth.statistics`); then the config keys whose values differ
+  between the runs (all printed too);
 * ``comparison.csv``: the same numbers, with a ``best`` column naming the columns in
   which the row is best, and each run's folder and W&B run id;
 * ``comparison.png``: in-brain PSNR and SSIM per run with SD error bars, the
@@ -59,6 +61,7 @@ from t7synth.run_files import (
 from t7synth.scores import (
     COLUMNS,
     DISPLAY_ORDER,
+    HEADLINE,
     LABELS,
     MODEL,
     REFERENCES,
@@ -67,6 +70,7 @@ from t7synth.scores import (
     mean_sd,
     read_rows,
 )
+from t7synth.statistics import CONFIDENCE, paired_by_subject, paired_difference
 from t7synth.textfiles import parse_int, read_table, read_text
 
 #: The columns a comparison shows, in order (every per-subject score file has them).
@@ -289,6 +293,33 @@ def markdown_table(entries: Sequence[Entry]) -> str:
     return "\n\n".join(tables)
 
 
+def paired_markdown(runs: Sequence[Run], entries: Sequence[Entry]) -> str:
+    """Each run's in-brain PSNR against the first run's, paired by subject: the mean
+    difference, its 95 % bootstrap interval, the Wilcoxon p and n
+    (:func:`~t7synth.statistics.paired_difference`); runs scored on other
+    subjects than the first are listed as not paired. Empty for a single run."""
+    if len(runs) < 2:
+        return ""
+
+    def headline(run: Run) -> dict[str, float]:
+        return {r["subject"]: float(r[HEADLINE]) for r in run.rows if r["model"] == MODEL}
+
+    first = headline(runs[0])
+    lines = [
+        f"Paired in-brain PSNR difference against {entries[0].label} (mean per-subject difference, "
+        f"{CONFIDENCE:.0%} bootstrap CI, Wilcoxon signed-rank p):",
+        "",
+    ]
+    for run, entry in zip(runs[1:], entries[1:]):
+        other = headline(run)
+        if set(other) != set(first):
+            lines.append(f"- {entry.label}: not paired (scored on other subjects than {entries[0].label})")
+            continue
+        _, mine, theirs = paired_by_subject(other, first)
+        lines.append(f"- {entry.label}: {paired_difference(mine, theirs).format('dB')}")
+    return "\n".join(lines)
+
+
 def config_differences(runs: Sequence[Run]) -> dict[str, list[Any]]:
     """``{dotted key: [value per run]}`` for the keys whose values differ between the runs.
 
@@ -496,6 +527,9 @@ def compare(
     differences = config_differences(runs)
     out = Path(out).expanduser()
     table = markdown_table(entries)
+    paired = paired_markdown(runs, entries)
+    if paired:
+        table += "\n\n" + paired
     section = differences_markdown(runs, differences)
     from t7synth.files import atomic_paths, check_writable, remove_stale_temporaries
     from t7synth.plotting import save_curves

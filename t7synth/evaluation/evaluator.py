@@ -19,7 +19,12 @@ site) and no checkpoint gets no LUT row, and a note says so.
 Every row carries the intensity scores (:mod:`~t7synth.measures.metrics`) and the
 structure scores (:mod:`~t7synth.measures.structure`: tissue segmentation agreement
 with the 7T's, and with the dataset's true tissue labels where it has ``dseg`` files;
-GMSD and the high-frequency energy ratio).
+MRIQC's no-reference CNR, CJV and SNR; GMSD and the high-frequency energy ratio); with
+``--segmenter`` also an external segmenter's per-structure agreement
+(:mod:`~t7synth.evaluation.segmenter`). A prediction must be on ``predict``'s [0, 1]
+scale, or ``--pred-scale percentile`` normalises it like the target
+(:meth:`Evaluator.prediction_on_grid`). The gain lines carry paired statistics
+(:mod:`~t7synth.statistics`).
 
 Writes into ``--out`` (default ``<pred>/evaluation``): ``scores.csv`` (one row per
 subject and row kind, as ``fit``'s ``test_scores.csv``), ``subject_scores.csv`` (one row per
@@ -41,13 +46,29 @@ from t7synth.scores import (
     MODEL,
     SECTION_COLUMNS,
     display_names,
+    format_cell,
     format_report,
+    mean_sd,
     score_names,
     sort_rows,
     summarise,
     write_rows,
 )
-from t7synth.training.precision import SCORING_LINE
+
+#: ``--pred-scale`` values: the prediction as written (predict's [0, 1] scale), or
+#: normalised exactly like the target (another tool's output in scanner intensities).
+PRED_SCALES = ("as-is", "percentile")
+#: ``as-is`` refuses a prediction whose in-brain 1st or 99th percentile leaves [0, 1]
+#: by more than this: percentiles, so that a few outlying voxels (an overshooting
+#: linear head, the authors' unclipped normalisation) do not refuse a [0, 1] output,
+#: while a scanner-scale image (hundreds) always is.
+SCALE_TOLERANCE = 0.1
+SCALE_PERCENTILES = (1.0, 99.0)
+
+#: ``evaluate``'s precision line (``fit`` and ``predict`` print theirs from
+#: :mod:`t7synth.training.precision`): it runs no synthesis network, and every score
+#: is computed in fp32.
+SCORING_LINE = "precision: 32-true (evaluate runs no synthesis network; every score is computed in fp32)"
 
 
 def settings_config(config_file: str | None = None, ckpt: str | None = None, model: str | None = None):
@@ -167,6 +188,9 @@ class Evaluator:
             SSIM forms of the authors' evaluation
             (:func:`~t7synth.measures.metrics.authors_ssim_scores`, flattened along
             the config's slice axis).
+        pred_scale: ``as-is`` or ``percentile`` (:meth:`prediction_on_grid`).
+        segmenter: optional external segmenter scoring each guess per structure
+            (:class:`~t7synth.evaluation.segmenter.Segmenter`).
     """
 
     #: ``--ssim`` values.
@@ -180,6 +204,8 @@ class Evaluator:
         cache_dir: str | Path | None = None,
         ssim: str = "t7synth",
         lut=None,
+        pred_scale: str = "as-is",
+        segmenter=None,
     ):
         from t7synth.data.layout import assign_splits, discover
         from t7synth.data.preprocess import Preprocessing
@@ -204,6 +230,13 @@ class Evaluator:
         if ssim not in self.SSIM_FORMS:
             raise UserError(f"--ssim must be one of {', '.join(self.SSIM_FORMS)}, got {ssim!r}")
         self.ssim = ssim
+        if pred_scale not in PRED_SCALES:
+            raise UserError(f"--pred-scale must be one of {', '.join(PRED_SCALES)}, got {pred_scale!r}")
+        self.pred_scale = pred_scale
+        #: Optional :class:`~t7synth.evaluation.segmenter.Segmenter` (``--segmenter``).
+        self.segmenter = segmenter
+        #: The 7T's own no-reference quality, one dict per scored subject.
+        self.target_quality: list[dict[str, float]] = []
         self.slice_axis = config.geometry.axis if config.geometry.mode == "slab" else 0
         #: What was left out and why, one line each, for the report.
         self.notes: list[str] = []
@@ -240,8 +273,10 @@ class Evaluator:
         if line not in self.notes:
             self.notes.append(line)
 
-    def on_grid(self, record, path: Path, data: dict):
+    def on_grid(self, record, path: Path, data: dict, volume: tuple | None = None):
         """The volume in ``path`` (float32 array) on the preprocessed grid of ``data``.
+
+        ``volume``, if given, is ``path``'s ``(array, affine)`` already read (and rescaled).
 
         Raises:
             UserError: unreadable file, or not on the grid of the subject's 3T input.
@@ -251,7 +286,7 @@ class Evaluator:
         from t7synth.data.volumes import check_pair, load_volume
         from t7synth.inference.grids import shift_to_grid
 
-        volume, affine = load_volume(path)
+        volume, affine = volume if volume is not None else load_volume(path)
         source, source_affine = load_volume(record.source)
         check_pair(record.source, source.shape, source_affine, path, volume.shape, affine)
         # Crop/pad only moves the origin by whole voxels: repeat it without interpolation.
@@ -291,15 +326,63 @@ class Evaluator:
             return None
         return segmentation.tissue_truth(labels, lookup)
 
+    def manual_structures(self, record, data: dict):
+        """The subject's manual structure labels on the preprocessed grid and
+        ``{structure: label numbers}`` from its ``dseg.tsv``, or ``None`` without a
+        ``dseg``, without a table, or with a table naming no FreeSurfer structure
+        (a tissue ``dseg`` such as the demo's)."""
+        from t7synth.evaluation.segmenter import labels_on_grid, read_structures
+
+        if record.dseg is None or record.dseg_table is None:
+            return None
+        structures = read_structures(record.dseg_table)
+        if not structures:
+            return None
+        labels = labels_on_grid(record.dseg, tuple(data["target"].shape[1:]), data["affine"].numpy())
+        return labels, structures
+
     def prediction_on_grid(self, record, path: Path, data: dict):
-        """The prediction in ``path`` on the preprocessed grid of ``data`` (1, I, J, K).
+        """The prediction in ``path`` on the preprocessed grid of ``data`` (1, I, J, K),
+        on the scale the scores assume (:attr:`pred_scale`).
+
+        ``as-is`` takes the file's values as ``predict`` writes them (the target's [0, 1]
+        scale) and refuses a file whose in-brain values clearly leave it: its scores
+        would mean nothing. ``percentile`` first normalises the file exactly as the
+        target is normalised (:func:`~t7synth.data.preprocess.normalise` inside the
+        subject's brain mask, with the settings' percentiles and mode), for another
+        tool's output in scanner intensities.
 
         Raises:
-            UserError: unreadable file, or not on the grid of the subject's 3T input.
+            UserError: unreadable file, not on the grid of the subject's 3T input, or
+                (``as-is``) in-brain values off the [0, 1] scale, naming ``--pred-scale``.
         """
+        import numpy as np
         import torch
 
-        return torch.from_numpy(self.on_grid(record, path, data))[None]
+        if self.pred_scale == "percentile":
+            from t7synth.data.preprocess import normalise
+            from t7synth.data.volumes import brain_mask, load_volume
+
+            source, source_affine = load_volume(record.source)
+            mask = torch.from_numpy(
+                brain_mask(record.source, source, source_affine, record.mask)[None].astype(np.uint8)
+            )
+            volume, affine = load_volume(path)
+            scaled = normalise(
+                torch.from_numpy(volume[None]), mask, self.settings.percentiles, self.settings.normalisation
+            )
+            return torch.from_numpy(self.on_grid(record, path, data, volume=(scaled[0].numpy(), affine)))[None]
+        prediction = self.on_grid(record, path, data)
+        inside = prediction[data["mask"][0].numpy() > 0]
+        if inside.size:
+            low, high = np.percentile(inside, SCALE_PERCENTILES)
+            if low < -SCALE_TOLERANCE or high > 1 + SCALE_TOLERANCE:
+                raise UserError(
+                    f"{path}: in-brain values {low:.4g} to {high:.4g} ({SCALE_PERCENTILES[0]:g}th to "
+                    f"{SCALE_PERCENTILES[1]:g}th percentile) are not on predict's [0, 1] scale: pass --pred-scale "
+                    "percentile to normalise a prediction in scanner intensities like the target"
+                )
+        return torch.from_numpy(prediction)[None]
 
     def score(self, record, path: Path, montage_dir: Path | None = None) -> list[dict[str, Any]]:
         """Rows (``model``, ``identity``, ``lut`` if there is one) of one subject; draws its montage."""
@@ -315,17 +398,32 @@ class Evaluator:
         if self.lut is not None:
             guesses["lut"] = apply_lut(self.lut, source, mask)
         structure = StructureScorer(target, mask, self.tissue_truth(record, data))
+        self.target_quality.append(structure.target_quality)
+        structures = None
+        if self.segmenter is not None:
+            from t7synth.evaluation.segmenter import StructureAgreement
 
-        def extra(guess) -> dict[str, Any]:
+            structures = StructureAgreement(
+                self.segmenter, target, data["affine"].numpy(), self.manual_structures(record, data)
+            )
+
+        def extra(kind: str, guess) -> dict[str, Any]:
             # evaluate's own additions to the scores fit computes (opt-in flags).
             scores: dict[str, Any] = {}
             if self.perceptual is not None:
                 scores["perceptual"] = self.perceptual(guess.clamp(0, 1), target)
             if self.ssim == "authors":
                 scores.update(metrics.authors_ssim_scores(guess, target, self.slice_axis))
+            if structures is not None:
+                # The prediction as it is scored (clamped, as every score sees it).
+                scores.update(structures(guess.clamp(0, 1) if kind == MODEL else guess, kind))
             return scores
 
-        rows = subject_rows(record.subject, guesses, target, mask, structure, extra)
+        try:
+            rows = subject_rows(record.subject, guesses, target, mask, structure, extra)
+        finally:
+            if structures is not None:
+                structures.close()
         if montage_dir is not None:
             from t7synth.plotting import save_montage
 
@@ -369,7 +467,26 @@ class Evaluator:
                 "labels (dseg)"
             )
             rows = [{k: v for k, v in r.items() if k not in truth} for r in rows]
+        manual = {k for r in rows for k in r if k.startswith("seg_true_dice_")}
+        common = {k for k in manual if all(k in r for r in rows)}
+        if manual != common:
+            self.note(
+                "per-structure Dice against manual labels left out: not every subject has manual labels of the "
+                "same structures (a dseg with a dseg.tsv naming FreeSurfer structures)"
+            )
+            rows = [{k: v for k, v in r.items() if not k.startswith("seg_true_dice_")} for r in rows]
         return rows
+
+    def target_quality_line(self) -> str | None:
+        """The 7T's own CNR, CJV and SNR (mean ± SD over the subjects): what the rows'
+        no-reference quality is read against."""
+        if not self.target_quality:
+            return None
+        cells = ", ".join(
+            f"{name} {format_cell(name, *mean_sd([q[name] for q in self.target_quality]))}"
+            for name in self.target_quality[0]
+        )
+        return f"The 7T's own no-reference quality (the rows' CNR, CJV and SNR are read against it): {cells}"
 
 
 def write_results(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
@@ -419,6 +536,8 @@ def evaluate(
     progress: bool = True,
     model: str | None = None,
     ssim: str = "t7synth",
+    pred_scale: str = "as-is",
+    segmenter: str | None = None,
 ) -> str:
     """Score the predictions in ``pred`` against the dataset's 7T; write and return the report.
 
@@ -432,6 +551,10 @@ def evaluate(
         perceptual_weights: MedicalNet ResNet-10 or -50 weights: adds a 3D perceptual distance.
         progress: a bar over subjects.
         ssim: ``authors`` adds the authors' two SSIM forms (see :class:`Evaluator`).
+        pred_scale: ``as-is`` (predict's [0, 1] scale, checked) or ``percentile``
+            (normalised like the target): :meth:`Evaluator.prediction_on_grid`.
+        segmenter: a command template with ``{input}`` and ``{output}`` that writes a
+            FreeSurfer-numbered label map (:mod:`~t7synth.evaluation.segmenter`).
     """
     pred_dir = Path(pred).expanduser()
     out_dir = Path(out).expanduser() if out else pred_dir / "evaluation"
@@ -447,8 +570,18 @@ def evaluate(
         from t7synth.evaluation.perceptual import MedicalNetDistance
 
         perceptual = MedicalNetDistance(perceptual_weights)
-    evaluator = Evaluator(data, config, perceptual=perceptual, ssim=ssim, lut=lut)
+    if pred_scale not in PRED_SCALES:
+        raise UserError(f"--pred-scale must be one of {', '.join(PRED_SCALES)}, got {pred_scale!r}")
+    runner = None
+    if segmenter is not None:
+        from t7synth.evaluation.segmenter import Segmenter
+
+        runner = Segmenter(segmenter)
+    evaluator = Evaluator(
+        data, config, perceptual=perceptual, ssim=ssim, lut=lut, pred_scale=pred_scale, segmenter=runner
+    )
     rows = evaluator.run(predictions, split, pred_dir, out_dir, progress=progress)
+    target_quality = evaluator.target_quality_line()
     files = write_results(rows, out_dir)
     # The settings the scores were computed with, data.root the dataset scored: what
     # compare shows as config differences. Without --ckpt/--config these are the
@@ -462,6 +595,7 @@ def evaluate(
     return (
         f"{SCORING_LINE}\n"
         + format_summary(rows)
+        + (f"\n{target_quality}" if target_quality else "")
         + f"\nPer-subject scores: {files['scores']} (predictions only: {files['subjects']})"
         + f"\nSummary: {files['summary']}"
         + f"\nMontages: {out_dir / 'montages'}/<subject>.png"

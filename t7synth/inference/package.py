@@ -272,6 +272,7 @@ def load_package(path: str | Path, device: str = "cpu"):
 
     package = read_package(path)
     model = registry.build_on_meta(package.config, f"model package {package.path}")
+    package.state_dict = type(model).complete_state_dict(package.state_dict)
     keys = prediction_keys(model)
     expected = {key: tensor for key, tensor in model.state_dict().items() if key in keys}
     problems = [f"{key} is missing" for key in expected if key not in package.state_dict]
@@ -516,11 +517,26 @@ def _manifest(
             "normalisation": config.data.normalisation,
             "percentiles": list(config.data.percentiles),
             "intensity_range": [0.0, 1.0],
+            # What the training inputs looked like (data/profile.py); the weights carry
+            # it too (input_profile, intensity_histogram), this copy is for people.
+            "training_inputs": training_inputs(state),
         },
         "geometry": config.to_dict()["geometry"],
         # Whether the network takes (age, sex, slice position) tokens beside its input.
         "context_tokens": bool(context),
     }
+
+
+def training_inputs(state: dict) -> dict[str, float] | None:
+    """The ``input_profile`` buffer of ``state`` as named plain numbers, ``None`` when
+    absent or the model saw no training data."""
+    from t7synth.data.profile import as_dict
+
+    profile = state.get("input_profile")
+    if profile is None:
+        return None
+    values = as_dict(profile)
+    return {key: round(value, 6) for key, value in values.items()} if values["fitted"] else None
 
 
 def model_card(manifest: dict, rows: list[dict[str, str]], provenance: str) -> str:

@@ -33,7 +33,7 @@ def subject_rows(
     target: torch.Tensor,
     mask: torch.Tensor,
     structure: StructureScorer | None = None,
-    extra: Callable[[torch.Tensor], dict[str, Any]] | None = None,
+    extra: Callable[[str, torch.Tensor], dict[str, Any]] | None = None,
     known: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per guess (row kind -> volume) of ``subject``, in the order given.
@@ -41,12 +41,13 @@ def subject_rows(
     Args:
         guesses: ``{"model": prediction, "identity": source, "lut": ...}``.
         structure: the subject's structure scorer (test time), or ``None``.
-        extra: more scores of a guess (``evaluate``'s perceptual distance, the authors' SSIM).
+        extra: more scores of a guess, given its row kind and volume (``evaluate``'s perceptual
+            distance, the authors' SSIM, the segmenter's structures).
         known: scores already computed for a row kind (``fit`` scores the references of a
             subject once and reuses them every validation); their guess is not scored again.
     """
     rows = []
     for kind, guess in guesses.items():
         scores = dict(known[kind]) if known and kind in known else guess_scores(guess, target, mask, structure)
-        rows.append({"model": kind, "subject": subject, **scores, **(extra(guess) if extra else {})})
+        rows.append({"model": kind, "subject": subject, **scores, **(extra(kind, guess) if extra else {})})
     return rows

@@ -25,6 +25,7 @@ from torch import nn
 from t7synth.config import Config
 from t7synth.data import batches
 from t7synth.data.intensity_lut import DEFAULT_BINS, apply_lut
+from t7synth.data.profile import empty_profile, uniform_histogram
 from t7synth.errors import UserError
 from t7synth.measures.structure import StructureScorer
 from t7synth.measures.subject import subject_rows
@@ -98,6 +99,10 @@ class SynthesisModule(pl.LightningModule):
             subjects; copied from the data module when training starts and saved in
             checkpoints so ``predict`` and ``evaluate`` can report it.
         voxel_size: (3,) buffer, the training data's voxel size in mm (0 until fitted).
+        input_profile, intensity_histogram: buffers, what the training inputs looked
+            like (:mod:`t7synth.data.profile`; ``fitted`` 0 until fitted). Checkpoints
+            written before they existed load with the "not fitted" values
+            (:meth:`complete_state_dict`).
     """
 
     #: Layered over the dataclass defaults before the experiment file (see config.py).
@@ -114,6 +119,10 @@ class SynthesisModule(pl.LightningModule):
         self.register_buffer("lut", torch.linspace(0, 1, DEFAULT_BINS))
         # Voxel size (mm) of the training data, so predict can resample new scans to it.
         self.register_buffer("voxel_size", torch.zeros(3))
+        # What the training inputs looked like (preprocessing, brain volumes, intensity
+        # histogram: data/profile.py), so predict can warn about and QC a new scan.
+        self.register_buffer("input_profile", empty_profile())
+        self.register_buffer("intensity_histogram", uniform_histogram())
         self._perceptual = None
         self._baseline_scores: dict[tuple[str, str], dict[str, float]] = {}
         self._rows: list[dict[str, Any]] = []
@@ -121,6 +130,18 @@ class SynthesisModule(pl.LightningModule):
         #: Pictures drawn and not yet handed to the experiment loggers: (key, path, caption).
         #: The module draws; training.callbacks.ImageLog logs, so models know no logger.
         self.drawn_images: list[tuple[str, Path, str | None]] = []
+
+    #: Buffers added after checkpoints were first written: a stored ``state_dict``
+    #: without them gets the built model's values ("unknown"), see :meth:`complete_state_dict`.
+    OPTIONAL_BUFFERS = ("input_profile", "intensity_histogram")
+
+    @classmethod
+    def complete_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state_dict`` with the :data:`OPTIONAL_BUFFERS` it lacks set to "not fitted"
+        (a checkpoint or package older than them: its training inputs are unknown)."""
+        defaults = {"input_profile": empty_profile, "intensity_histogram": uniform_histogram}
+        missing = {key: defaults[key]() for key in cls.OPTIONAL_BUFFERS if key not in state_dict}
+        return {**state_dict, **missing} if missing else state_dict
 
     # -- to override ------------------------------------------------------------
     def build_net(self) -> nn.Module:
@@ -182,6 +203,9 @@ class SynthesisModule(pl.LightningModule):
         if datamodule is not None and getattr(datamodule, "lut", None) is not None:
             self.lut.copy_(datamodule.lut.to(self.lut.device))
             self.voxel_size.copy_(torch.as_tensor(datamodule.voxel_size, dtype=torch.float32))
+            if getattr(datamodule, "input_profile", None) is not None:
+                self.input_profile.copy_(datamodule.input_profile.to(self.input_profile.device))
+                self.intensity_histogram.copy_(datamodule.intensity_histogram.to(self.intensity_histogram.device))
 
     def reconstruction_losses(
         self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, perceptual: bool = True

@@ -128,6 +128,7 @@ def check_fits(path: str | Path, config, state_dict: dict[str, Any]):
     """
     model = registry.build_on_meta(config, f"checkpoint {path}")
     expected = model.state_dict()
+    state_dict = type(model).complete_state_dict(state_dict)
     problems = []
     for key, tensor in expected.items():
         if key not in state_dict:
@@ -161,7 +162,7 @@ def load_model(path: str | Path, device: str = "cpu"):
     config = checkpoint_config(path, checkpoint)
     model = check_fits(path, config, checkpoint["state_dict"]).to_empty(device="cpu")
     try:
-        model.load_state_dict(checkpoint["state_dict"], strict=True)
+        model.load_state_dict(type(model).complete_state_dict(checkpoint["state_dict"]), strict=True)
     except RuntimeError as error:
         raise UserError(f"checkpoint {path} does not fit model {config.model.name!r}: {_first_line(error)}") from None
     return model.eval().to(device)

@@ -61,6 +61,12 @@ def test_run_directory_and_resume(dataset, tmp_path, capsys):
 
     first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["epoch"] == 0
+    # The training inputs' record (data/profile.py): the tiny dataset's 3T is zero outside its masks.
+    from t7synth.data import profile
+
+    record = profile.as_dict(first["state_dict"]["input_profile"])
+    assert record["fitted"] == 1.0 and record["skull_stripped"] == profile.YES and record["subjects"] == 2.0
+    assert torch.isclose(first["state_dict"]["intensity_histogram"].sum(), torch.tensor(1.0))
     steps = first["global_step"]
     assert run_main(fit.main, _args(dataset, runs, "--max-epochs", "2", "--wandb", "disabled", "--resume", "last")) == 0
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

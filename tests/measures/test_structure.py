@@ -30,6 +30,9 @@ def test_the_target_scores_perfectly_and_a_blur_does_not(volumes):
     assert blurred["gmsd"] > 0.02 and blurred["hf_ratio"] < 0.5 and blurred["dice_gm"] < 1.0
     assert {f"dice_true_{t}" for t in ("csf", "gm", "wm")} <= set(blurred)
     assert "dice_true_gm" not in StructureScorer(target, mask)(target)  # no truth, no truth columns
+    # No-reference quality comes from the same segmentation: the 7T scores its own.
+    assert {name: perfect[name] for name in ("cnr", "cjv", "snr_wm")} == scorer.target_quality
+    assert perfect["cnr"] > 0 and perfect["cjv"] > 0
 
 
 def test_structure_columns_print_as_their_own_blocks():

@@ -76,5 +76,7 @@ def test_known_scores_are_reused_not_recomputed():
         "sub-001", {"model": target, "identity": None}, target, mask, known={"identity": {"mae": 9.0}}
     )
     assert rows[0]["mae"] == 0.0 and rows[1] == {"model": "identity", "subject": "sub-001", "mae": 9.0}
-    extra = subject.subject_rows("sub-001", {"model": target}, target, mask, extra=lambda guess: {"perceptual": 0.5})
+    extra = subject.subject_rows(
+        "sub-001", {"model": target}, target, mask, extra=lambda kind, guess: {"perceptual": 0.5}
+    )
     assert extra[0]["perceptual"] == 0.5  # evaluate's opt-in scores join the same row
