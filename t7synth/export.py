@@ -11,7 +11,8 @@ Examples::
 The package holds the generator's weights and buffers (no optimiser, no discriminator),
 the resolved config, the preprocessing settings, a README model card with the run's
 test scores and, with ``--torchscript``, the traced network. Reading one never runs
-code from it. Format and checks: :mod:`t7synth.inference.package`.
+code from it. Format and checks: :mod:`t7synth.inference.package`; writing:
+:mod:`t7synth.inference.export`.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from t7synth.inference.package import export_package
-
     args = build_parser().parse_args(argv)
+    from t7synth.inference.export import export_package
+
     result = export_package(args.source, args.out, torchscript=args.torchscript)
     print(result.summary())
     return 0

@@ -104,8 +104,10 @@ def settings_and_lut(config_file: str | None = None, ckpt: str | None = None, mo
         ``(config, lut)``; ``lut`` is ``None`` without ``ckpt`` or ``model``.
     """
     if ckpt:
+        from t7synth.inference.trained import refuse_package
         from t7synth.training.checkpoint import checkpoint_config, read_checkpoint
 
+        refuse_package(ckpt, f"--ckpt {ckpt} is a model package; pass it as --model {ckpt}")
         checkpoint = read_checkpoint(ckpt)
         return checkpoint_config(ckpt, checkpoint), _fitted_lut(checkpoint["state_dict"])
     if model:

@@ -28,8 +28,7 @@ import torch
 from t7synth import registry
 from t7synth.errors import UserError
 from t7synth.inference.official import read_official
-from t7synth.inference.package import is_package, load_package
-from t7synth.training.checkpoint import load_model
+from t7synth.inference.trained import PACKAGE, kind_of, load_trained
 
 
 def source_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -43,10 +42,12 @@ def source_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"--init: file not found: {path}")
-    if is_package(path):
-        return load_package(path).generator().state_dict(), "model package"
+    # A package's refusal is final; a checkpoint's may mean an official file.
+    if kind_of(path) == PACKAGE:
+        return load_trained(path)[0].generator().state_dict(), PACKAGE
     try:
-        return load_model(path).generator().state_dict(), "t7synth checkpoint"
+        model, kind = load_trained(path)
+        return model.generator().state_dict(), kind
     except UserError as checkpoint_error:
         try:
             official = read_official(path)

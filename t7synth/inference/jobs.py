@@ -299,11 +299,10 @@ def predict(
 
             synthesisers.append(Synthesiser(load_package(source), device=device, batch_size=batch_size))
         else:
-            from t7synth.inference.package import is_package
+            from t7synth.inference.trained import load_trained, refuse_package
 
-            if is_package(source):
-                raise UserError(f"--ckpt {source} is a model package; pass it as --model {source}")
-            synthesisers.append(Synthesiser.from_checkpoint(source, device=device, batch_size=batch_size))
+            refuse_package(source, f"--ckpt {source} is a model package; pass it as --model {source}")
+            synthesisers.append(Synthesiser(load_trained(source)[0], device=device, batch_size=batch_size))
     if not synthesisers:
         raise UserError("predict needs a model: --ckpt or --model")
     fused = len(synthesisers) > 1

@@ -99,13 +99,6 @@ class Synthesiser:
         self.precision = resolve_precision(self.config.trainer.precision, device)
         self.dtype = autocast_dtype(self.precision.precision, device)
 
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", batch_size: int | None = None) -> Synthesiser:
-        """Load the model of ``path`` (see :func:`t7synth.training.checkpoint.load_model`)."""
-        from t7synth.training.checkpoint import load_model
-
-        return cls(load_model(path), device=device, batch_size=batch_size)
-
     def synthesise(self, source: str | Path, mask: str | Path | None = None, age: float = 0.0, sex: float = 0.5):
         """Synthesise one scan; returns a ``nibabel.Nifti1Image`` on the scan's grid.
 

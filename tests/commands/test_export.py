@@ -18,7 +18,8 @@ from helpers import TINY_UNET, make_dataset, make_pair, write_nifti
 
 from t7synth import evaluate, export, fit, predict, registry
 from t7synth.cli import run_main
-from t7synth.inference import package
+from t7synth.inference import export as exporter
+from t7synth.inference import package, torchscript
 from t7synth.training.checkpoint import checkpoint_config
 
 TINY_GAN = [*TINY_UNET, "model.discriminator.channels=4", "model.discriminator.num_layers=2"]
@@ -117,7 +118,7 @@ def test_package_holds_weights_config_and_card(unet_package):
 
 def test_gan_package_leaves_the_discriminator_out(tmp_path):
     ckpt = write_checkpoint(tmp_path / "gan.ckpt", "gan_unet", TINY_GAN)
-    out = package.export_package(ckpt, tmp_path / "gan.zip").path
+    out = exporter.export_package(ckpt, tmp_path / "gan.zip").path
     weights = torch.load(io.BytesIO(members(out)[package.WEIGHTS]), weights_only=True)
     stored = torch.load(ckpt, weights_only=True)["state_dict"]
     assert any(key.startswith("discriminator.") for key in stored)
@@ -144,13 +145,13 @@ def test_gan_package_leaves_the_discriminator_out(tmp_path):
 )
 def test_torchscript_net_matches_the_model(tmp_path, name, overrides):
     ckpt = write_checkpoint(tmp_path / f"{name}.ckpt", name, overrides)
-    result = package.export_package(ckpt, tmp_path / f"{name}.zip", torchscript=True)
+    result = exporter.export_package(ckpt, tmp_path / f"{name}.zip", torchscript=True)
     assert result.torchscript and "TorchScript" in result.summary()
     traced = torch.jit.load(io.BytesIO(members(result.path)[package.TORCHSCRIPT]))
     model = package.load_package(result.path)
     # Another input than the trace's examples: a 2.5D net sees whole slices of any size
     # (with sides that are multiples of what the card says).
-    inputs = package.example_inputs(model, grow=2)
+    inputs = torchscript.example_inputs(model, grow=2)
     manifest = json.loads(members(result.path)[package.MANIFEST])
     multiple = manifest["torchscript"]["side_multiple"]
     assert all(side % multiple == 0 for side in inputs[0].shape[2:])
@@ -164,7 +165,7 @@ def test_torchscript_net_matches_the_model(tmp_path, name, overrides):
 
 def test_trace_that_does_not_reproduce_the_model_is_refused(tmp_path, monkeypatch, capsys):
     ckpt = write_checkpoint(tmp_path / "unet.ckpt", "unet", TINY_UNET)
-    monkeypatch.setattr(package, "TORCHSCRIPT_TOLERANCE", -1.0)  # nothing passes
+    monkeypatch.setattr(torchscript, "TORCHSCRIPT_TOLERANCE", -1.0)  # nothing passes
     assert run_main(export.main, [str(ckpt), "--out", str(tmp_path / "m.zip"), "--torchscript"]) == 2
     assert "export without --torchscript" in one_line_error(capsys)
     assert not (tmp_path / "m.zip").exists()
@@ -174,7 +175,7 @@ def test_trace_that_only_holds_for_its_example_size_is_refused(tmp_path, monkeyp
     """Odd in-plane sides make the U-Net pad, a branch its trace (at even sides) lacks:
     the second check input must catch it."""
     ckpt = write_checkpoint(tmp_path / "unet.ckpt", "unet", TINY_UNET)
-    monkeypatch.setattr(package, "side_multiple", lambda model: 1)  # 48x40, then 49x41
+    monkeypatch.setattr(torchscript, "side_multiple", lambda model: 1)  # 48x40, then 49x41
     assert run_main(export.main, [str(ckpt), "--out", str(tmp_path / "m.zip"), "--torchscript"]) == 2
     assert "(3, 3, 49, 41)" in one_line_error(capsys)
 

@@ -78,7 +78,8 @@ def test_checkpoint_without_the_profile_loads_as_not_fitted(tmp_path):
 
 
 def test_exported_package_keeps_the_profile(tmp_path):
-    from t7synth.inference.package import export_package, load_package, read_package
+    from t7synth.inference.export import export_package
+    from t7synth.inference.package import load_package, read_package
 
     config = registry.resolve("unet", None, TINY_UNET)
     module = registry.get("unet")(config.to_dict())

@@ -11,9 +11,9 @@ from helpers import TINY_UNET
 from t7synth import fit
 from t7synth.cli import run_main
 from t7synth.errors import UserError
+from t7synth.inference.export import export_package
 from t7synth.inference.initial import initial_weights, source_weights
 from t7synth.inference.official import convert
-from t7synth.inference.package import export_package
 from t7synth.models.unet import UNetModule
 from t7synth.registry import resolve
 
