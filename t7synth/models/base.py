@@ -3,9 +3,12 @@
 A model is a :class:`SynthesisModule` subclass that builds its network
 (:meth:`SynthesisModule.build_net`) and declares its configuration defaults
 (``DEFAULTS``: geometry, losses, optimiser, a demo-sized net). Everything else, from
-turning a slab into channels to scoring whole volumes against both baselines and
-drawing montages, lives here once, so the four models' numbers are comparable by
-construction. A variant overrides one method (nnU-Net's trainer variants).
+turning a slab into channels to scoring whole volumes against both baselines, lives
+here once, so the four models' numbers are comparable by construction. The module
+writes and draws nothing: each validation/test step returns what it scored, and
+training's callbacks (:class:`t7synth.training.callbacks.Montages`,
+:class:`t7synth.training.callbacks.TestScores`) draw the montages and spectra and write
+``test_scores.csv``. A variant overrides one method (nnU-Net's trainer variants).
 
 Metric keys are namespaced: ``train/loss``, ``val/psnr_brain``, ``test/ssim`` for the
 model, ``val/identity/...`` and ``val/lut/...`` for the identity baseline (the 3T input
@@ -30,7 +33,6 @@ from t7synth.errors import UserError
 from t7synth.measures.structure import StructureScorer
 from t7synth.measures.subject import subject_rows
 from t7synth.models.tiling import predict_volume
-from t7synth.run_files import TEST_SCORES_FILE, TEST_SPECTRA_FILE, montage_path
 from t7synth.scores import (
     HEADLINE,
     MODEL,
@@ -39,7 +41,6 @@ from t7synth.scores import (
     metric_key,
     score_names,
     sort_rows,
-    write_rows,
 )
 
 
@@ -127,9 +128,6 @@ class SynthesisModule(pl.LightningModule):
         self._baseline_scores: dict[tuple[str, str], dict[str, float]] = {}
         self._rows: list[dict[str, Any]] = []
         self.test_rows: list[dict[str, Any]] = []
-        #: Pictures drawn and not yet handed to the experiment loggers: (key, path, caption).
-        #: The module draws; training.callbacks.ImageLog logs, so models know no logger.
-        self.drawn_images: list[tuple[str, Path, str | None]] = []
 
     #: Buffers added after checkpoints were first written: a stored ``state_dict``
     #: without them gets the built model's values ("unknown"), see :meth:`complete_state_dict`.
@@ -296,7 +294,10 @@ class SynthesisModule(pl.LightningModule):
 
         return predict_volume(predict, source, self.geometry, self.config.data.inference_batch_size, mask)
 
-    def _score_batch(self, batch: dict, stage: str, batch_idx: int) -> None:
+    def _score_batch(self, batch: dict, stage: str) -> dict[str, Any]:
+        """Score one subject; returns what was scored (``subject``, the ``source``,
+        ``prediction``, ``target`` and ``mask`` volumes and the model's ``row``) for the
+        callbacks that draw it."""
         subject = batch["subject"][0]
         source, target, mask = batch["source"][0], batch["target"][0], batch["mask"][0]
         meta = {key: float(batch[key][0]) for key in batches.SUBJECT_KEYS}
@@ -319,26 +320,14 @@ class SynthesisModule(pl.LightningModule):
                 k: v for k, v in scored.items() if k not in ("model", "subject")
             }
         self._rows.extend(rows)
-        row = rows[0]
-        # Validation draws one montage per epoch (rank 0's first subject); test draws
-        # one per subject, since it runs once.
-        if self.trainer.is_global_zero and (stage == "test" or batch_idx == 0):
-            self._montage(stage, subject, source, prediction, target, mask, row)
-
-    def _montage(self, stage, subject, source, prediction, target, mask, row) -> None:
-        from t7synth.plotting import save_montage
-
-        scores = f"PSNR(brain) {row['psnr_brain']:.2f} dB  SSIM(brain) {row['ssim_brain']:.3f}"
-        if stage == "val":
-            title = f"{subject}  validation, epoch {self.current_epoch}  {scores}"
-        else:
-            title = f"{subject}  test, {self.scored_weights()}  {scores}"
-        where = montage_path(self.run_dir(), stage, subject, self.current_epoch)
-        path = save_montage(where, source, prediction, target, mask, title)
-        if stage == "val":
-            # Test montages go to W&B once, as one gallery (loggers.log_test_results); the
-            # validation montage is handed to the loggers by training.callbacks.ImageLog.
-            self.drawn_images.append(("val/montage", path, subject))
+        return {
+            "subject": subject,
+            "source": source,
+            "prediction": prediction,
+            "target": target,
+            "mask": mask,
+            "row": rows[0],
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The epoch whose weights a test scores: the trainer's own counter says how
@@ -358,23 +347,11 @@ class SynthesisModule(pl.LightningModule):
             return f"checkpoint {Path(self.trainer.ckpt_path).name} (epoch {self.scored_epoch()})"
         return f"final weights (epoch {self.scored_epoch()})"
 
-    def run_dir(self) -> Path:
-        """The run directory (``runs/<experiment>/<version>``), or the trainer's root.
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        return self._score_batch(batch, "val")
 
-        Read from the first logger rather than ``trainer.log_dir``: that property
-        broadcasts from rank 0, a collective that deadlocks DDP when only rank 0 asks
-        (montages and score files are written by rank 0 alone).
-        """
-        trainer = self.trainer
-        logger = trainer.loggers[0] if trainer.loggers else None
-        log_dir = getattr(logger, "log_dir", None) if logger is not None else None
-        return Path(log_dir or trainer.default_root_dir)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._score_batch(batch, "val", batch_idx)
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._score_batch(batch, "test", batch_idx)
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        return self._score_batch(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         self._log_means("val", self._gather_rows())
@@ -385,19 +362,8 @@ class SynthesisModule(pl.LightningModule):
         # The test's place on epoch axes (metrics.csv, W&B's test/* series): the epoch
         # of the weights scored; Lightning would put the trainer's epoch count there.
         self.log("epoch", float(self.scored_epoch()), sync_dist=False)
+        # Written to test_scores.csv and drawn as spectra by training.callbacks.TestScores.
         self.test_rows = rows
-        if self.trainer.is_global_zero and rows:
-            write_rows(self.run_dir() / TEST_SCORES_FILE, rows)
-            self._spectra(rows)
-
-    def _spectra(self, rows: list[dict[str, Any]]) -> None:
-        """Draw the test subjects' power spectra beside the test montages; log it to W&B."""
-        from t7synth.plotting import save_spectra
-
-        title = f"test power spectra, {self.config.model.name}, {self.scored_weights()}"
-        path = save_spectra(self.run_dir() / TEST_SPECTRA_FILE, rows, f"{self.config.model.name} (synthetic 7T)", title)
-        if path is not None:
-            self.drawn_images.append(("test/spectra", path, None))
 
     def _gather_rows(self) -> list[dict[str, Any]]:
         """Every rank's score rows, on every rank, one per (model, subject).

@@ -10,7 +10,10 @@ import pytorch_lightning as pl
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_warn
 
-from t7synth.run_files import METRICS_FILE, PROGRESS_FILE
+from t7synth import plotting
+from t7synth.run_files import METRICS_FILE, PROGRESS_FILE, TEST_SCORES_FILE, TEST_SPECTRA_FILE, montage_path
+from t7synth.scores import write_rows
+from t7synth.training.loggers import wandb_loggers
 
 
 class DataStreamCheck(pl.Callback):
@@ -142,28 +145,71 @@ def run_version(run_dir: str | Path) -> int | str:
     return int(number) if number != name and number.isdigit() else name
 
 
-class ImageLog(pl.Callback):
-    """Hands the pictures a module drew (``SynthesisModule.drawn_images``: the
-    validation montage, the test spectra) to the W&B loggers, right after the batch or
-    the test that drew them. The module draws to disk; the loggers belong to training."""
+def run_folder(trainer: pl.Trainer) -> Path:
+    """The run directory (``runs/<experiment>/<version>``), or the trainer's root.
 
-    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from t7synth.training.loggers import wandb_loggers
+    Read from the first logger rather than ``trainer.log_dir``: that property
+    broadcasts from rank 0, a collective that deadlocks DDP when only rank 0 asks
+    (montages and score files are written by rank 0 alone).
+    """
+    logger = trainer.loggers[0] if trainer.loggers else None
+    log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+    return Path(log_dir or trainer.default_root_dir)
 
-        images = getattr(pl_module, "drawn_images", None)
-        if not images:
-            return
-        pending, pl_module.drawn_images = list(images), []
-        for logger in wandb_loggers(trainer.loggers):
-            for key, path, caption in pending:
-                extra = {"caption": [caption]} if caption is not None else {}
-                logger.log_image(key=key, images=[str(path)], **extra)
+
+def _log_image(trainer: pl.Trainer, key: str, path: Path, caption: str | None) -> None:
+    extra = {"caption": [caption]} if caption is not None else {}
+    for logger in wandb_loggers(trainer.loggers):
+        logger.log_image(key=key, images=[str(path)], **extra)
+
+
+class Montages(pl.Callback):
+    """Draws what a validation or test step scored (``SynthesisModule._score_batch``'s
+    return value): one montage per validation epoch (rank 0's first subject, also
+    logged to W&B) and one per test subject, since the test runs once (test montages
+    go to W&B as one gallery, :func:`t7synth.training.loggers.log_test_results`).
+
+    A callback, so that the LightningModule computes and the run's side effects (files,
+    loggers) belong to training.
+    """
+
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, scored: dict) -> Path:
+        row, subject = scored["row"], scored["subject"]
+        scores = f"PSNR(brain) {row['psnr_brain']:.2f} dB  SSIM(brain) {row['ssim_brain']:.3f}"
+        if stage == "val":
+            title = f"{subject}  validation, epoch {pl_module.current_epoch}  {scores}"
+        else:
+            title = f"{subject}  test, {pl_module.scored_weights()}  {scores}"
+        where = montage_path(run_folder(trainer), stage, subject, pl_module.current_epoch)
+        volumes = (scored[key] for key in ("source", "prediction", "target", "mask"))
+        return plotting.save_montage(where, *volumes, title)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._log(trainer, pl_module)
+        if trainer.is_global_zero and batch_idx == 0 and outputs:
+            path = self._draw(trainer, pl_module, "val", outputs)
+            _log_image(trainer, "val/montage", path, outputs["subject"])
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.is_global_zero and outputs:
+            self._draw(trainer, pl_module, "test", outputs)
+
+
+class TestScores(pl.Callback):
+    """Writes the test's per-subject rows (``SynthesisModule.test_rows``, gathered from
+    every rank) to ``test_scores.csv`` and draws their power spectra beside the test
+    montages (logged to W&B), on rank 0, after the test."""
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log(trainer, pl_module)
+        rows = pl_module.test_rows
+        if not (trainer.is_global_zero and rows):
+            return
+        run_dir = run_folder(trainer)
+        write_rows(run_dir / TEST_SCORES_FILE, rows)
+        name = pl_module.config.model.name
+        title = f"test power spectra, {name}, {pl_module.scored_weights()}"
+        path = plotting.save_spectra(run_dir / TEST_SPECTRA_FILE, rows, f"{name} (synthetic 7T)", title)
+        if path is not None:
+            _log_image(trainer, "test/spectra", path, None)
 
 
 class RunProgressBar(pl.callbacks.TQDMProgressBar):

@@ -122,7 +122,14 @@ def _fit(config, options: FitOptions, callbacks: Sequence, init_weights: dict | 
     from t7synth import registry
     from t7synth.data.datamodule import PairedDataModule
     from t7synth.data.folds import write_split_table
-    from t7synth.training.callbacks import AtomicCheckpointIO, DataStreamCheck, ImageLog, ProgressPlot, RunProgressBar
+    from t7synth.training.callbacks import (
+        AtomicCheckpointIO,
+        DataStreamCheck,
+        Montages,
+        ProgressPlot,
+        RunProgressBar,
+        TestScores,
+    )
     from t7synth.training.hardware import trainer_hardware
     from t7synth.training.loggers import build_loggers, check_wandb_mode, log_test_results, wandb_mode
     from t7synth.training.record import environment_record, write_environment
@@ -208,7 +215,8 @@ def _fit(config, options: FitOptions, callbacks: Sequence, init_weights: dict | 
                 guard,
                 pl.callbacks.LearningRateMonitor("epoch"),
                 ProgressPlot(run_dir, f"{config.name}/{run_dir.name} ({config.model.name})"),
-                ImageLog(),
+                Montages(),
+                TestScores(),
                 # tqdm, not rich: it also reads well in log files and CI output.
                 RunProgressBar(run_dir, refresh_rate=max(1, config.trainer.log_every_n_steps // 2)),
                 *callbacks,

@@ -28,7 +28,7 @@ def scored(tmp_path, monkeypatch):
 
     module = constant_module(config.to_dict(), value=0.55)
     module.lut.copy_(lut)
-    module._trainer = types.SimpleNamespace(is_global_zero=False)  # no montage: scoring only
+    module._trainer = types.SimpleNamespace(is_global_zero=False)  # a module under a trainer, scoring only
     batch = {"subject": [record.subject], **{k: data[k][None] for k in ("source", "target", "mask")}}
     batch.update({key: torch.zeros(1) for key in batches.SUBJECT_KEYS})
     calls = []
@@ -40,7 +40,7 @@ def scored(tmp_path, monkeypatch):
 
     monkeypatch.setattr("t7synth.models.base.subject_rows", spy)
     monkeypatch.setattr(subject, "subject_rows", spy)
-    module._score_batch(batch, "test", 0)
+    module._score_batch(batch, "test")
     prediction = module.predict_subject(data["source"], {k: 0.0 for k in batches.SUBJECT_KEYS}, data["mask"])
     monkeypatch.setattr(evaluator, "prediction_on_grid", lambda record, path, data: prediction)
     rows = evaluator.score(record, tmp_path / "unused.nii.gz")
