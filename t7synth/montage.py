@@ -18,7 +18,7 @@ differ most visibly. Example (the demo's four models, after ``fit`` of each)::
         --pred "WATNet=runs/demo_watnet/version_0/predictions" \\
         --out docs/img/demo_zoom.png
 
-The library function is :func:`t7synth.evaluation.evaluator.zoom_montage`.
+The library function is :func:`t7synth.evaluation.montage.zoom_montage`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         if not label or not folder:
             raise UserError(f"--pred {item!r}: expected LABEL=DIR")
         predictions.append((label, folder))
-    from t7synth.evaluation.evaluator import zoom_montage
+    from t7synth.evaluation.montage import zoom_montage
 
     print(
         zoom_montage(

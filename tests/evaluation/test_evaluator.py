@@ -149,20 +149,3 @@ def test_labels_no_table_names_and_partial_truth_are_left_out_with_a_note(tmp_pa
     report = evaluate(pred, root, out=tmp_path / "eval2", progress=False)
     assert "only 1 of 3 subjects have usable tissue labels" in report
     assert "dice_true_gm" not in _rows(tmp_path / "eval2" / "scores.csv")[0]
-
-
-def test_zoom_montage_of_several_models(tmp_path):
-    from t7synth.errors import UserError
-    from t7synth.evaluation.evaluator import zoom_montage
-
-    root = make_dataset(tmp_path / "data", n_subjects=3)
-    first, second = tmp_path / "a", tmp_path / "b"
-    _perfect_predictions(root, first, {"sub-003"})
-    _perfect_predictions(root, second, {"sub-003"})
-    path = zoom_montage(root, "sub-003", [("A", first), ("B", second)], tmp_path / "zoom.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(UserError, match="no prediction of sub-002 in"):
-        zoom_montage(root, "sub-002", [("A", first)], tmp_path / "other.png")
-    with pytest.raises(UserError, match="sub-099 is not a subject of"):
-        zoom_montage(root, "sub-099", [("A", first)], tmp_path / "other.png")
-    assert not (tmp_path / "other.png").exists()
