@@ -25,7 +25,7 @@ MAX_COMMAND_LINES = 120
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("t7synth", "errors", "files", "textfiles", "cli"),
     ("config", "scores", "statistics"),
-    ("run_files", "plotting"),
+    ("run_files", "plotting", "charts"),
     ("data", "nets"),
     ("measures",),
     ("models",),

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from t7synth import plotting, run_files
+from t7synth import charts, plotting, run_files
 
 
 def test_slices_cut_the_brain_with_the_sagittal_off_the_midline():
@@ -22,7 +22,7 @@ def test_slices_cut_the_brain_with_the_sagittal_off_the_midline():
 def _capture(monkeypatch):
     """Keep the figure a montage would write, instead of writing it."""
     figures = []
-    monkeypatch.setattr(plotting, "_save", lambda figure, path, dpi: figures.append(figure) or path)
+    monkeypatch.setattr(plotting, "save_figure", lambda figure, path, dpi: figures.append(figure) or path)
     return figures
 
 
@@ -99,7 +99,7 @@ def test_progress_marks_the_best_epoch_and_draws_both_baselines(tmp_path, monkey
             {"epoch": epoch, "step": epoch * 2 + 1, "train/epoch_time": 30.0 + epoch},
         ]
     path = _metrics(tmp_path / "metrics.csv", rows)
-    assert plotting.save_progress(path, tmp_path / "progress.png", "run") == tmp_path / "progress.png"
+    assert charts.save_progress(path, tmp_path / "progress.png", "run") == tmp_path / "progress.png"
     axes = {axis.get_title(): axis for axis in figures[0].axes}
     psnr = axes["validation PSNR brain (dB)"]
     labels = [line.get_label() for line in psnr.get_lines()]
@@ -111,7 +111,7 @@ def test_progress_marks_the_best_epoch_and_draws_both_baselines(tmp_path, monkey
 
 
 def test_nothing_logged_yet_draws_nothing(tmp_path):
-    assert plotting.save_progress(tmp_path / "missing.csv", tmp_path / "progress.png") is None
+    assert charts.save_progress(tmp_path / "missing.csv", tmp_path / "progress.png") is None
     _metrics(tmp_path / "metrics.csv", [{"epoch": 0, "step": 0, "train/loss": 0.5}])
-    assert plotting.save_curves([("run", tmp_path / "metrics.csv")], tmp_path / "curves.png") is None  # no validation
+    assert charts.save_curves([("run", tmp_path / "metrics.csv")], tmp_path / "curves.png") is None  # no validation
     assert not (tmp_path / "progress.png").exists() and not (tmp_path / "curves.png").exists()

@@ -531,8 +531,8 @@ def compare(
     if paired:
         table += "\n\n" + paired
     section = differences_markdown(runs, differences)
+    from t7synth.charts import save_curves
     from t7synth.files import atomic_paths, check_writable, remove_stale_temporaries
-    from t7synth.plotting import save_curves
     from t7synth.run_files import read_metrics
 
     for run in runs:  # a damaged metrics.csv is refused now, before anything is written

@@ -495,8 +495,8 @@ def write_results(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     """Write the per-subject rows (``scores.csv``: model and references, the format of
     ``fit``'s ``test_scores.csv``), ``subject_scores.csv`` (the predictions only, one row per
     subject), ``summary.csv`` (mean and SD per row kind) and ``spectra.png``."""
+    from t7synth.charts import save_spectra
     from t7synth.files import atomic_path
-    from t7synth.plotting import save_spectra
 
     spectra = save_spectra(out_dir / "spectra.png", rows, "synthetic 7T (--pred)")
 

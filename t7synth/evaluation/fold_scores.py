@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from t7synth.charts import save_curves
 from t7synth.data.folds import FOLD_PREFIX, NO_SITE, SPLIT_FILE, read_split_table
 from t7synth.errors import UserError
 from t7synth.evaluation.compare import (
@@ -40,7 +41,6 @@ from t7synth.evaluation.compare import (
     write_csv,
 )
 from t7synth.files import atomic_paths, check_writable, remove_stale_temporaries
-from t7synth.plotting import save_curves
 from t7synth.run_files import TEST_SCORES_FILE
 from t7synth.scores import COLUMNS, LABELS, MODEL, ROW_KINDS, format_cell, is_number, mean_sd
 from t7synth.training.cross_validation import finished_runs

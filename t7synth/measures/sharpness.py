@@ -25,7 +25,7 @@ fine texture a GAN keeps (or invents). Two measures look at edges and detail dir
   its own noise, so a perfect denoiser scores slightly below 1.
 
 :func:`radial_spectrum` gives the radially averaged power spectrum the ratio is
-read from; ``fit`` and ``evaluate`` plot it per run (``plotting.save_spectra``).
+read from; ``fit`` and ``evaluate`` plot it per run (``charts.save_spectra``).
 """
 
 from __future__ import annotations

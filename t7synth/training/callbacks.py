@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_warn
 
-from t7synth import plotting
+from t7synth import charts, plotting
 from t7synth.run_files import METRICS_FILE, PROGRESS_FILE, TEST_SCORES_FILE, TEST_SPECTRA_FILE, montage_path
 from t7synth.scores import write_rows
 from t7synth.training.loggers import wandb_loggers
@@ -128,7 +128,7 @@ class ProgressPlot(pl.Callback):
     def _draw(self, trainer: pl.Trainer) -> None:
         if not (self._pending and trainer.is_global_zero):
             return
-        from t7synth.plotting import save_progress
+        from t7synth.charts import save_progress
         from t7synth.training.history import RunCSVLogger
 
         for logger in trainer.loggers:
@@ -207,7 +207,7 @@ class TestScores(pl.Callback):
         write_rows(run_dir / TEST_SCORES_FILE, rows)
         name = pl_module.config.model.name
         title = f"test power spectra, {name}, {pl_module.scored_weights()}"
-        path = plotting.save_spectra(run_dir / TEST_SPECTRA_FILE, rows, f"{name} (synthetic 7T)", title)
+        path = charts.save_spectra(run_dir / TEST_SPECTRA_FILE, rows, f"{name} (synthetic 7T)", title)
         if path is not None:
             _log_image(trainer, "test/spectra", path, None)
 

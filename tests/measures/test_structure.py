@@ -7,7 +7,7 @@ import pytest
 from helpers import make_pair
 from scipy import ndimage
 
-from t7synth import plotting, scores
+from t7synth import charts, plotting, scores
 from t7synth.measures.structure import StructureScorer
 from t7synth.scores import SPECTRUM, SPECTRUM_BINS, TARGET_SPECTRUM
 
@@ -69,10 +69,10 @@ def test_spectra_plot_needs_spectra(volumes, tmp_path):
         {"model": kind, "subject": "sub-001", **scorer(guess)}
         for kind, guess in (("model", target), ("identity", target * 0.5))
     ]
-    path = plotting.save_spectra(tmp_path / "spectra.png", rows)
+    path = charts.save_spectra(tmp_path / "spectra.png", rows)
     assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plain = [{k: v for k, v in row.items() if k not in (SPECTRUM, TARGET_SPECTRUM)} for row in rows]
-    assert plotting.save_spectra(tmp_path / "none.png", plain) is None and not (tmp_path / "none.png").exists()
+    assert charts.save_spectra(tmp_path / "none.png", plain) is None and not (tmp_path / "none.png").exists()
 
 
 def test_zoom_region_lies_in_the_brain_and_the_array():
