@@ -19,13 +19,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torchio as tio
+
+from t7synth.errors import UserError
 
 SUBJECT_KEYS = ("age", "sex", "brain_mid", "n_slices")
 
 
 def collate(items: Sequence) -> dict:
     """Stack TorchIO subjects or patches into a dict of tensors."""
-    import torchio as tio
 
     batch = {
         name: torch.stack([item[name].data for item in items])
@@ -80,7 +82,6 @@ def batch_share(data, world: int) -> int:
     ``data.batch_scope: per_gpu``: ``data.batch_size`` itself; ``global``: the batch of
     all ``world`` processes together (a published batch), split evenly.
     """
-    from t7synth.errors import UserError
 
     if data.batch_scope == "per_gpu":
         return data.batch_size
@@ -123,7 +124,6 @@ def plan_batches(data, world: int, accumulate: int) -> BatchPlan:
 def micro_batch(data, world: int, accumulate: int) -> int:
     """Samples per forward pass: a process's share split into ``accumulate`` micro-batches
     (``trainer.accumulate_grad_batches``), which must divide it."""
-    from t7synth.errors import UserError
 
     share = batch_share(data, world)
     if accumulate < 1 or share % accumulate:

@@ -25,22 +25,29 @@ Under DDP, subjects (not patches) are sharded:
 
 from __future__ import annotations
 
+import random
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torchio as tio
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
-from t7synth.config import Config, slab_patch_size
+from t7synth.config import Config, check_sample_fits, slab_patch_size
 from t7synth.data import batches
+from t7synth.data.demo.cache import ensure_demo_dataset
 from t7synth.data.folds import fold_splits
 from t7synth.data.intensity_lut import fit_lut
 from t7synth.data.layout import SubjectRecord, assign_splits, discover
+from t7synth.data.prefetch import EpochPrefetcher, PrefetchedEpoch
 from t7synth.data.preprocess import Preprocessing, load_or_preprocess
 from t7synth.data.profile import training_profile
+from t7synth.data.sampling import EpochQueue, slab_sampler
 from t7synth.data.seeds import seed_all, training_seed
+from t7synth.data.transforms import build_augmentation
 from t7synth.errors import UserError
 
 #: Training batches made ahead when ``data.num_workers > 0``: they must cover a Queue
@@ -81,7 +88,6 @@ def resolve_root(config: Config) -> Path:
     """The dataset folder: ``data.root``, or the demo dataset (generated once, cached)."""
     if config.data.root:
         return Path(config.data.root).expanduser()
-    from t7synth.data.demo.cache import ensure_demo_dataset
 
     data = config.data
     return ensure_demo_dataset(n_subjects=data.demo_subjects, seed=data.demo_seed, voxel_size=data.demo_voxel_size)
@@ -194,12 +200,6 @@ class PairedDataModule(pl.LightningDataModule):
         Raises:
             UserError: naming the subject, the shapes and the setting to change.
         """
-        import random
-
-        import numpy as np
-
-        from t7synth.config import check_sample_fits
-        from t7synth.data.sampling import slab_sampler
 
         geometry = self.config.geometry
         subjects = self.subjects["train"]
@@ -237,7 +237,6 @@ class PairedDataModule(pl.LightningDataModule):
             np.random.set_state(state[1])
 
     def _subject(self, record: SubjectRecord):
-        import torchio as tio
 
         data = load_or_preprocess(record, self.settings, self.cache_dir)
         affine = data["affine"].numpy()
@@ -282,7 +281,6 @@ class PairedDataModule(pl.LightningDataModule):
         epoch = self._upcoming_epoch()
         if self.config.data.num_workers == 0:
             return self.epoch_loader(epoch, self._begin_epoch)
-        from t7synth.data.prefetch import EpochPrefetcher, PrefetchedEpoch
 
         if self._prefetcher is None:
             self._prefetcher = EpochPrefetcher(
@@ -306,11 +304,6 @@ class PairedDataModule(pl.LightningDataModule):
         of whatever Lightning draws from the global generator before it (a resumed
         run creates one iterator fewer than an uninterrupted one, for example).
         """
-        import torchio as tio
-        from torch.utils.data.distributed import DistributedSampler
-
-        from t7synth.data.sampling import EpochQueue, slab_sampler
-        from t7synth.data.transforms import build_augmentation
 
         data = self.config.data
         subjects = self.subjects["train"]
@@ -366,7 +359,6 @@ class PairedDataModule(pl.LightningDataModule):
         last slices are left in a dropped incomplete batch. A rank with fewer slices
         draws its first subjects' slices again to fill up.
         """
-        from torch.utils.data.distributed import DistributedSampler
 
         world, _ = self._world()
         counts = [subject["num_samples"] for subject in dataset.dry_iter()]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import queue as queue_module
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 
@@ -75,7 +76,6 @@ class EpochPrefetcher:
 
     def ready(self, timeout: float) -> bool:
         """Whether a batch is waiting within ``timeout`` seconds (without taking it)."""
-        import time
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -181,7 +181,6 @@ def _produce(make_loader, epoch: int, out, parent: int) -> None:
     # Tensors reach the training process through shared memory whose file descriptors
     # this process hands over when they are unpickled there: it must outlive every
     # batch it sent, so it waits to be stopped (or orphaned) instead of exiting.
-    import time
 
     while os.getppid() == parent:
         time.sleep(_POLL_SECONDS)

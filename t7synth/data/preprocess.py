@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchio as tio
 
 from t7synth.data.layout import SubjectRecord
 from t7synth.data.profile import outside_fraction
 from t7synth.data.volumes import brain_mask, check_pair, load_volume
 from t7synth.errors import UserError
+from t7synth.files import atomic_path
 
 #: Bump when the preprocessing code changes what it produces.
 CACHE_VERSION = 2  # 2: outside_fraction (the training input profile, data/profile.py)
@@ -107,7 +109,6 @@ def normalise(volume: torch.Tensor, mask: torch.Tensor, percentiles=(1.0, 99.0),
         return ((x - low) / (high - low)).float()
     if mode != "clip":
         raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {mode!r}")
-    import torchio as tio
 
     rescale = tio.RescaleIntensity(out_min_max=(0.0, 1.0), percentiles=tuple(percentiles))
     scaled = rescale.rescale(volume.float(), inside, "volume")
@@ -116,7 +117,6 @@ def normalise(volume: torch.Tensor, mask: torch.Tensor, percentiles=(1.0, 99.0),
 
 def crop_or_pad(subject, shape):
     """Crop or pad every image of a TorchIO subject to ``shape``, centred on its mask."""
-    import torchio as tio
 
     return tio.CropOrPad(tuple(shape), mask_name="mask")(subject)
 
@@ -136,7 +136,6 @@ def preprocess_record(record: SubjectRecord, settings: Preprocessing) -> dict[st
         UserError: any bad file (see :func:`~t7synth.data.volumes.load_volume`) or a
             pair whose grids differ.
     """
-    import torchio as tio
 
     source, source_affine = load_volume(record.source)
     target, target_affine = load_volume(record.target)
@@ -179,7 +178,6 @@ def load_or_preprocess(record: SubjectRecord, settings: Preprocessing, cache_dir
     The cache file is a plain tensor dict, written atomically and read with
     ``weights_only=True`` (no pickled code).
     """
-    from t7synth.files import atomic_path
 
     path = Path(cache_dir) / f"{record.subject}-{cache_key(record, settings)}.pt"
     if path.is_file():

@@ -137,7 +137,6 @@ class EpochQueue(tio.Queue):
 
 def slab_sampler(mode: str, patch_size, axis: int):
     """The TorchIO sampler of ``data.slab_sampling`` (``label``: TorchIO's LabelSampler)."""
-    import torchio as tio
 
     if mode == "label":
         # Centres on brain voxels: samples that see only background teach nothing.

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -183,7 +184,6 @@ class RawPipeline:
         """:attr:`quality` of the output (as written: RAS+, on the scan's grid, [0, 1])
         and of the input normalised as the model saw it (``input_`` columns)."""
         # Not load_volume: it refuses a constant volume, and an untrained model's output may be.
-        import nibabel as nib
 
         synthetic = np.asarray(nib.as_closest_canonical(volumes.load_image(written)).dataobj, dtype=np.float32)
         scaled = normalise(

@@ -32,9 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchio as tio
 
-from t7synth.data import volumes
+from t7synth.data import batches, volumes
+from t7synth.data.preprocess import crop_or_pad, normalise
 from t7synth.errors import UserError
+from t7synth.inference import official
 from t7synth.inference.grids import resample, resampled_grid, shift_to_grid, spacing
 from t7synth.training.precision import resolve_precision
 
@@ -48,7 +51,6 @@ def device_for(gpus: int) -> str:
         return "cpu"
     if gpus != 1:
         raise UserError(f"--gpus {gpus}: predict uses one GPU; run one predict per GPU on separate folders")
-    import torch
 
     if not torch.cuda.is_available():
         raise UserError("--gpus 1: no CUDA GPU is visible on this machine (use --gpus 0 for the CPU)")
@@ -106,7 +108,6 @@ class Synthesiser:
             UserError: an unreadable or invalid scan or mask, a mask on another grid,
                 or an empty brain mask.
         """
-        from t7synth.data.preprocess import normalise
 
         source = Path(source)
         if self.config.data.inference == "authors":
@@ -161,8 +162,6 @@ class Synthesiser:
         brain box and end-padded to the ``data.shape`` frame; every window inside the
         frame is predicted; the raw output goes back in place, zero outside the box.
         """
-        from t7synth.data.preprocess import normalise
-        from t7synth.inference import official
 
         array, affine = volumes.load_volume(source)
         original = volumes.load_image(source)
@@ -193,9 +192,6 @@ class Synthesiser:
         mask_t = torch.from_numpy((mask > 0).astype(np.uint8)[None])
         if self.shape is None:
             return image_t, mask_t, np.asarray(affine, dtype=np.float64)
-        import torchio as tio
-
-        from t7synth.data.preprocess import crop_or_pad
 
         subject = tio.Subject(
             source=tio.ScalarImage(tensor=image_t, affine=affine), mask=tio.LabelMap(tensor=mask_t, affine=affine)
@@ -212,7 +208,6 @@ class Synthesiser:
     ) -> torch.Tensor:
         """The model's prediction of a (1, I, J, K) volume; ``mask`` zeroes it outside
         the brain; ``tokens`` (``brain_mid``, ``n_slices``) replace those of the mask."""
-        from t7synth.data import batches
 
         geometry = self.config.geometry
         # The same tokens the data module gives a test subject (datamodule._subject).

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 SSIM_SIGMA = 1.5
 SSIM_KERNEL = 11
@@ -65,7 +66,6 @@ def ssim_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     are differences of nearly equal numbers. Equal to scikit-image's full SSIM map,
     border voxels included (see the module docstring for the padding).
     """
-    import torch.nn.functional as F
 
     pad = (SSIM_KERNEL - 1) // 2
     offsets = torch.arange(SSIM_KERNEL, dtype=torch.float64) - pad
@@ -151,7 +151,6 @@ def skimage_ssim(prediction: torch.Tensor, target: torch.Tensor) -> float:
     Raises:
         ValueError: an axis shorter than the window (scikit-image refuses it too).
     """
-    import torch.nn.functional as F
 
     x, y = prediction.detach().double().cpu(), target.detach().double().cpu()
     if x.shape != y.shape or not 1 <= x.ndim <= 3:

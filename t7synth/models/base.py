@@ -18,6 +18,7 @@ scored as the prediction) and the intensity-mapping baseline.
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,6 @@ def one_cycle(total: int, warmup: float = 0.3, start: float = 1 / 25, end: float
     cosine from ``start`` to 1 over ``warmup * total`` steps, cosine from 1 to ``end``
     over the rest, ``end`` past ``total``.
     """
-    import math
 
     rise = max(1.0, warmup * total - 1)
     fall = max(1.0, total - 1 - rise)

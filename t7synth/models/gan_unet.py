@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
 from t7synth.config import deep_merge
@@ -84,7 +85,6 @@ class GANUNetModule(UNetModule):
 
     def build_discriminator(self) -> nn.Module:
         """MONAI's 2D PatchGAN on single 7T slices, from ``model.discriminator``."""
-        from monai.networks.nets import PatchDiscriminator
 
         options = dict(self.config.model.discriminator)
         valid = ("channels", "num_layers", "norm")

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from t7synth.models.base import SynthesisModule, build_net
+from t7synth.nets.unet import ConditionedUNet
 
 
 class UNetModule(SynthesisModule):
@@ -35,7 +36,6 @@ class UNetModule(SynthesisModule):
     }
 
     def build_net(self) -> nn.Module:
-        from t7synth.nets.unet import ConditionedUNet
 
         return build_net(ConditionedUNet, self.config.model.net, in_channels=self.geometry.slices, out_channels=1)
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from t7synth.data import batches
 from t7synth.models.base import SynthesisModule, build_net
+from t7synth.nets.watnet import WATNet
 
 
 class WATNetModule(SynthesisModule):
@@ -50,7 +51,6 @@ class WATNetModule(SynthesisModule):
     }
 
     def build_net(self) -> nn.Module:
-        from t7synth.nets.watnet import WATNet
 
         slices = self.geometry.slices
         net = build_net(WATNet, self.config.model.net, in_channels=slices, out_channels=slices)

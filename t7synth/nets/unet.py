@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["ConditionedUNet", "pad_to_multiple"]
 
@@ -402,7 +403,6 @@ class ConditionedUNet(nn.Module):
 
     @staticmethod
     def _checkpointed(module: nn.Module, h: Tensor, emb: Tensor | None, context: Tensor | None) -> Tensor:
-        from torch.utils.checkpoint import checkpoint
 
         # Non-reentrant: works with inputs that need no gradient, keeps autocast and the
         # RNG state (dropout) of the first pass for the recomputation.

@@ -39,17 +39,21 @@ sample); ``null`` means one on the CPU and, on GPUs, the fewest that fit.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.autograd.variable import Variable
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from t7synth import registry
+from t7synth.config import sample_size
 from t7synth.data.batches import SUBJECT_KEYS, BatchPlan, batch_share, micro_batch, plan_batches
+from t7synth.data.layout import discover
 from t7synth.data.volumes import canonical_shape
 from t7synth.errors import UserError
 
@@ -219,7 +223,6 @@ def compute_dtype(precision: str) -> torch.dtype | None:
 
 def sample_shape(config, volume_shape: Sequence[int]) -> tuple[int, ...]:
     """One training sample's (1, *spatial) shape for volumes of ``volume_shape``."""
-    from t7synth.config import sample_size
 
     return (1, *sample_size(config, tuple(volume_shape)))
 
@@ -280,7 +283,6 @@ def _backward(loss: torch.Tensor) -> None:
     # which run them with the mode switched off, so activation checkpointing would
     # recompute its blocks without the autocast emulation. The engine, called directly,
     # keeps the mode on.
-    from torch.autograd.variable import Variable
 
     Variable._execution_engine.run_backward((loss,), (torch.ones_like(loss),), False, False, (), True, True)
 
@@ -419,14 +421,12 @@ def refusal(config, footprint: Footprint, plan: Plan, checkpointed: Footprint | 
 
 
 def _with_accumulation(config, value):
-    import dataclasses
 
     return dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, accumulate_grad_batches=value))
 
 
 def checkpointing_variant(config):
     """``config`` with ``model.net.checkpointing`` on, or ``None`` if its net has no such switch."""
-    import dataclasses
     import inspect
 
     model = registry.build_on_meta(config)
@@ -463,7 +463,6 @@ def volume_shape(config, create: bool = False) -> tuple[int, int, int] | None:
     """
     if config.data.shape is not None:
         return tuple(config.data.shape)
-    from t7synth.data.layout import discover
 
     if config.data.root:
         root = Path(config.data.root).expanduser()
