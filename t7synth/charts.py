@@ -18,6 +18,17 @@ import numpy as np
 
 from t7synth import plotting
 from t7synth.run_files import BEST_CHECKPOINT, last_value, per_epoch, read_metrics
+from t7synth.scores import (
+    COLUMNS,
+    HEADLINE,
+    HF_CUTOFF,
+    ROW_KINDS,
+    SPECTRUM,
+    SPECTRUM_FREQUENCIES,
+    TARGET_SPECTRUM,
+    metric_key,
+    row_label,
+)
 
 _REFERENCE_STYLES = (("identity", "identity (3T input)", "--"), ("lut", "intensity LUT", ":"))
 
@@ -33,7 +44,6 @@ def save_progress(metrics_csv: str | Path, path: str | Path, title: str = "") ->
     validation). The epoch of ``best.ckpt`` (highest validation in-brain PSNR) is
     marked on the validation panels.
     """
-    from t7synth.scores import COLUMNS, HEADLINE, metric_key
 
     rows = read_metrics(metrics_csv)
     if not rows:
@@ -121,7 +131,6 @@ def save_curves(
     Returns:
         The path, or ``None`` when no run has a validation curve.
     """
-    from t7synth.scores import COLUMNS, metric_key
 
     histories = [(label, read_metrics(csv_path)) for label, csv_path in runs]
     histories = [(label, rows) for label, rows in histories if per_epoch(rows, metric_key("val", "model", names[0]))[0]]
@@ -161,7 +170,6 @@ def save_spectra(path: str | Path, rows, model_label: str = "synthetic 7T", titl
     Returns:
         The path, or ``None`` when no row carries a spectrum.
     """
-    from t7synth.scores import HF_CUTOFF, ROW_KINDS, SPECTRUM, SPECTRUM_FREQUENCIES, TARGET_SPECTRUM, row_label
 
     rows = [row for row in rows if SPECTRUM in row and TARGET_SPECTRUM in row]
     if not rows:

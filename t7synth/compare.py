@@ -46,9 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from t7synth.evaluation.compare import compare
-
     args = build_parser().parse_args(argv)
+    from t7synth.evaluation.compare import compare
     from t7synth.evaluation.fold_scores import compare_folds, is_cross_validation
 
     if any(is_cross_validation(path) for path in args.runs):

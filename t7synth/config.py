@@ -16,13 +16,17 @@ Unknown keys are an error that lists the valid ones, at any depth.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from t7synth.errors import UserError
+from t7synth.files import atomic_path
 from t7synth.textfiles import MAX_DEPTH, check_nesting, read_yaml
 
 
@@ -303,7 +307,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def parse_assignment(text: str) -> tuple[str, Any]:
     """Split ``a.b.c=value`` into the dotted key and the value, read as YAML."""
-    import yaml
 
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
@@ -331,9 +334,6 @@ def parse_override(text: str) -> dict[str, Any]:
 
 def save_yaml(data: dict[str, Any], path: str | Path) -> None:
     """Write ``data`` as YAML atomically, keys in the order given."""
-    import yaml
-
-    from t7synth.files import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -603,7 +603,6 @@ def check_sample_fits(config: Config, shape: tuple[int, ...], where: str) -> Non
 
 def _check_finite(node: Any, key: str) -> None:
     """Refuse NaN and infinity anywhere in the config (YAML reads ``.nan`` and ``.inf``)."""
-    import math
 
     if dataclasses.is_dataclass(node):
         node = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}

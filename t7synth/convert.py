@@ -71,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from t7synth.inference.official import convert
 
-    args = build_parser().parse_args(argv)
     print(convert(args.official, args.config, args.out, overrides=args.set, slice_dim=args.slice_dim, frame=args.frame))
     return 0
 

@@ -80,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from t7synth.evaluation.evaluator import evaluate
 
-    args = build_parser().parse_args(argv)
     report = evaluate(
         args.pred,
         args.data,

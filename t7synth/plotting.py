@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from t7synth.files import atomic_path
+
 #: Top of the error colour scale, in normalised intensity (volumes lie in [0, 1]).
 ERROR_MAX = 0.25
 #: Where the sagittal slice cuts the brain's left-right extent. The centre (0.5) lies
@@ -76,7 +78,6 @@ def pyplot():
 
 
 def save_figure(figure, path: str | Path, dpi: int) -> Path:
-    from t7synth.files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -30,8 +30,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import t7synth
 from t7synth.data import naming
 from t7synth.errors import UserError
+from t7synth.files import atomic_path
 from t7synth.textfiles import read_json
 
 FIELDS = ("3T", "7T")
@@ -193,8 +195,6 @@ def write_description(
         link: also name ``source`` in ``DatasetLinks`` under this key, so sidecars can
             point into it with BIDS URIs (``bids:<link>:sub-01/anat/...``).
     """
-    import t7synth
-    from t7synth.files import atomic_path
 
     data = {
         "Name": name,

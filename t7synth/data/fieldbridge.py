@@ -44,9 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torchio as tio
 from tqdm.auto import tqdm
 
 from t7synth.data import naming
+from t7synth.data.bids import write_description
+from t7synth.data.prepare import check_output
 from t7synth.data.volumes import check_pair, load_volume, write_nifti
 from t7synth.errors import UserError
 from t7synth.files import atomic_dir, atomic_path, check_writable, remove_stale_temporaries
@@ -293,7 +296,6 @@ def cropped_affine(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
 def resample(array: np.ndarray, affine: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
     """``array`` on an isotropic ``voxel_size`` mm grid over the same field of view
     (TorchIO ``Resample``, linear interpolation through SimpleITK)."""
-    import torchio as tio
 
     image = tio.ScalarImage(tensor=array[None], affine=affine)
     resampled = tio.Resample(voxel_size, image_interpolation="linear")(image)
@@ -428,8 +430,6 @@ def prepare_fieldbridge(
         UserError: a bad ``--jobs`` or ``--voxel-size``, no table, an output folder
             that is not ours.
     """
-    from t7synth.data.bids import write_description
-    from t7synth.data.prepare import check_output
 
     if root is None:
         raise UserError("--sources and --voxel-size apply to --fieldbridge")

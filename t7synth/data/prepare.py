@@ -57,7 +57,12 @@ from pathlib import Path
 import numpy as np
 
 from t7synth.data import naming, volumes
+from t7synth.data.bids import find_scans, parse_field_map, write_description
+from t7synth.data.layout import check_listed, check_split_column, parse_participant, read_participants
+from t7synth.data.registration import correlation, describe_motion, head_region, register_rigid, resample_onto, to_sitk
 from t7synth.errors import UserError
+from t7synth.files import atomic_dir, atomic_path, check_writable, remove_stale_temporaries
+from t7synth.plotting import save_panels
 from t7synth.textfiles import read_json, read_table
 
 #: Bumped when the output for the same inputs changes; part of every subject's record,
@@ -139,8 +144,6 @@ def prepare(
     """
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
-    from t7synth.data.bids import parse_field_map
-    from t7synth.files import check_writable, remove_stale_temporaries
 
     if field_strength and raw is None:
         raise UserError("--field-strength applies to --raw; a --pairs table names each file's role itself")
@@ -173,7 +176,6 @@ def prepare(
     ]
     prepare_subjects(jobs, workers, progress)
     write_participants(out, subjects, columns)
-    from t7synth.data.bids import write_description
 
     write_description(
         out,
@@ -227,8 +229,6 @@ def plan_from_raw(raw: Path, mapping: dict | None = None) -> tuple[list[RawSubje
         UserError: no folder, no subjects, a missing 3T or 7T file, an ambiguous file
             (both ``.nii`` and ``.nii.gz``), or a malformed ``participants.tsv``.
     """
-    from t7synth.data.bids import find_scans
-    from t7synth.data.layout import check_listed, check_split_column, parse_participant, read_participants
 
     raw = raw.expanduser()
     if not raw.is_dir():
@@ -269,7 +269,6 @@ def plan_from_table(table: Path) -> tuple[list[RawSubject], list[str]]:
         UserError: an unknown extension, a missing column, an empty cell in a required
             column, a bad or duplicate subject label, a file that does not exist.
     """
-    from t7synth.data.layout import check_split_column, parse_participant
 
     table = table.expanduser()
     if not table.is_file():
@@ -468,16 +467,6 @@ def prepare_subject(job: PairJob) -> dict:
     """
     import SimpleITK as sitk
 
-    from t7synth.data.registration import (
-        correlation,
-        describe_motion,
-        head_region,
-        register_rigid,
-        resample_onto,
-        to_sitk,
-    )
-    from t7synth.files import atomic_dir, atomic_path
-
     if job.threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(job.threads)
     started = time.perf_counter()
@@ -564,7 +553,6 @@ def save_qc_montage(path: Path, before, after, target, region, row: dict, regist
     """Slices through the head: the 3T by scanner coordinates, the registered 3T, the 7T
     and a checkerboard of the last two (misalignment shows as broken edges at the
     squares' borders, whatever the contrast difference)."""
-    from t7synth.plotting import save_panels
 
     def scaled(volume):
         low, high = np.percentile(volume[region], [1, 99])
@@ -594,7 +582,6 @@ def save_qc_montage(path: Path, before, after, target, region, row: dict, regist
 def write_participants(out: Path, subjects: list[RawSubject], columns: list[str]) -> Path:
     """``participants.tsv`` (atomically): ``participant_id, age, sex``, then the input's
     other columns in their order. Unknown age or sex is ``n/a``, as BIDS writes it."""
-    from t7synth.files import atomic_path
 
     header = ["participant_id", "age", "sex"] + [c for c in columns if c not in ("participant_id", "age", "sex")]
     path = out / naming.PARTICIPANTS
@@ -611,7 +598,6 @@ def write_participants(out: Path, subjects: list[RawSubject], columns: list[str]
 
 def write_qc_table(out: Path, subjects: list[RawSubject]) -> list[dict]:
     """``prepare.tsv`` (atomically) from the subjects' records, in participant order."""
-    from t7synth.files import atomic_path
 
     rows = [(_read_record(out, s.subject) or {}).get("qc", {"subject": s.subject}) for s in subjects]
     header = list(dict.fromkeys(key for row in rows for key in row))

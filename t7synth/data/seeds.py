@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+import torch
+
 # Random streams drawn from one seed; see stream_seed().
 STREAM_TRAIN = 0
 
@@ -20,7 +23,6 @@ def stream_seed(seed: int, *keys: int) -> int:
     and rank 1 epoch 0, or seed 1 and seed 2) give unrelated streams, which
     ``seed + rank + epoch`` would not.
     """
-    import numpy as np
 
     words = [int(value) % 2**64 for value in (seed, *keys)]
     return int(np.random.SeedSequence(words).generate_state(1)[0])
@@ -28,8 +30,6 @@ def stream_seed(seed: int, *keys: int) -> int:
 
 def seed_all(value: int) -> None:
     """Seed Python's ``random``, NumPy's global generator and torch (CPU and CUDA)."""
-    import numpy as np
-    import torch
 
     random.seed(value)
     np.random.seed(value)

@@ -8,12 +8,13 @@ is deterministic and cached (``preprocess.py``).
 
 from __future__ import annotations
 
+import torchio as tio
+
 from t7synth.config import AugmentConfig
 
 
 def build_augmentation(config: AugmentConfig):
     """A ``tio.Compose`` of the enabled augmentations, or ``None`` if all are off."""
-    import torchio as tio
 
     transforms = []
     if config.flip > 0:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from t7synth.errors import UserError
+from t7synth.files import atomic_path
 
 #: Source and target must share their affine to this many millimetres per element.
 AFFINE_TOLERANCE = 1e-3
@@ -30,7 +33,6 @@ def load_volume(path: str | Path):
         UserError: unreadable or truncated file, not 3D, NaN/Inf voxels, or a volume
             whose voxels are all equal (empty).
     """
-    import nibabel as nib
 
     path = Path(path)
     try:
@@ -96,7 +98,6 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, slope: float 
     ``slope`` sets the header's ``scl_slope``: readers see ``array * slope`` (how a
     uint8 array stores probabilities in steps of 1/255).
     """
-    import nibabel as nib
 
     image = nib.Nifti1Image(array, affine)
     image.header.set_xyzt_units("mm", "sec")
@@ -113,7 +114,6 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, slope: float 
 def canonical_shape(path: str | Path) -> tuple[int, int, int]:
     """The shape :func:`load_volume` would return (RAS+ axis order), read from the header
     alone: no voxel is read (the memory plan sizes volumes before preprocessing)."""
-    import nibabel as nib
 
     image = nib.load(str(path))
     order = nib.orientations.io_orientation(image.affine)[:, 0].astype(int)
@@ -126,7 +126,6 @@ def canonical_shape(path: str | Path) -> tuple[int, int, int]:
 def load_image(path: str | Path):
     """The ``nibabel`` image of a file already checked by :func:`load_volume` (its
     header and affine give the output's)."""
-    import nibabel as nib
 
     try:
         return nib.load(str(path))
@@ -140,14 +139,12 @@ def _canonical_to_file(original) -> np.ndarray:
     """The orientation transform from RAS+ back to the ``original`` image's axes: the
     inverse of the ``as_closest_canonical`` in :func:`load_volume` (flips and a
     permutation, exact)."""
-    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
     return ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(original.affine))
 
 
 def to_file_axes(canonical: np.ndarray, original) -> np.ndarray:
     """A RAS+ array of :func:`load_volume` in the axes of the ``original`` image."""
-    from nibabel.orientations import apply_orientation
 
     return apply_orientation(canonical, _canonical_to_file(original))
 
@@ -155,7 +152,6 @@ def to_file_axes(canonical: np.ndarray, original) -> np.ndarray:
 def image_like(canonical: np.ndarray, canonical_affine: np.ndarray, original):
     """A RAS+ array (with its affine) as a float32 image in the ``original`` image's
     orientation, affine and header (see :func:`image_on_file_grid`)."""
-    import nibabel as nib
 
     image = nib.Nifti1Image(canonical, canonical_affine).as_reoriented(_canonical_to_file(original))
     if not np.allclose(image.affine, original.affine, atol=1e-4):
@@ -165,7 +161,6 @@ def image_like(canonical: np.ndarray, canonical_affine: np.ndarray, original):
 
 def image_on_file_grid(array: np.ndarray, original, description: str = "t7synth synthetic 7T"):
     """``array`` (in the file's own axes) as a float32 image with the file's affine and header."""
-    import nibabel as nib
 
     header = nib.Nifti1Header.from_header(original.header)
     result = nib.Nifti1Image(np.asarray(array, dtype=np.float32), original.affine, header=header)
@@ -186,9 +181,6 @@ def image_on_file_grid(array: np.ndarray, original, description: str = "t7synth 
 
 def save_image(image, path: str | Path) -> Path:
     """Write a ``nibabel`` image atomically (a reader sees the old file or the new one)."""
-    import nibabel as nib
-
-    from t7synth.files import atomic_path
 
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))

@@ -46,7 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from t7synth.charts import save_curves
+from t7synth.config import flatten
 from t7synth.errors import UserError
+from t7synth.files import atomic_path, atomic_paths, check_writable, remove_stale_temporaries
 from t7synth.run_files import (
     CONFIG_FILE,
     EVALUATE_SCORES_FILE,
@@ -56,6 +59,7 @@ from t7synth.run_files import (
     WANDB_ID_FILE,
     checkpoint_dir,
     read_config,
+    read_metrics,
     read_trial_record,
 )
 from t7synth.scores import (
@@ -72,6 +76,7 @@ from t7synth.scores import (
 )
 from t7synth.statistics import CONFIDENCE, paired_by_subject, paired_difference
 from t7synth.textfiles import parse_int, read_table, read_text
+from t7synth.training.loggers import check_wandb_mode, run_link
 
 #: The columns a comparison shows, in order (every per-subject score file has them).
 COMPARED = DISPLAY_ORDER
@@ -327,7 +332,6 @@ def config_differences(runs: Sequence[Run]) -> dict[str, list[Any]]:
     by an older t7synth) counts as a difference, shown as :data:`NOT_SET`. Keys in
     :data:`IGNORED_KEYS` never count.
     """
-    from t7synth.config import flatten
 
     configs = [flatten(run.config) for run in runs if run.config]
     if len(configs) < 2:
@@ -388,7 +392,6 @@ def table_rows(entries: Sequence[Entry]) -> list[list]:
 
 
 def write_csv(entries: Sequence[Entry], path: Path) -> Path:
-    from t7synth.files import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -403,8 +406,6 @@ def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from t7synth.files import atomic_path
 
     runs = [e for e in entries if e.kind == "run"]
     references = [e for e in entries if e.kind == "reference"]
@@ -467,8 +468,6 @@ def log_to_wandb(
     """
     import wandb
 
-    from t7synth.training.loggers import run_link
-
     first = runs[0]
     run = wandb.init(
         project=first.wandb_project,
@@ -519,7 +518,6 @@ def compare(
     """
     if trials < 1:
         raise UserError(f"--trials {trials}: must be at least 1")
-    from t7synth.training.loggers import check_wandb_mode
 
     check_wandb_mode(wandb_mode)
     runs = [run for path in run_dirs for run in read_runs(path, trials)]
@@ -531,9 +529,6 @@ def compare(
     if paired:
         table += "\n\n" + paired
     section = differences_markdown(runs, differences)
-    from t7synth.charts import save_curves
-    from t7synth.files import atomic_paths, check_writable, remove_stale_temporaries
-    from t7synth.run_files import read_metrics
 
     for run in runs:  # a damaged metrics.csv is refused now, before anything is written
         if run.metrics is not None:

@@ -37,10 +37,28 @@ reads it), ``spectra.png`` (the power spectra against the 7T's) and
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from t7synth.charts import save_spectra
+from t7synth.config import Config
+from t7synth.data.intensity_lut import apply_lut
+from t7synth.data.layout import assign_splits, discover
+from t7synth.data.naming import is_nifti, is_uncertainty, subject_label
+from t7synth.data.preprocess import Preprocessing, load_or_preprocess
+from t7synth.data.volumes import check_pair, load_volume
 from t7synth.errors import UserError
+from t7synth.evaluation.segmenter import labels_on_grid, read_structures
+from t7synth.files import atomic_path, cache_root, check_writable, remove_stale_temporaries
+from t7synth.inference.grids import shift_to_grid
+from t7synth.measures import metrics, segmentation
+from t7synth.measures.structure import StructureScorer
+from t7synth.measures.subject import subject_rows
+from t7synth.registry import resolve
 from t7synth.run_files import EVALUATE_SCORES_FILE, EVALUATE_SUBJECTS_FILE, write_config
 from t7synth.scores import (
     MODEL,
@@ -86,8 +104,6 @@ def settings_config(config_file: str | None = None, ckpt: str | None = None, mod
         from t7synth.training.checkpoint import checkpoint_config
 
         return checkpoint_config(ckpt)
-    from t7synth.config import Config
-    from t7synth.registry import resolve
 
     return resolve(None, config_file) if config_file else Config()
 
@@ -138,7 +154,6 @@ def find_predictions(folder: str | Path) -> dict[str, Path]:
     Raises:
         UserError: a missing folder, or two files with the same subject label.
     """
-    from t7synth.data.naming import is_nifti, is_uncertainty, subject_label
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -209,9 +224,6 @@ class Evaluator:
         pred_scale: str = "as-is",
         segmenter=None,
     ):
-        from t7synth.data.layout import assign_splits, discover
-        from t7synth.data.preprocess import Preprocessing
-        from t7synth.files import cache_root
 
         self.root = Path(data_root).expanduser()
         data = config.data
@@ -248,7 +260,6 @@ class Evaluator:
 
     def preprocessed(self, record) -> dict:
         """A subject as training sees it (cached exactly like ``fit``'s data module)."""
-        from t7synth.data.preprocess import load_or_preprocess
 
         return load_or_preprocess(record, self.settings, self.cache_dir)
 
@@ -283,10 +294,6 @@ class Evaluator:
         Raises:
             UserError: unreadable file, or not on the grid of the subject's 3T input.
         """
-        import numpy as np
-
-        from t7synth.data.volumes import check_pair, load_volume
-        from t7synth.inference.grids import shift_to_grid
 
         volume, affine = volume if volume is not None else load_volume(path)
         source, source_affine = load_volume(record.source)
@@ -305,9 +312,6 @@ class Evaluator:
         without one, labels 0-3 are read in t7synth's (and FSL FAST's) convention and
         any other label set is not scored.
         """
-        import numpy as np
-
-        from t7synth.measures import segmentation
 
         if record.dseg is None:
             return None
@@ -333,7 +337,6 @@ class Evaluator:
         ``{structure: label numbers}`` from its ``dseg.tsv``, or ``None`` without a
         ``dseg``, without a table, or with a table naming no FreeSurfer structure
         (a tissue ``dseg`` such as the demo's)."""
-        from t7synth.evaluation.segmenter import labels_on_grid, read_structures
 
         if record.dseg is None or record.dseg_table is None:
             return None
@@ -358,8 +361,6 @@ class Evaluator:
             UserError: unreadable file, not on the grid of the subject's 3T input, or
                 (``as-is``) in-brain values off the [0, 1] scale, naming ``--pred-scale``.
         """
-        import numpy as np
-        import torch
 
         if self.pred_scale == "percentile":
             from t7synth.data.preprocess import normalise
@@ -388,10 +389,6 @@ class Evaluator:
 
     def score(self, record, path: Path, montage_dir: Path | None = None) -> list[dict[str, Any]]:
         """Rows (``model``, ``identity``, ``lut`` if there is one) of one subject; draws its montage."""
-        from t7synth.data.intensity_lut import apply_lut
-        from t7synth.measures import metrics
-        from t7synth.measures.structure import StructureScorer
-        from t7synth.measures.subject import subject_rows
 
         data = self.preprocessed(record)
         source, target, mask = data["source"], data["target"], data["mask"]
@@ -495,8 +492,6 @@ def write_results(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     """Write the per-subject rows (``scores.csv``: model and references, the format of
     ``fit``'s ``test_scores.csv``), ``subject_scores.csv`` (the predictions only, one row per
     subject), ``summary.csv`` (mean and SD per row kind) and ``spectra.png``."""
-    from t7synth.charts import save_spectra
-    from t7synth.files import atomic_path
 
     spectra = save_spectra(out_dir / "spectra.png", rows, "synthetic 7T (--pred)")
 
@@ -562,7 +557,6 @@ def evaluate(
     out_dir = Path(out).expanduser() if out else pred_dir / "evaluation"
     config, lut = settings_and_lut(config_file, ckpt, model)
     predictions = find_predictions(pred_dir)
-    from t7synth.files import check_writable, remove_stale_temporaries
 
     check_writable(out_dir)  # a read-only --out is one line before scoring, not after
     for folder in (out_dir, out_dir / "montages"):
@@ -588,7 +582,6 @@ def evaluate(
     # The settings the scores were computed with, data.root the dataset scored: what
     # compare shows as config differences. Without --ckpt/--config these are the
     # built-in defaults, and name: null tells compare the model is unknown.
-    import dataclasses
 
     settings = dataclasses.replace(
         config, data=dataclasses.replace(config.data, root=str(Path(data).expanduser().resolve()))

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from t7synth.nets.features import load_resnet, normalised_feature_distance
+
 
 class MedicalNetDistance:
     """The authors' 3D perceptual distance on MedicalNet features.
@@ -32,7 +36,6 @@ class MedicalNetDistance:
     """
 
     def __init__(self, weights: str | Path, device: str = "cpu"):
-        from t7synth.nets.features import load_resnet
 
         self.net = load_resnet(weights, "--perceptual-weights", spatial_dims=3, kind="a MedicalNet 3D ResNet").to(
             device
@@ -40,7 +43,6 @@ class MedicalNetDistance:
         self.device = device
 
     def features(self, volume):
-        import torch
 
         x = volume.float().reshape(1, 1, *volume.shape[-3:]).to(self.device)
         # The clamp only matters for a constant volume, where MONAI's formula divides by 0.
@@ -49,6 +51,5 @@ class MedicalNetDistance:
             return self.net(x)
 
     def __call__(self, prediction, target) -> float:
-        from t7synth.nets.features import normalised_feature_distance
 
         return float(normalised_feature_distance(self.features(prediction), self.features(target)).mean())

@@ -42,7 +42,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from nibabel.processing import resample_from_to
 
 from t7synth.data.volumes import write_nifti
 from t7synth.errors import UserError
@@ -157,8 +159,6 @@ def labels_on_grid(path: Path, shape, affine) -> np.ndarray:
     Raises:
         UserError: an unreadable or non-3D label map.
     """
-    import nibabel as nib
-    from nibabel.processing import resample_from_to
 
     try:
         image = nib.load(str(path))

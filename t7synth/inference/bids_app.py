@@ -26,6 +26,7 @@ from pathlib import Path
 
 from t7synth.data import naming
 from t7synth.errors import UserError
+from t7synth.files import atomic_path
 
 #: ``DatasetLinks`` name of the raw dataset in the derivative's ``Sources`` URIs.
 RAW_LINK = "raw"
@@ -115,7 +116,6 @@ def bids_targets(root, output, participants=None, sessions=None, fused: bool = F
 def write_bidsignore(root: Path) -> Path:
     """``ROOT/.bidsignore`` listing ``qc.tsv`` (no BIDS file: validators would reject it),
     keeping any lines already there; atomically."""
-    from t7synth.files import atomic_path
 
     path = Path(root) / naming.BIDSIGNORE
     lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []

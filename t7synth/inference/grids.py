@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.ndimage import affine_transform
 
 
 def spacing(affine: np.ndarray) -> np.ndarray:
@@ -43,7 +44,6 @@ def resample(
     Returns:
         float32 array of ``to_shape``; points outside the volume are 0.
     """
-    from scipy.ndimage import affine_transform
 
     # affine_transform maps output voxel indices to input voxel indices.
     matrix = np.linalg.inv(np.asarray(from_affine, dtype=np.float64)) @ np.asarray(to_affine, dtype=np.float64)

@@ -8,8 +8,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from t7synth.data.naming import PLAIN_SUFFIX, is_nifti, nifti_stem, synthetic_path
+from t7synth.data import naming
+from t7synth.data.bids import write_description
+from t7synth.data.layout import assign_splits, discover
+from t7synth.data.naming import PLAIN_SUFFIX, QC_TABLE, is_nifti, nifti_stem, subject_label, synthetic_path
 from t7synth.errors import UserError
+from t7synth.files import check_writable, remove_stale_temporaries
+from t7synth.inference.preprocess_raw import PREPROCESS_MODES, RawPipeline
+from t7synth.inference.qc import write_table
+from t7synth.inference.synthesiser import Synthesiser, device_for
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,6 @@ class Job:
 
 def is_dataset(folder: Path) -> bool:
     """A t7synth dataset folder: ``participants.tsv`` or ``sub-*/anat`` folders."""
-    from t7synth.data import naming
 
     return (folder / naming.PARTICIPANTS).is_file() or any(p.is_dir() for p in folder.glob("sub-*/anat"))
 
@@ -132,7 +138,6 @@ def plan_jobs(
 
 
 def _dataset_jobs(root: Path, output: Path, mask_dir: Path | None, split: str | None, config) -> list[Job]:
-    from t7synth.data.layout import assign_splits, discover
 
     if output.resolve() == root.resolve():
         # The outputs would land among the subjects' own files, as a derivative dataset
@@ -183,7 +188,6 @@ def _folder_jobs(folder: Path, output: Path, mask_dir: Path | None, split: str |
 def _match_mask(source: Path, mask_dir: Path) -> Path:
     """The mask of ``source`` in ``mask_dir``: the same file name, else the one file
     with the same ``sub-XXX`` label."""
-    from t7synth.data.naming import subject_label
 
     same = mask_dir / source.name
     if same.is_file():
@@ -277,8 +281,6 @@ def predict(
     A single file's error is the command's error (one line, exit 2); a folder keeps
     going past volumes that fail, and their messages come back in ``failures``.
     """
-    from t7synth.inference.preprocess_raw import PREPROCESS_MODES, RawPipeline
-    from t7synth.inference.synthesiser import Synthesiser, device_for
 
     if age is not None and not (0.0 <= age <= 150.0):
         raise UserError(f"--age {age}: expected years between 0 and 150")
@@ -347,8 +349,6 @@ def predict(
     else:
         jobs = plan_jobs(input, output, mask, split, synthesiser.config, age=age, sex=sex, uncertainty=fused)
         pipeline = RawPipeline(synthesiser, skull_strip, n4, preprocess, device=device, quality=quality)
-    from t7synth.data.naming import QC_TABLE
-    from t7synth.files import check_writable, remove_stale_temporaries
 
     output_root = Path(output).expanduser()
     for folder in sorted({job.output.parent for job in jobs} | ({output_root} if bids is not None else set())):
@@ -357,7 +357,6 @@ def predict(
     # Said once everything was checked: a refused command prints its error line alone.
     for line in dict.fromkeys(s.precision.describe() for s in synthesisers):
         print(line, file=sys.stderr)
-    from t7synth.data.bids import write_description
 
     if bids is not None:
         write_description(
@@ -398,7 +397,6 @@ def predict(
 
 def pipeline_table(pipeline, path: Path) -> Path:
     """Write the pipeline's quality rows to ``path`` (kept rows of earlier runs included)."""
-    from t7synth.inference.qc import write_table
 
     return write_table(path, pipeline.rows)
 

@@ -43,10 +43,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import torch
+
 from t7synth import registry
+from t7synth.config import Config, validate
 from t7synth.errors import UserError
 from t7synth.run_files import CONFIG_FILE, TEST_SCORES_FILE
 from t7synth.textfiles import decode_text, loads_json, loads_yaml
+from t7synth.training.checkpoint import _weights_only_is_honoured
 
 #: The manifest's ``format`` and the newest ``format_version`` this t7synth reads.
 FORMAT = "t7synth-model"
@@ -156,8 +160,6 @@ def read_package(path: str | Path, weights: bool = True) -> Package:
             whose SHA-256 differs from the manifest's, or a config that does not check.
     """
 
-    from t7synth.config import Config, validate
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"model package not found: {path}")
@@ -220,9 +222,6 @@ def _parse_manifest(path: Path, data: bytes) -> dict[str, Any]:
 
 
 def _load_weights(path: Path, data: bytes) -> dict[str, Any]:
-    import torch
-
-    from t7synth.training.checkpoint import _weights_only_is_honoured
 
     if not _weights_only_is_honoured():
         raise UserError(
@@ -256,7 +255,6 @@ def load_package(path: str | Path, device: str = "cpu"):
         UserError: see :func:`read_package`; also weights that do not fit the model
             the config describes.
     """
-    import torch
 
     package = read_package(path)
     model = registry.build_on_meta(package.config, f"model package {package.path}")

@@ -45,6 +45,7 @@ import numpy as np
 
 from t7synth.data import naming
 from t7synth.errors import UserError
+from t7synth.measures.sharpness import as_array
 from t7synth.textfiles import read_table
 
 #: N4 is fitted on a copy shrunk so that its longest axis has about this many voxels
@@ -144,7 +145,6 @@ def segment_corrected(image, mask) -> tuple[np.ndarray, np.ndarray]:
     The no-reference quality scores (:mod:`~t7synth.measures.quality`) read the
     corrected intensities, as MRIQC reads its INU-corrected image.
     """
-    from t7synth.measures.sharpness import as_array
 
     image = np.clip(as_array(image), 0.0, 1.0)
     brain = as_array(mask) > 0

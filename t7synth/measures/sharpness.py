@@ -31,6 +31,7 @@ read from; ``fit`` and ``evaluate`` plot it per run (``charts.save_spectra``).
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import correlate1d
 
 from t7synth.scores import HF_CUTOFF, SPECTRUM_BINS
 
@@ -40,7 +41,6 @@ GMSD_C = 170.0 / 255.0**2
 
 def prewitt_magnitude(volume: np.ndarray) -> np.ndarray:
     """3D Prewitt gradient magnitude (float64), zero padding; see the module docstring."""
-    from scipy.ndimage import correlate1d
 
     volume = np.asarray(volume, dtype=np.float64)
     squares = np.zeros_like(volume)

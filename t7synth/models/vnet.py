@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from t7synth.models.base import SynthesisModule, build_net
+from t7synth.nets.vnet import VNet
 
 
 class VNetModule(SynthesisModule):
@@ -36,6 +37,5 @@ class VNetModule(SynthesisModule):
     }
 
     def build_net(self) -> nn.Module:
-        from t7synth.nets.vnet import VNet
 
         return build_net(VNet, self.config.model.net, spatial_dims=3, in_channels=1, out_channels=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from monai.networks.layers.utils import get_norm_layer
 from torch import nn
 
 #: Config string -> MONAI norm spec (the ``norm=`` argument of MONAI networks).
@@ -34,6 +35,5 @@ def norm_spec(name: str) -> Any:
 
 def norm_layer(name: str, spatial_dims: int, channels: int) -> nn.Module:
     """A ``spatial_dims``-D norm layer of ``channels`` channels for ``name``."""
-    from monai.networks.layers.utils import get_norm_layer
 
     return get_norm_layer(norm_spec(name), spatial_dims=spatial_dims, channels=channels)

@@ -11,8 +11,11 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_warn
 
 from t7synth import charts, plotting
+from t7synth.charts import save_progress
+from t7synth.files import atomic_path
 from t7synth.run_files import METRICS_FILE, PROGRESS_FILE, TEST_SCORES_FILE, TEST_SPECTRA_FILE, montage_path
 from t7synth.scores import write_rows
+from t7synth.training.history import RunCSVLogger
 from t7synth.training.loggers import wandb_loggers
 
 
@@ -68,7 +71,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        from t7synth.files import atomic_path
 
         with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
@@ -128,8 +130,6 @@ class ProgressPlot(pl.Callback):
     def _draw(self, trainer: pl.Trainer) -> None:
         if not (self._pending and trainer.is_global_zero):
             return
-        from t7synth.charts import save_progress
-        from t7synth.training.history import RunCSVLogger
 
         for logger in trainer.loggers:
             if isinstance(logger, RunCSVLogger):

@@ -24,7 +24,10 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from t7synth import registry
+from t7synth.config import Config, validate
 from t7synth.errors import UserError
 
 #: How many mismatching tensors a "does not fit" message names before "and N more".
@@ -43,7 +46,6 @@ def _weights_only_is_honoured() -> bool:
     :func:`read_checkpoint` loads files, in the current environment: a torch that
     honours the argument refuses it (a full unpickler returns 0).
     """
-    import torch
 
     buffer = io.BytesIO()
     torch.save(_Probe(), buffer)
@@ -69,7 +71,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             holds objects the restricted unpickler refuses, or a torch that would not
             restrict the unpickler (then nothing is loaded).
     """
-    import torch
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -102,7 +103,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def checkpoint_config(path: str | Path, checkpoint: dict[str, Any] | None = None):
     """The resolved :class:`~t7synth.config.Config` stored in a checkpoint (checked
     as a config file would be, see :func:`t7synth.config.validate`)."""
-    from t7synth.config import Config, validate
 
     checkpoint = checkpoint if checkpoint is not None else read_checkpoint(path)
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from t7synth.files import atomic_path
 from t7synth.run_files import METRICS_FILE
 from t7synth.textfiles import TABLE_LIMIT, read_text
 
@@ -152,7 +153,6 @@ class RunCSVLogger(Logger):
         return [{k: v for k, v in row.items() if v not in ("", None)} for row in reader if None not in row]
 
     def _rewrite(self, rows: list[dict]) -> None:
-        from t7synth.files import atomic_path
 
         with atomic_path(self.path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=self._columns)

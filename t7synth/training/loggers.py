@@ -31,14 +31,19 @@ What a W&B run holds (:class:`t7synth.training.wandb_logger.RunWandbLogger`,
 
 from __future__ import annotations
 
+import math
 import netrc
 import os
 from pathlib import Path
 from typing import Any
 
+from pytorch_lightning.utilities import rank_zero_only
+
 from t7synth.config import Config
 from t7synth.run_files import PROGRESS_FILE, RUN_FILES, WANDB_ID_FILE, montage_path
+from t7synth.scores import score_names, summary_values
 from t7synth.textfiles import read_text
+from t7synth.training.history import RunCSVLogger
 
 
 def has_wandb_credentials() -> bool:
@@ -115,7 +120,6 @@ def build_loggers(config: Config, run_dir: Path, mode: str, resume=None) -> list
     The W&B run is grouped by experiment (or ``wandb.group``, a sweep's study) and
     tagged with the model so runs line up on a dashboard; it carries the resolved config.
     """
-    from t7synth.training.history import RunCSVLogger
 
     loggers: list = [RunCSVLogger(run_dir, resume)]
     if mode != "disabled":
@@ -161,12 +165,10 @@ def log_test_results(loggers: list, rows: list[dict], run_dir: Path) -> None:
         rows: ``model.test_rows`` (``model``, ``subject`` and the scores).
         run_dir: the run directory that holds ``samples/``.
     """
-    from pytorch_lightning.utilities import rank_zero_only
 
     targets = wandb_loggers(loggers)
     if rank_zero_only.rank != 0 or not targets or not rows:
         return
-    from t7synth.scores import score_names, summary_values
 
     summary = summary_values(rows, "test")
     names = score_names(rows)
@@ -202,7 +204,6 @@ def log_run_files(
         checkpoint: the checkpoint to save (``wandb.log_checkpoint``), or ``None``.
         checkpoint_epoch: its epoch (0-based), for the metadata.
     """
-    from pytorch_lightning.utilities import rank_zero_only
 
     targets = wandb_loggers(loggers)
     if rank_zero_only.rank != 0 or not targets:
@@ -243,7 +244,6 @@ def run_link(run, run_id: str, mode: str) -> str:
 def wandb_rows(frame) -> list[list]:
     """A DataFrame's rows for ``wandb.Table(data=...)``: numbers stay numbers, missing
     values (NaN, ``pd.NA``) become ``None``, numpy scalars Python ones."""
-    import math
 
     rows = []
     for row in frame.itertuples(index=False):

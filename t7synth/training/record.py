@@ -5,6 +5,7 @@ The seed, the command, the launch, library versions and the git revision of the 
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
 import platform
 import socket
@@ -13,6 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from t7synth.config import save_yaml
 from t7synth.errors import UserError
 from t7synth.run_files import ENVIRONMENT_FILE
 from t7synth.textfiles import read_yaml
@@ -94,9 +98,6 @@ def environment_record(
             its precision, what was asked for and why, and the CPU's bf16 capability.
         batch_plan: the launch's :class:`~t7synth.data.batches.BatchPlan` as a dict.
     """
-    import datetime
-
-    import torch
 
     devices = hardware.get("devices", 1)
     native, native_bf16 = cpu_bf16()
@@ -137,7 +138,6 @@ def write_environment(run_dir: Path, record: dict[str, Any]) -> Path:
     A resumed run adds an entry instead of overwriting, so the file tells which code
     and libraries produced each stretch of training.
     """
-    from t7synth.config import save_yaml
 
     path = run_dir / ENVIRONMENT_FILE
     launches: list = []

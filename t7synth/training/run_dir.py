@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from t7synth.config import RESUMABLE_KEYS, resume_differences
 from t7synth.errors import UserError
+from t7synth.files import make_dirs, write_error
 from t7synth.run_files import CHECKPOINTS_DIR, CONFIG_FILE, LAST_CHECKPOINT, last_checkpoint, run_of_checkpoint
+from t7synth.training.checkpoint import check_fits, checkpoint_config, read_checkpoint
+from t7synth.training.history import ResumePoint
 from t7synth.training.launch import RUN_DIR_ENV, Launch, detect_launch
 
 
@@ -101,7 +105,6 @@ def new_version(base: Path) -> Path:
     Raises:
         UserError: ``base`` cannot be created or written (read-only, a file).
     """
-    from t7synth.files import make_dirs, write_error
 
     make_dirs(base)
     existing = versions(base)
@@ -159,9 +162,6 @@ def check_resume(checkpoint: Path, config):
         UserError: one line: an unreadable or unsafe file, the differing keys with
             both values, or tensors that do not fit.
     """
-    from t7synth.config import RESUMABLE_KEYS, resume_differences
-    from t7synth.training.checkpoint import check_fits, checkpoint_config, read_checkpoint
-    from t7synth.training.history import ResumePoint
 
     stored_checkpoint = read_checkpoint(checkpoint)
     stored = checkpoint_config(checkpoint, stored_checkpoint)

@@ -3,6 +3,9 @@ and the GPU memory plan (:mod:`t7synth.training.memory`)."""
 
 from __future__ import annotations
 
+from t7synth import registry
+from t7synth.training.memory import summary_lines
+
 
 def model_summary(config, world: int | None = None) -> str:
     """The ``--summary`` text.
@@ -12,8 +15,6 @@ def model_summary(config, world: int | None = None) -> str:
         world: the GPUs the run would use (``--gpus`` x ``--nodes``), or ``None`` to plan
             for 1, 2, 4 and 8.
     """
-    from t7synth import registry
-    from t7synth.training.memory import summary_lines
 
     # On the meta device nothing is allocated: the 259M-parameter paper net counts in
     # milliseconds and without a gigabyte of memory.

@@ -17,13 +17,38 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytorch_lightning as pl
+import torch
+
+from t7synth import registry
+from t7synth.data.datamodule import PairedDataModule
+from t7synth.data.folds import write_split_table
 from t7synth.errors import UserError
 from t7synth.run_files import BEST, LAST, PROGRESS_FILE, checkpoint_dir, format_test_report, write_config
+from t7synth.training.callbacks import (
+    AtomicCheckpointIO,
+    DataStreamCheck,
+    Montages,
+    ProgressPlot,
+    RunProgressBar,
+    TestScores,
+)
+from t7synth.training.hardware import trainer_hardware
 from t7synth.training.join import JoinWatchdog
 from t7synth.training.launch import RUN_DIR_ENV, detect_launch
+from t7synth.training.loggers import (
+    build_loggers,
+    check_wandb_mode,
+    log_run_files,
+    log_test_results,
+    wandb_loggers,
+    wandb_mode,
+)
+from t7synth.training.memory import batch_plan
 from t7synth.training.nonfinite import NonFiniteGuard
 from t7synth.training.precision import resolve_precision
-from t7synth.training.run_dir import resolve_run_dir
+from t7synth.training.record import environment_record, write_environment
+from t7synth.training.run_dir import check_resume, discard_if_empty, existing_ancestor, resolve_run_dir
 
 
 @dataclass(frozen=True)
@@ -90,7 +115,6 @@ def checkpoint_callbacks(run_dir: Path) -> tuple:
     starts the next epoch exactly where the checkpointed one ended. Both are written
     through :class:`~t7synth.training.callbacks.AtomicCheckpointIO`.
     """
-    import pytorch_lightning as pl
 
     folder = checkpoint_dir(run_dir)
     best = pl.callbacks.ModelCheckpoint(
@@ -116,24 +140,6 @@ def checkpoint_callbacks(run_dir: Path) -> tuple:
 
 
 def _fit(config, options: FitOptions, callbacks: Sequence, init_weights: dict | None = None) -> FitResult:
-    import pytorch_lightning as pl
-    import torch
-
-    from t7synth import registry
-    from t7synth.data.datamodule import PairedDataModule
-    from t7synth.data.folds import write_split_table
-    from t7synth.training.callbacks import (
-        AtomicCheckpointIO,
-        DataStreamCheck,
-        Montages,
-        ProgressPlot,
-        RunProgressBar,
-        TestScores,
-    )
-    from t7synth.training.hardware import trainer_hardware
-    from t7synth.training.loggers import build_loggers, check_wandb_mode, log_test_results, wandb_mode
-    from t7synth.training.record import environment_record, write_environment
-    from t7synth.training.run_dir import check_resume, discard_if_empty, existing_ancestor
 
     module_class = registry.get(config.model.name)
     launch = detect_launch()
@@ -148,7 +154,6 @@ def _fit(config, options: FitOptions, callbacks: Sequence, init_weights: dict | 
     _check_nodes(options.nodes, launch)
     # The batch split and, on GPUs, the memory plan: a config that cannot fit is refused
     # here, before anything is built or written (t7synth.training.memory).
-    from t7synth.training.memory import batch_plan
 
     world = (options.gpus or options.cpus) * options.nodes
     plan = batch_plan(config, options.gpus, world, hardware["precision"])
@@ -357,7 +362,6 @@ class _DropAdverts:
 
 def _finish_wandb(trainer, run_dir: Path, checkpoint: str | None = None, epoch: int | None = None) -> None:
     """Save the run's files (and ``checkpoint``, with ``wandb.log_checkpoint``) with its W&B run, and end it."""
-    from t7synth.training.loggers import log_run_files, wandb_loggers
 
     log_run_files(trainer.loggers, run_dir, checkpoint or None, epoch)
     if wandb_loggers(trainer.loggers):

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from scipy import ndimage
 
 from t7synth.data import naming
 from t7synth.data.volumes import write_nifti
@@ -516,7 +517,6 @@ def warp_template(
     when not given); the image is then cut to the mask so that both agree on where
     the brain ends.
     """
-    from scipy import ndimage
 
     if coords is None:
         coords = template_coordinates(template, grid, params, controls)
@@ -536,7 +536,6 @@ def warp_tissues(template: Template, coords: np.ndarray, mask: np.ndarray) -> di
     stays at most 1, as in the template (up to float rounding); CSF is the rest of the
     mask, ``1 - GM - WM`` inside it. The three sum to 1 in the brain and are 0 outside.
     """
-    from scipy import ndimage
 
     if template.gm is None or template.wm is None:
         raise ValueError("the template was loaded without its tissue maps")
@@ -641,7 +640,6 @@ def compress_contrast(anatomy: np.ndarray, brain: np.ndarray, g: float, slope: f
 def blur(image: np.ndarray, sigma_vox: float, slow_axis: int, factor: float) -> np.ndarray:
     """Gaussian blur of ``sigma_vox`` in-plane and ``factor`` times that along one axis,
     the thicker-slice direction of a typical 3T acquisition."""
-    from scipy import ndimage
 
     sigmas = [sigma_vox] * 3
     sigmas[slow_axis] = sigma_vox * factor
