@@ -115,6 +115,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     from t7synth.training.callbacks import AtomicCheckpointIO, DataStreamCheck, ProgressPlot, RunProgressBar
     from t7synth.training.hardware import trainer_hardware
     from t7synth.training.loggers import build_loggers, check_wandb_mode, log_test_results, wandb_mode
+    from t7synth.training.preflight import check_trains_something
     from t7synth.training.record import environment_record, write_environment
     from t7synth.training.run_dir import check_resume, discard_if_empty, existing_ancestor
 
@@ -152,6 +153,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             datamodule.prepare_data()
             datamodule.setup("fit")
             datamodule.check_shardable(world)
+            check_trains_something(config, datamodule.subjects, world, accumulate)
             save_yaml(config.to_dict(), run_dir / "config.yaml")
             write_environment(
                 run_dir, environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None)

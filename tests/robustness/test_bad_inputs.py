@@ -111,10 +111,17 @@ def _tiny_mask(root: Path) -> None:
     write_nifti(naming.mask_path(root, "sub-001"), mask, np.diag([1.5, 1.5, 1.5, 1.0]))
 
 
+def _no_validation_subject(root: Path) -> None:
+    table = root / naming.PARTICIPANTS
+    table.write_text(table.read_text().replace("\tval\n", "\ttrain\n"))
+
+
 @pytest.mark.parametrize(
     ("damage", "extra", "expected"),
     [
         (_partial_split, [], "the split column is empty for sub-002"),
+        (None, ["--set", "data.batch_size=8"], "an epoch would have no training batch: 2 training subject(s)"),
+        (_no_validation_subject, [], "data.val_fraction 0.15 asks for validation, but the split has no validation"),
         (_unlisted_folder, [], "sub-099 in"),
         (_other_shape, [], "set data.shape"),
         (_tiny_mask, [], "training subject sub-001: its brain mask leaves no place"),
@@ -128,6 +135,8 @@ def _tiny_mask(root: Path) -> None:
     ],
     ids=[
         "partial-split",
+        "no-training-batch",
+        "no-validation-subject",
         "unlisted-folder",
         "different-shapes",
         "tiny-mask",
