@@ -25,6 +25,7 @@ Under DDP, subjects (not patches) are sharded:
 
 from __future__ import annotations
 
+import statistics
 from functools import partial
 from pathlib import Path
 
@@ -96,6 +97,8 @@ class PairedDataModule(pl.LightningDataModule):
         lut: the intensity-mapping baseline fitted on the training subjects (after
             :meth:`setup`).
         voxel_size: the training subjects' voxel size in mm (after :meth:`setup`).
+        median_age: the training subjects' median age in years, 0 when none is known
+            (after :meth:`setup`; stored in checkpoints for ``predict --unconditioned``).
         subjects: ``{"train"|"val"|"test": [tio.Subject]}`` after :meth:`setup`.
     """
 
@@ -111,6 +114,7 @@ class PairedDataModule(pl.LightningDataModule):
         self.subjects: dict[str, list] = {}
         self.lut: torch.Tensor | None = None
         self.voxel_size: tuple[float, float, float] | None = None
+        self.median_age = 0.0
         self._queue_sampler = None
         self._passes = 0
         self._prefetcher = None
@@ -139,6 +143,9 @@ class PairedDataModule(pl.LightningDataModule):
         self.check_training_subjects()
         self.lut = fit_lut((s["source"].data, s["target"].data, s["mask"].data) for s in self.subjects["train"])
         self.voxel_size = tuple(float(v) for v in self.subjects["train"][0]["source"].spacing)
+        # Ages of 0 are unknown (participants.tsv left them out): not part of the median.
+        ages = [float(s["age"]) for s in self.subjects["train"] if float(s["age"]) > 0]
+        self.median_age = float(statistics.median(ages)) if ages else 0.0
 
     def check_shardable(self, world: int) -> None:
         """Refuse more processes than training subjects: each rank needs one.

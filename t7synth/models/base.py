@@ -38,6 +38,7 @@ from t7synth.evaluation.scores import (
     write_rows,
 )
 from t7synth.inference.tiling import predict_volume
+from t7synth.models.buffers import LATER_BUFFERS
 
 
 def build_net(net_class: type, kwargs: dict[str, Any], **fixed: Any) -> nn.Module:
@@ -84,6 +85,12 @@ def one_cycle(total: int, warmup: float = 0.3, start: float = 1 / 25, end: float
     return factor
 
 
+def _fill_later_buffers(state_dict, prefix, *_args) -> None:
+    """``load_state_dict`` pre-hook: give a state dict without a :data:`LATER_BUFFERS` entry its default."""
+    for name, value in LATER_BUFFERS.items():
+        state_dict.setdefault(prefix + name, torch.tensor(value))
+
+
 class SynthesisModule(pl.LightningModule):
     """Base LightningModule for 3T → 7T synthesis.
 
@@ -96,6 +103,9 @@ class SynthesisModule(pl.LightningModule):
             subjects; copied from the data module when training starts and saved in
             checkpoints so ``predict`` and ``evaluate`` can report it.
         voxel_size: (3,) buffer, the training data's voxel size in mm (0 until fitted).
+        train_age: () buffer, the training subjects' median age in years (0 when
+            unknown); ``predict --unconditioned`` feeds it to a conditioned net for a
+            scan whose age is not known, instead of guessing.
     """
 
     #: Layered over the dataclass defaults before the experiment file (see config.py).
@@ -112,6 +122,9 @@ class SynthesisModule(pl.LightningModule):
         self.register_buffer("lut", torch.linspace(0, 1, DEFAULT_BINS))
         # Voxel size (mm) of the training data, so predict can resample new scans to it.
         self.register_buffer("voxel_size", torch.zeros(3))
+        self.register_buffer("train_age", torch.zeros(()))
+        # Checkpoints and packages written before train_age existed still load (as 0).
+        self._register_load_state_dict_pre_hook(_fill_later_buffers)
         self._perceptual = None
         self._baseline_scores: dict[tuple[str, str], dict[str, float]] = {}
         self._rows: list[dict[str, Any]] = []
@@ -177,6 +190,7 @@ class SynthesisModule(pl.LightningModule):
         if datamodule is not None and getattr(datamodule, "lut", None) is not None:
             self.lut.copy_(datamodule.lut.to(self.lut.device))
             self.voxel_size.copy_(torch.as_tensor(datamodule.voxel_size, dtype=torch.float32))
+            self.train_age.fill_(float(getattr(datamodule, "median_age", 0.0) or 0.0))
 
     def reconstruction_losses(
         self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, perceptual: bool = True

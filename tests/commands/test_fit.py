@@ -61,6 +61,8 @@ def test_run_directory_and_resume(dataset, tmp_path, capsys):
 
     first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["epoch"] == 0
+    # The training subjects' median age (sub-001 60, sub-002 61), for predict --unconditioned.
+    assert float(first["state_dict"]["train_age"]) == 60.5
     steps = first["global_step"]
     assert run_main(fit.main, _args(dataset, runs, "--max-epochs", "2", "--wandb", "disabled", "--resume", "last")) == 0
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

@@ -215,7 +215,19 @@ def _untrained_checkpoint(path: Path, channels: int | None = None) -> Path:
 
 
 @pytest.mark.parametrize(
-    "case", ["hostile", "huge", "empty", "output-under-a-file", "read-only-output", "full-disk", "bad-age"]
+    "case",
+    [
+        "hostile",
+        "huge",
+        "empty",
+        "output-under-a-file",
+        "read-only-output",
+        "full-disk",
+        "bad-age",
+        "broken-sidecar",
+        "sidecar-age-not-a-number",
+        "loose-file-without-age",
+    ],
 )
 def test_predict_refuses_in_one_line(dataset, tmp_path, capsys, monkeypatch, case):
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
@@ -231,7 +243,12 @@ def test_predict_refuses_in_one_line(dataset, tmp_path, capsys, monkeypatch, cas
         "read-only-output": "Permission denied",
         "full-disk": "No space left on device",
         "bad-age": "--age -4.0",
+        "broken-sidecar": "not a JSON sidecar",
+        "sidecar-age-not-a-number": "age 'old' is not a number of years",
+        "loose-file-without-age": "give --age and --sex, or --unconditioned",
     }[case]
+    source = naming.source_path(dataset, "sub-001")
+    sidecar = source.with_name(naming.nifti_stem(source) + ".json")
     if case == "hostile":
         ckpt = malicious_checkpoint(tmp_path / "hostile.ckpt", marker)
     elif case == "huge":
@@ -264,7 +281,13 @@ def test_predict_refuses_in_one_line(dataset, tmp_path, capsys, monkeypatch, cas
         monkeypatch.setattr(t7synth.files.tempfile, "mkstemp", refuse)
     elif case == "bad-age":
         extra = ["--age", "-4"]
-    source = naming.source_path(dataset, "sub-001")
+    elif case == "broken-sidecar":
+        sidecar.write_text("{not json")
+    elif case == "sidecar-age-not-a-number":
+        sidecar.write_text('{"Age": "old"}')
+    elif case == "loose-file-without-age":
+        source = tmp_path / "loose.nii.gz"
+        source.write_bytes(naming.source_path(dataset, "sub-001").read_bytes())
     before = snapshot(tmp_path)
     status = run_main(
         predict.main,
