@@ -3,7 +3,9 @@
 ``metrics.csv`` is written whatever happens to W&B, so a run can always be compared
 offline. W&B defaults to online when credentials exist and offline otherwise, so a
 run never stops to ask for a key or waits on a network it cannot reach. The run id is
-kept in the run directory, so ``--resume`` continues the same W&B run.
+kept in the run directory, so ``--resume`` continues the same W&B run, and every row's
+step is t7synth's own, continued from where the run left off
+(:mod:`t7synth.training.wandb_steps`), so a resumed offline run syncs whole.
 
 What a W&B run holds (:class:`t7synth.training.wandb_logger.RunWandbLogger`,
 :func:`log_run_files`, :func:`log_test_results`):

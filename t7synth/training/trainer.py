@@ -118,6 +118,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     from t7synth.training.preflight import check_trains_something
     from t7synth.training.record import environment_record, write_environment
     from t7synth.training.run_dir import check_resume, discard_if_empty, existing_ancestor
+    from t7synth.training.wandb_steps import WandbStepState
 
     module_class = registry.get(config.model.name)
     launch = detect_launch()
@@ -171,16 +172,18 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
 
     model = module_class(config.to_dict())
     best, last = checkpoint_callbacks(run_dir)
+    loggers = build_loggers(config, run_dir, mode, resume)
     result = FitResult(run_dir)
     with _quiet_known_warnings():
         trainer = pl.Trainer(
             **hardware,
             max_epochs=config.trainer.max_epochs,
-            logger=build_loggers(config, run_dir, mode, resume),
+            logger=loggers,
             callbacks=[
                 best,
                 last,
                 DataStreamCheck(config.seed),
+                WandbStepState.of(loggers),
                 pl.callbacks.LearningRateMonitor("epoch"),
                 ProgressPlot(run_dir, f"{config.name}/{run_dir.name} ({config.model.name})"),
                 # tqdm, not rich: it also reads well in log files and CI output.

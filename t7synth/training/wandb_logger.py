@@ -15,6 +15,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from t7synth.evaluation.scores import COLUMNS, REFERENCES
+from t7synth.training.wandb_steps import StepCounter
 
 #: The W&B step metric of every ``val/*`` and ``test/*`` series (Lightning logs it with each).
 EPOCH = "epoch"
@@ -57,6 +58,8 @@ class RunWandbLogger(WandbLogger):
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
         self._run_dir = Path(run_dir)
+        #: Every row's W&B step, continued across resumes (t7synth.training.wandb_steps).
+        self.steps = StepCounter(self._run_dir)
         self._defined: set[str] = set()
         self._epoch: Any = None
 
@@ -85,7 +88,10 @@ class RunWandbLogger(WandbLogger):
         for key in metrics:
             if key not in self._defined:
                 self._define(key)
-        super().log_metrics(metrics, step)
+        # Lightning's WandbLogger.log_metrics, with the row's step given explicitly.
+        if step is not None:
+            metrics["trainer/global_step"] = step
+        self.experiment.log(metrics, step=self.steps.take(self.experiment))
 
     def _define(self, key: str) -> None:
         """``define_metric`` for a new ``val/*`` or ``test/*`` key: epoch as its x-axis.
