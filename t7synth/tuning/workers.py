@@ -17,6 +17,9 @@ from pathlib import Path
 
 from t7synth.errors import UserError
 
+#: What the extra workers run, after the interpreter (tests put a stand-in here).
+PROGRAM: list[str] = ["-m", "t7synth.sweep"]
+
 
 def start_workers(argv: Sequence[str], count: int, root: Path) -> list[tuple[subprocess.Popen, Path]]:
     """Start ``count`` more workers: ``argv`` (the sweep's own arguments, without ``--workers``) plus an index."""
@@ -24,7 +27,7 @@ def start_workers(argv: Sequence[str], count: int, root: Path) -> list[tuple[sub
     for index in range(1, count + 1):
         log = root / f"worker-{index}.log"
         with open(log, "w") as handle:
-            command = [sys.executable, "-m", "t7synth.sweep", *argv, "--worker-index", str(index)]
+            command = [sys.executable, *PROGRAM, *argv, "--worker-index", str(index)]
             started.append((subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT), log))
     return started
 
