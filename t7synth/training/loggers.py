@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.config import Config
+from t7synth.training.wandb_links import run_link  # noqa: F401  (the sweep's summary links trials)
 
 WANDB_ID_FILE = "wandb_id.txt"
 
@@ -233,18 +234,6 @@ def log_run_files(
             )
             model.add_file(str(checkpoint), name=checkpoint.name, policy="immutable")
             run.log_artifact(model, aliases=["latest", checkpoint.stem])
-
-
-def run_link(run, run_id: str, mode: str) -> str:
-    """A link to the W&B run ``run_id`` of ``run``'s project, for tables of other runs.
-
-    Online, the run's URL. Offline there is none; the run's path
-    (``entity/project/id``, the entity left out when unknown) names it, and stays
-    valid once ``wandb sync`` uploads the run under the same id.
-    """
-    if mode == "online" and getattr(run, "project_url", None):
-        return f"{run.project_url}/runs/{run_id}"
-    return "/".join(part for part in (getattr(run, "entity", "") or "", run.project, run_id) if part)
 
 
 def wandb_rows(frame) -> list[list]:

@@ -15,6 +15,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from t7synth.evaluation.scores import COLUMNS, REFERENCES
+from t7synth.training.wandb_links import run_link
 from t7synth.training.wandb_steps import StepCounter
 
 #: The W&B step metric of every ``val/*`` and ``test/*`` series (Lightning logs it with each).
@@ -106,7 +107,6 @@ class RunWandbLogger(WandbLogger):
         ``trial/study_run`` is the summary run's URL online, its path offline
         (:func:`t7synth.training.loggers.run_link`).
         """
-        from t7synth.training.loggers import run_link
         from t7synth.tuning.trial import read_trial_record
 
         record = read_trial_record(self._run_dir)
