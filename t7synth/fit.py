@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out", metavar="DIR", help="where runs go: DIR/<name>/<version> (config key runs_dir; default: runs)")
     add("--resume", metavar="last|PATH", help="continue from the last checkpoint of the experiment, or from a file")
     add("--wandb", choices=["online", "offline", "disabled"], help="W&B mode (default: online with credentials)")
+    add("--tags", nargs="+", metavar="TAG", help="W&B run tags, beside the model name (config key wandb.tags)")
+    add("--notes", help="W&B run notes: a sentence on what this run tries (config key wandb.notes)")
     add("--fast-dev-run", action="store_true", help="one training and one validation batch, then exit")
     add("--summary", action="store_true", help="print the parameter count, geometry and GPU memory plan, then exit")
     add("--print-config", action="store_true", help="print the resolved config (YAML), then exit")
@@ -65,6 +67,10 @@ def resolve_config(args: argparse.Namespace):
         extra["runs_dir"] = str(Path(args.out).expanduser())
     if args.precision:
         extra.setdefault("trainer", {})["precision"] = args.precision
+    if args.tags:
+        extra.setdefault("wandb", {})["tags"] = list(args.tags)
+    if args.notes is not None:
+        extra.setdefault("wandb", {})["notes"] = args.notes
     return resolve(args.model, args.config, args.set, extra)
 
 

@@ -56,6 +56,11 @@ def check_trains_something(config, subjects: dict[str, list], world: int, accumu
             f"batch (data.batch_size {config.data.batch_size}); raise data.samples_per_volume or lower "
             "data.batch_size"
         )
+    if config.trainer.early_stopping_patience is not None and not subjects.get("val"):
+        raise UserError(
+            f"trainer.early_stopping_patience {config.trainer.early_stopping_patience} watches val/psnr_brain, but "
+            "the split has no validation subject: add validation subjects or unset trainer.early_stopping_patience"
+        )
     if config.data.val_fraction > 0 and not subjects.get("val"):
         raise UserError(
             f"data.val_fraction {config.data.val_fraction} asks for validation, but the split has no validation "

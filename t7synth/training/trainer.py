@@ -184,6 +184,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
                 last,
                 DataStreamCheck(config.seed),
                 WandbStepState.of(loggers),
+                *early_stopping(config),
                 pl.callbacks.LearningRateMonitor("epoch"),
                 ProgressPlot(run_dir, f"{config.name}/{run_dir.name} ({config.model.name})"),
                 # tqdm, not rich: it also reads well in log files and CI output.
@@ -240,6 +241,25 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             getattr(model, "_checkpoint_epoch", None),
         )
         return result
+
+
+def early_stopping(config) -> list:
+    """Lightning's ``EarlyStopping`` on ``val/psnr_brain`` with ``trainer.early_stopping_patience``, or none.
+
+    Checked after each validation only (not at a training epoch's end, where the
+    metric may not exist yet); the patience counts validations, so with
+    ``trainer.val_every: k`` it spans ``k * patience`` epochs.
+    """
+    patience = config.trainer.early_stopping_patience
+    if patience is None:
+        return []
+    import pytorch_lightning as pl
+
+    return [
+        pl.callbacks.EarlyStopping(
+            monitor="val/psnr_brain", mode="max", patience=patience, check_on_train_epoch_end=False, verbose=False
+        )
+    ]
 
 
 def _check_nodes(nodes: int, launch) -> None:
