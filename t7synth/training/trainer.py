@@ -185,7 +185,9 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
                 DataStreamCheck(config.seed),
                 WandbStepState.of(loggers),
                 *early_stopping(config),
-                pl.callbacks.LearningRateMonitor("epoch"),
+                # One-cycle steps per batch: its LR is logged per step, so progress.png
+                # draws the schedule, not an epoch staircase; StepLR changes per epoch.
+                pl.callbacks.LearningRateMonitor("step" if config.optim.schedule == "onecycle" else "epoch"),
                 ProgressPlot(run_dir, f"{config.name}/{run_dir.name} ({config.model.name})"),
                 # tqdm, not rich: it also reads well in log files and CI output.
                 RunProgressBar(run_dir, refresh_rate=max(1, config.trainer.log_every_n_steps // 2)),
