@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.t7synth-installed
 
-.PHONY: install demo test test-fast test-ddp bench bench-gpu benchmark clean
+.PHONY: install demo test test-slow test-all test-fast test-ddp bench bench-gpu benchmark clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,13 +23,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m t7synth.fit --config experiments/demo_unet.yaml
 
-## The whole test suite (GPU tests skip themselves without a GPU).
+## The test suite without its slow tier (GPU tests skip themselves without a GPU): every
+## behaviour has a test here; the slow tier adds the long end-to-end runs (DDP, kill and resume).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
-
-## Everything but the tests marked slow.
-test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+## The slow tier alone: long end-to-end runs (real 2-process DDP, kill-and-resume, sweeps).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+## Both tiers, what CI runs.
+test-all: test test-slow
+
+test-fast: test
 
 test-ddp: $(STAMP)
 	$(BIN)/python -m pytest -q -m ddp

@@ -4,6 +4,7 @@ Prints a table, then, last, one line of the headline ratios::
 
     pipeline_headroom=<x> lightning_overhead=<x> predict3d_vs_monai_time=<x>
     predict3d_vs_monai_peak_mem=<x> predict2d_vs_plain_peak_mem=<x> bf16_speedup=<x>
+    cpu_bf16=native|emulated
 
 Each ratio comes from one run of this script: timings interleaved in one process
 (medians of ``--repeats`` rounds; minima in the table), peak memories from fresh
@@ -16,7 +17,6 @@ once the demo dataset exists (its simulation adds about a minute on a fresh clon
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import common
@@ -26,17 +26,23 @@ import pipeline
 import step_time
 import torch
 
+from t7synth.training.precision import cpu_bf16, cpu_name
+
 
 def machine() -> str:
+    """The CPU (``lscpu``'s model name), its bf16 capability, cores and torch."""
     import os
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    native, what = cpu_bf16()
+    bf16 = f"native bf16 ({what})" if native else f"no native bf16 ({what})"
+    return (
+        f"{cpu_name()}, {bf16}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+
+
+def bf16_capability() -> str:
+    """``native`` or ``emulated``: what ``bf16_speedup`` was measured on."""
+    return "native" if cpu_bf16()[0] else "emulated"
 
 
 def main() -> None:
@@ -55,7 +61,8 @@ def main() -> None:
         common.row(
             "demo loader / demo U-Net training",
             f"{flow['loader_samples_s']:.0f} / {flow['model_samples_s']:.1f} samples/s",
-            f"headroom x{flow['headroom']:.1f}; bf16 step {flow['step_s']:.2f} s (batch {flow['batch']})",
+            f"headroom x{flow['headroom']:.1f}; {flow['precision']} step {flow['step_s']:.2f} s "
+            f"(batch {flow['batch']})",
         )
     )
 
@@ -124,7 +131,8 @@ def main() -> None:
         f"pipeline_headroom={flow['headroom']:.2f} lightning_overhead={lightning['ratio']:.3f} "
         f"predict3d_vs_monai_time={predicted['3d']['time_ratio']:.3f} "
         f"predict3d_vs_monai_peak_mem={predicted['3d']['peak_ratio']:.3f} "
-        f"predict2d_vs_plain_peak_mem={predicted['2d']['peak_ratio']:.3f} bf16_speedup={bf16['ratio']:.2f}"
+        f"predict2d_vs_plain_peak_mem={predicted['2d']['peak_ratio']:.3f} bf16_speedup={bf16['ratio']:.2f} "
+        f"cpu_bf16={bf16_capability()}"
     )
 
 

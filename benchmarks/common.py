@@ -126,7 +126,8 @@ def report_peak(**extra) -> None:
 
 def train_step(model, optimizer, batch: dict, bf16: bool = True) -> None:
     """One hand-written training step of a SynthesisModule: what the loop and pipeline
-    benchmarks time, so both measure the same work (bf16 autocast as the demo trains)."""
+    benchmarks time, so both measure the same work (``bf16``: under bf16 autocast, as the
+    demo trains where the CPU computes bf16 natively)."""
     import torch
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

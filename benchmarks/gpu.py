@@ -9,7 +9,10 @@ bf16 peak), peak memory (``torch.cuda.max_memory_allocated``) next to
 :mod:`t7synth.training.memory`'s estimate for the same micro-batch, and the DDP scaling
 efficiency (samples/s on N GPUs over N times one GPU's). The micro-batch is the plan's
 (the config's share of the global batch, split as memory allows) unless ``--batch``.
-Without CUDA it says so and exits 0.
+"Plan held" means the run fitted in the GPU and the measured peak stayed within
+:data:`PLAN_TOLERANCE` of the estimate the plan chose the micro-batch from. Everything
+printed also goes to a JSON file (``--json``, default ``bench-gpu.json``) that
+docs/performance.md quotes. Without CUDA it says so and exits 0.
 
 Run: ``python benchmarks/gpu.py [--steps 300] [--config experiments/paper_gan_unet.yaml]``.
 """
@@ -17,6 +20,7 @@ Run: ``python benchmarks/gpu.py [--steps 300] [--config experiments/paper_gan_un
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -98,6 +102,7 @@ def _train(rank: int, world: int, args, results) -> None:
             micro=micro,
             peak=torch.cuda.max_memory_allocated(),
             estimate=footprint.peak(micro, world),
+            capacity=capacity,
             name=torch.cuda.get_device_name(0),
         )
     if world > 1:
@@ -122,6 +127,15 @@ def run(world: int, args) -> dict:
     return queue.get()
 
 
+#: How far above the plan's estimate a measured peak may lie for the plan to have held.
+PLAN_TOLERANCE = 0.10
+
+
+def plan_held(result: dict) -> bool:
+    """Whether the memory plan held: the peak fitted and stayed near the estimate."""
+    return result["peak"] <= result["capacity"] and result["peak"] <= result["estimate"] * (1 + PLAN_TOLERANCE)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(common.REPO / "experiments" / "paper_unet.yaml"))
@@ -130,6 +144,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--batch", type=int, help="micro-batch per GPU (default: the memory plan's)")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, if its name is not in the table")
+    parser.add_argument("--json", default="bench-gpu.json", help="where to write the results (default: %(default)s)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench-gpu: no CUDA GPU is visible; skipped (docs/performance.md holds the projections).")
@@ -147,15 +162,46 @@ def main() -> int:
     name = rows[1]["name"]
     peak = peak_tflops(name, args.peak_tflops)
     print(f"{name}: {flops / 1e12:.2f} TFLOP per training sample (model FLOPs), {args.steps} steps after {args.warmup}")
-    print("| GPUs | micro-batch | samples/s | MFU | peak memory (measured / estimated) | scaling |")
-    print("|---|---|---|---|---|---|")
+    print("| GPUs | micro-batch | samples/s | MFU | peak memory (measured / estimated) | plan held | scaling |")
+    print("|---|---|---|---|---|---|---|")
+    records = []
     for world, result in rows.items():
-        mfu = f"{result['samples_s'] / world * flops / (peak * 1e12):.1%}" if peak else "n/a (--peak-tflops)"
-        scaling = f"{result['samples_s'] / (world * rows[1]['samples_s']):.1%}" if world > 1 else ""
+        mfu = result["samples_s"] / world * flops / (peak * 1e12) if peak else None
+        scaling = result["samples_s"] / (world * rows[1]["samples_s"]) if world > 1 else None
+        held = plan_held(result)
         print(
-            f"| {world} | {result['micro']} | {result['samples_s']:.1f} | {mfu} | "
-            f"{result['peak'] / 1024**3:.1f} / {result['estimate'] / 1024**3:.1f} GiB | {scaling} |"
+            f"| {world} | {result['micro']} | {result['samples_s']:.1f} | "
+            f"{f'{mfu:.1%}' if mfu is not None else 'n/a (--peak-tflops)'} | "
+            f"{result['peak'] / 1024**3:.1f} / {result['estimate'] / 1024**3:.1f} GiB | {'yes' if held else 'NO'} | "
+            f"{f'{scaling:.1%}' if scaling is not None else ''} |"
         )
+        records.append(
+            {
+                "gpus": world,
+                "micro_batch": result["micro"],
+                "samples_per_s": result["samples_s"],
+                "mfu": mfu,
+                "peak_bytes": result["peak"],
+                "estimate_bytes": result["estimate"],
+                "capacity_bytes": result["capacity"],
+                "plan_held": held,
+                "scaling": scaling,
+            }
+        )
+    summary = {
+        "gpu": name,
+        "config": args.config,
+        "overrides": list(args.set),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "tflop_per_sample": flops / 1e12,
+        "peak_tflops": peak,
+        "torch": torch.__version__,
+        "rows": records,
+    }
+    with open(args.json, "w") as handle:
+        json.dump(summary, handle, indent=2)
+    print(f"results: {args.json}")
     return 0
 
 

@@ -1,9 +1,10 @@
 """Lightning's training loop against a hand-written one: same module, batches and precision.
 
-Both train fresh copies of the demo U-Net on the same in-memory demo batches (bf16 on
-the CPU, as ``make demo``): the hand-written loop calls ``training_step``'s parts itself
+Both train fresh copies of the demo U-Net on the same in-memory demo batches, in the
+precision ``make demo`` runs in on this CPU (``auto``: bf16 where the CPU computes it
+natively, else fp32): the hand-written loop calls ``training_step``'s parts itself
 (net input, forward, the module's losses, backward, Adam); Lightning runs the module's
-own ``training_step`` with its logging, under ``Trainer(precision="bf16-mixed")``.
+own ``training_step`` with its logging, under ``Trainer(precision=...)`` the same.
 Timed from the first batch's start to the last batch's end (a callback), the first
 step excluded from both (warm-up), interleaved over repetitions. Run:
 ``python benchmarks/loop.py``.
@@ -19,6 +20,8 @@ import warnings
 import common
 import torch
 
+from t7synth.training.precision import resolve_precision
+
 
 def _batches(config, count: int) -> list[dict]:
     module = common.demo_datamodule(config)
@@ -30,13 +33,19 @@ def _batches(config, count: int) -> list[dict]:
     return batches
 
 
+def demo_precision() -> str:
+    """The precision ``make demo`` trains in on this CPU."""
+    return resolve_precision(common.demo_config("unet").trainer.precision, "cpu").precision
+
+
 def hand_loop(model, batches: list[dict]) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    bf16 = demo_precision().startswith("bf16")
     start = None
     for index, batch in enumerate(batches):
         if index == 1:
             start = time.perf_counter()
-        common.train_step(model, optimizer, batch)
+        common.train_step(model, optimizer, batch, bf16=bf16)
     return time.perf_counter() - start
 
 
@@ -62,7 +71,7 @@ def lightning_loop(model, batches: list[dict]) -> float:
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
-        precision="bf16-mixed",
+        precision=demo_precision(),
         max_epochs=1,
         logger=False,
         enable_checkpointing=False,

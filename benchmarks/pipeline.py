@@ -28,6 +28,8 @@ import common
 import numpy as np
 import torch
 
+from t7synth.training.precision import resolve_precision
+
 PAPER_SHAPE = (222, 288, 242)
 
 
@@ -39,7 +41,8 @@ def headroom(repeats: int = 3, steps: int = 3) -> dict:
     torch.manual_seed(0)
     model = registry.get("unet")(config.to_dict())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    bf16 = config.trainer.precision == "bf16-mixed"
+    precision = resolve_precision(config.trainer.precision, "cpu").precision
+    bf16 = precision == "bf16-mixed"
     kept: list[dict] = []
 
     def epoch() -> float:
@@ -65,6 +68,7 @@ def headroom(repeats: int = 3, steps: int = 3) -> dict:
         "step_s": timings["model"].median * config.data.batch_size,
         "batch": f"{config.data.batch_size} x {'x'.join(map(str, kept[0]['source'].shape[2:]))}",
         "headroom": timings["model"].median / timings["loader"].median,
+        "precision": precision,
     }
 
 

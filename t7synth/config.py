@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from t7synth.errors import UserError
+from t7synth.textfiles import MAX_DEPTH, check_nesting, read_yaml
 
 
 @dataclass
@@ -179,30 +180,50 @@ PRECISIONS = Literal[
     "64-true",
 ]
 
+#: What ``trainer.precision`` accepts: ``auto`` or one of Lightning's names.
+PRECISION_SETTINGS = Literal[("auto", *typing.get_args(PRECISIONS))]
+
 
 @dataclass
 class TrainerConfig:
     """Trainer settings that belong to the experiment (devices come from the CLI).
 
-    ``precision: null`` picks ``bf16-mixed`` on GPUs and ``32-true`` on the CPU;
-    otherwise one of Lightning's precision names (:data:`PRECISIONS`).
+    ``precision: auto`` (the default) follows the hardware: ``bf16-mixed`` where the GPU
+    or CPU computes bf16 natively, else ``16-mixed`` on GPUs and ``32-true`` on CPUs
+    (:mod:`t7synth.training.precision`); otherwise one of Lightning's precision names
+    (:data:`PRECISIONS`), obeyed as given. ``null`` (configs and checkpoints written
+    before ``auto`` existed) reads as ``auto``.
     ``test_checkpoint`` is the checkpoint ``fit`` tests after training: ``best`` (highest
     in-brain validation PSNR) or ``last`` (the final epoch's, which the authors released).
     ``accumulate_grad_batches``: micro-batches per optimiser step (gradient
     accumulation); ``null`` is one on the CPU and, on GPUs, the fewest that fit in
     memory by ``fit``'s estimate (:mod:`t7synth.training.memory`).
+    ``nonfinite_patience``: an optimiser step with a non-finite loss or gradient is
+    skipped and counted (``train/skipped_steps``); this many in a row stop the run with
+    one line naming the step (:mod:`t7synth.training.nonfinite`).
+    ``join_timeout``: seconds a multi-node launch waits for nodes that cannot meet before
+    it stops with one line (:mod:`t7synth.training.join`; 0: wait as long as
+    ``torch.distributed`` does, 30 minutes under Lightning).
     """
 
     max_epochs: int = 10
-    precision: PRECISIONS | None = None
+    precision: PRECISION_SETTINGS | None = "auto"
     val_every: int = 1
     log_every_n_steps: int = 10
     limit_val_subjects: int | None = None
     test_checkpoint: Literal["best", "last"] = "best"
     accumulate_grad_batches: int | None = None
+    nonfinite_patience: int = 10
+    join_timeout: float = 300.0
     #: Stop after this many validations without a better ``val/psnr_brain`` (Lightning's
     #: ``EarlyStopping``); ``null``: train all ``max_epochs``.
     early_stopping_patience: int | None = None
+
+    def __post_init__(self) -> None:
+        # One spelling of "follow the hardware", so that a checkpoint written with
+        # ``null`` resumes under today's default without a config difference.
+        if self.precision is None:
+            self.precision = "auto"
 
 
 @dataclass
@@ -264,20 +285,11 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with one clear error line for a missing or malformed file."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    from t7synth.files import read_text
-
-    text = read_text(path)  # UTF-8, a byte-order mark accepted; another encoding is one line
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UserError(f"config file {path} is not valid YAML{where}") from None
+    # Size, encoding (UTF-8, a byte-order mark accepted) and nesting are checked there.
+    data = read_yaml(path, f"config file {path}") or {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
     return data
@@ -294,7 +306,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    return key.strip(), value
+    except RecursionError:  # tens of thousands of brackets: deeper than any nesting check allows
+        raise UserError(f"--set {key.strip()}: the value nests lists more than {MAX_DEPTH} levels deep") from None
+    return key.strip(), check_nesting(value, f"--set {key.strip()}")
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -399,6 +413,8 @@ RESUMABLE_KEYS = (
     "seed",
     "trainer.max_epochs",
     "trainer.log_every_n_steps",
+    "trainer.nonfinite_patience",
+    "trainer.join_timeout",
     "data.num_workers",
     "data.inference_batch_size",
     "wandb.*",
@@ -454,6 +470,7 @@ def validate(config: Config) -> None:
         "trainer.max_epochs": trainer.max_epochs,
         "trainer.val_every": trainer.val_every,
         "trainer.log_every_n_steps": trainer.log_every_n_steps,
+        "trainer.nonfinite_patience": trainer.nonfinite_patience,
         "data.demo_subjects": data.demo_subjects,
     }
     if trainer.accumulate_grad_batches is not None:
@@ -477,6 +494,7 @@ def validate(config: Config) -> None:
         "seed": config.seed,
         "data.split_seed": data.split_seed,
         "data.demo_seed": data.demo_seed,
+        "trainer.join_timeout": trainer.join_timeout,
         **{
             f"loss.{f.name}": getattr(config.loss, f.name)
             for f in dataclasses.fields(LossConfig)

@@ -278,24 +278,6 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
     return removed
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """A text file t7synth reads (YAML, TSV, CSV), as UTF-8 with a byte-order mark
-    accepted (spreadsheet programs and Windows editors write one).
-
-    Raises:
-        UserError: the file cannot be read or is not UTF-8, naming it.
-    """
-    path = Path(path)
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
-    except IsADirectoryError:
-        raise UserError(f"{path} is a folder, not a file") from None
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
-
-
 def cache_root() -> Path:
     """Folder for t7synth's caches: ``$T7SYNTH_CACHE``, else ``$XDG_CACHE_HOME/t7synth``,
     else ``~/.cache/t7synth``. Nothing is created here; callers create what they write."""

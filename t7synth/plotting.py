@@ -17,12 +17,13 @@ a W&B upload or a sweep never sees half a PNG.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from t7synth.textfiles import parse_int, read_table
 
 #: Top of the error colour scale, in normalised intensity (volumes lie in [0, 1]).
 ERROR_MAX = 0.25
@@ -189,24 +190,31 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
     """The rows of a Lightning ``metrics.csv``, values as floats (``nan`` where empty).
 
     Lightning's CSV logger rewrites the file when a new column appears, so a read can
-    meet a half-written file (a sweep reads it while the trial runs); rows that do not
-    parse are dropped and read again at the next call.
+    meet a half-written file (a sweep reads it while the trial runs); cells that do not
+    parse are read as ``nan`` and read again at the next call. An epoch is never cut
+    to a fraction or infinity, so such an epoch is a damaged file.
+
+    Raises:
+        UserError: a binary or non-UTF-8 file, or an epoch that is not a whole number
+            of at least zero, naming the file and line.
     """
-    rows = []
-    try:
-        with open(path, newline="") as handle:
-            for row in csv.DictReader(handle):
-                parsed = {}
-                for key, value in row.items():
-                    if key is None:
-                        continue
-                    try:
-                        parsed[key] = float(value) if value not in ("", None) else math.nan
-                    except ValueError:
-                        parsed[key] = math.nan
-                rows.append(parsed)
-    except (FileNotFoundError, csv.Error):
+    if not Path(path).is_file():
         return []
+    table = read_table(path, complete=False)
+    rows = []
+    for line, row in zip(table.lines, table.rows):
+        parsed = {}
+        for key, value in row.items():
+            if key is None:
+                continue
+            if key == "epoch" and value not in ("", None):
+                parsed[key] = float(parse_int(value, f"{path}, line {line}: epoch"))
+                continue
+            try:
+                parsed[key] = float(value) if value not in ("", None) else math.nan
+            except ValueError:
+                parsed[key] = math.nan
+        rows.append(parsed)
     # Lightning's LearningRateMonitor logs at an epoch's start without the epoch
     # column; such a row belongs to the epoch of the next row that has one.
     following = math.nan

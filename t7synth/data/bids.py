@@ -32,6 +32,7 @@ from pathlib import Path
 
 from t7synth.data import naming
 from t7synth.errors import UserError
+from t7synth.textfiles import read_json
 
 FIELDS = ("3T", "7T")
 #: A ``ses-``/``acq-`` label naming a field strength: ends in 3T or 7T, not after a digit.
@@ -102,10 +103,10 @@ def field_strength(path: Path, mapping: dict[tuple[str, str], str]) -> Scan:
             return Scan(path, f"{match.group(1)}T", f"{key}-{labels[key]}")
     sidecar = path.with_name(naming.nifti_stem(path) + ".json")
     if sidecar.is_file():
-        try:
-            value = json.loads(sidecar.read_text(encoding="utf-8")).get(naming.FIELD_STRENGTH_KEY)
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            raise UserError(f"{sidecar} is not a JSON object (a BIDS sidecar)") from None
+        content = read_json(sidecar)  # size, encoding, nesting: one line naming it
+        if not isinstance(content, dict):
+            raise UserError(f"{sidecar} is not a JSON object (a BIDS sidecar)")
+        value = content.get(naming.FIELD_STRENGTH_KEY)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             tesla = round(float(value))
             if f"{tesla}T" in FIELDS:

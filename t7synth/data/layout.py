@@ -8,7 +8,6 @@ that names the file.
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from t7synth.data import naming
 from t7synth.errors import UserError
+from t7synth.textfiles import read_table
 
 
 @dataclass(frozen=True)
@@ -136,18 +136,11 @@ def read_participants(table: Path) -> list[dict[str, str]]:
     Raises:
         UserError: naming the table and the bad column or value.
     """
-    import io
-
-    from t7synth.files import read_text
-
-    # UTF-8, with the byte-order mark spreadsheet programs write accepted.
-    reader = csv.DictReader(io.StringIO(read_text(table), newline=""), delimiter="\t")
-    try:
-        if not reader.fieldnames or "participant_id" not in reader.fieldnames:
-            raise UserError(f"{table} has no participant_id column (columns: {reader.fieldnames})")
-        rows = [row for row in reader if (row.get("participant_id") or "").strip()]
-    except csv.Error as error:
-        raise UserError(f"{table}, line {reader.line_num}: {error}") from None
+    # UTF-8 (with the byte-order mark spreadsheet programs write), else Windows-1252 text.
+    read = read_table(table, delimiter="\t", complete=False, legacy=True)
+    if "participant_id" not in read.fieldnames:
+        raise UserError(f"{table} has no participant_id column (columns: {read.fieldnames or None})")
+    rows = [row for row in read.rows if (row.get("participant_id") or "").strip()]
     seen = set()
     for row in rows:
         subject = row["participant_id"].strip()

@@ -58,6 +58,7 @@ import numpy as np
 
 from t7synth.data import naming
 from t7synth.errors import UserError
+from t7synth.textfiles import read_json, read_table
 
 #: Bumped when the output for the same inputs changes; part of every subject's record,
 #: so a re-run after an upgrade prepares the subjects again instead of skipping them.
@@ -276,14 +277,17 @@ def plan_from_table(table: Path) -> tuple[list[RawSubject], list[str]]:
     delimiters = {".tsv": "\t", ".txt": "\t", ".csv": ","}
     if table.suffix.lower() not in delimiters:
         raise UserError(f"{table}: a pairs table is .tsv or .csv")
-    # utf-8-sig: spreadsheet programs often start CSV files with a byte-order mark.
-    with open(table, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiters[table.suffix.lower()])
-        header = [name.strip() for name in reader.fieldnames or []]
-        missing = [name for name in FILE_COLUMNS[:3] if name not in header]
-        if missing:
-            raise UserError(f"{table} has no column {', '.join(missing)} (columns: {', '.join(header) or 'none'})")
-        rows = [({(k or "").strip(): (v or "").strip() for k, v in row.items()}, reader.line_num) for row in reader]
+    # UTF-8 (a byte-order mark accepted), else the Windows-1252 a European spreadsheet
+    # program writes: accented names read right; binary or other bytes are one line.
+    read = read_table(table, delimiter=delimiters[table.suffix.lower()], complete=False, legacy=True)
+    header = [name.strip() for name in read.fieldnames]
+    missing = [name for name in FILE_COLUMNS[:3] if name not in header]
+    if missing:
+        raise UserError(f"{table} has no column {', '.join(missing)} (columns: {', '.join(header) or 'none'})")
+    rows = [
+        ({(k or "").strip(): (v or "").strip() for k, v in row.items()}, line)
+        for row, line in zip(read.rows, read.lines)
+    ]
     subjects, lines = [], {}
     for row, line in rows:
         if not any(row.values()):
@@ -621,9 +625,10 @@ def write_qc_table(out: Path, subjects: list[RawSubject]) -> list[dict]:
 
 
 def _read_record(out: Path, subject: str) -> dict | None:
+    path = out / QC_DIR / f"{subject}.json"
     try:
-        record = json.loads((out / QC_DIR / f"{subject}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        record = read_json(path) if path.is_file() else None
+    except UserError:  # damaged: the subject is prepared again
         return None
     return record if isinstance(record, dict) else None
 

@@ -46,6 +46,7 @@ from t7synth.evaluation.scores import (
     summarise,
     write_rows,
 )
+from t7synth.training.precision import SCORING_LINE
 
 #: The per-subject file ``evaluate`` writes, in the format of ``fit``'s ``test_scores.csv``.
 SCORES_FILE = "scores.csv"
@@ -464,7 +465,8 @@ def evaluate(
     )
     save_yaml(settings.to_dict(), out_dir / "config.yaml")
     return (
-        format_summary(rows)
+        f"{SCORING_LINE}\n"
+        + format_summary(rows)
         + f"\nPer-subject scores: {files['scores']} (predictions only: {files['metrics']})\nSummary: {files['summary']}"
         + f"\nMontages: {out_dir / 'montages'}/<subject>.png"
         + (f"\nPower spectra: {files['spectra']}" if files["spectra"] else "")

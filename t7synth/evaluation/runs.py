@@ -55,6 +55,7 @@ from t7synth.evaluation.scores import (
     format_cell,
     mean_sd,
 )
+from t7synth.textfiles import parse_int, parse_number, read_table, read_text
 
 #: The columns a comparison shows, in order (every per-subject score file has them).
 COMPARED = DISPLAY_ORDER
@@ -178,7 +179,7 @@ def read_run(path: str | Path) -> Run:
         source,
         config,
         metrics=path / "metrics.csv" if source != "evaluate" and (path / "metrics.csv").is_file() else None,
-        wandb_run=id_file.read_text().strip() if id_file.is_file() else "",
+        wandb_run=read_text(id_file).strip() if id_file.is_file() else "",
         wandb_project=wandb.get("project") or "t7synth",
         wandb_entity=wandb.get("entity"),
     )
@@ -192,36 +193,14 @@ def read_scores(scores: Path) -> list[dict[str, str]]:
     Raises:
         UserError: naming the file, the line and the cell.
     """
-    import io
-
-    from t7synth.files import read_text
-
-    reader = csv.DictReader(io.StringIO(read_text(scores), newline=""))
-    try:
-        needed = {"model", "subject", *COMPARED}
-        if not reader.fieldnames or not needed <= set(reader.fieldnames):
-            raise UserError(f"{scores} lacks columns {sorted(needed - set(reader.fieldnames or []))}")
-        rows = []
-        for row in reader:
-            if None in row.values() or None in row:
-                raise UserError(
-                    f"{scores}, line {reader.line_num}: {len(reader.fieldnames)} cells expected, the row has a "
-                    "different number"
-                )
-            for name in COMPARED:
-                try:
-                    value = float(row[name])
-                except ValueError:
-                    raise UserError(
-                        f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}"
-                    ) from None
-                if math.isnan(value):
-                    raise UserError(
-                        f"{scores}, line {reader.line_num}: {name} of {row['subject']} is not a number: {row[name]!r}"
-                    )
-            rows.append(row)
-    except csv.Error as error:
-        raise UserError(f"{scores}, line {reader.line_num}: {error}") from None
+    table = read_table(scores)  # size, encoding, binary content, malformed or ragged rows: one line
+    needed = {"model", "subject", *COMPARED}
+    if not needed <= set(table.fieldnames):
+        raise UserError(f"{scores} lacks columns {sorted(needed - set(table.fieldnames))}")
+    rows = table.rows
+    for line, row in zip(table.lines, rows):
+        for name in COMPARED:
+            parse_number(row[name], f"{scores}, line {line}: {name} of {row['subject']}", finite=False)
     if not any(r["model"] == MODEL for r in rows):
         raise UserError(f"{scores} has no rows of the model")
     return rows
@@ -235,14 +214,18 @@ def read_study(path: Path, trials: int) -> list[Run]:
     inside the study folder by its last two parts (``trial-NNNN/version_0``).
     """
     table = path / STUDY_TABLE
-    with open(table, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"rank", "run_dir"} <= set(reader.fieldnames):
-            raise UserError(
-                f"{table} has no rank and run_dir columns (an older sweep wrote it): run the sweep command again "
-                "to rewrite it"
-            )
-        ranked = sorted((row for row in reader if row["rank"].strip()), key=lambda row: int(float(row["rank"])))
+    study = read_table(table)
+    if not {"rank", "run_dir"} <= set(study.fieldnames):
+        raise UserError(
+            f"{table} has no rank and run_dir columns (an older sweep wrote it): run the sweep command again "
+            "to rewrite it"
+        )
+    ranks = {
+        id(row): parse_int(row["rank"], f"{table}, line {line}: rank", minimum=1)
+        for line, row in zip(study.lines, study.rows)
+        if row["rank"].strip()
+    }
+    ranked = sorted((row for row in study.rows if id(row) in ranks), key=lambda row: ranks[id(row)])
     if not ranked:
         raise UserError(f"{path}: no trial of the study is complete ({table}), so none was tested")
     runs = []
@@ -558,8 +541,11 @@ def compare(
     table = markdown_table(entries)
     section = differences_markdown(runs, differences)
     from t7synth.files import atomic_paths, check_writable, remove_stale_temporaries
-    from t7synth.plotting import save_curves
+    from t7synth.plotting import read_metrics, save_curves
 
+    for run in runs:  # a damaged metrics.csv is refused now, before anything is written
+        if run.metrics is not None:
+            read_metrics(run.metrics)
     check_writable(out)
     remove_stale_temporaries(out)
     finals = [out / name for name in ("comparison.md", "comparison.csv", "comparison.png", "curves.png")]

@@ -38,7 +38,6 @@ have with the real one; ``dice_true_*`` measures correctness where truth exists.
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
@@ -46,6 +45,7 @@ import numpy as np
 
 from t7synth.data import naming
 from t7synth.errors import UserError
+from t7synth.textfiles import read_table
 
 #: N4 is fitted on a copy shrunk so that its longest axis has about this many voxels
 #: (a shrink factor of 4 at 1.5 mm, 8 at 0.75 mm).
@@ -201,13 +201,8 @@ def read_lookup(path: Path) -> dict[int, str]:
         UserError: an unreadable table, or one without ``index`` and ``name`` columns
             or with an ``index`` that is not an integer.
     """
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle, delimiter="\t")
-            fields = reader.fieldnames or []
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"cannot read {path}: {error}") from None
+    read = read_table(path, delimiter="\t", complete=False)  # size, encoding, binary content: one line
+    fields, rows = read.fieldnames, read.rows
     if "index" not in fields or "name" not in fields:
         raise UserError(f"{path} needs the columns index and name (BIDS dseg.tsv), has {fields}")
     mapping = {}

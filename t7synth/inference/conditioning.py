@@ -19,7 +19,6 @@ conditioning get the unknown values, which they ignore.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from pathlib import Path
 from t7synth.data import naming
 from t7synth.data.layout import parse_participant, read_participants
 from t7synth.errors import UserError
+from t7synth.textfiles import read_json
 
 #: How many folders above a scan are searched for a dataset's ``participants.tsv``
 #: (``<root>/sub-X/ses-Y/anat/scan.nii.gz`` is three).
@@ -145,12 +145,8 @@ def _known(value) -> str | None:
 
 
 def _from_sidecar(sidecar: Path) -> tuple[float | None, float | None]:
-    from t7synth.files import read_text
-
-    try:
-        data = json.loads(read_text(sidecar))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{sidecar}: not a JSON sidecar ({error})") from None
+    # The guarded reader: size-limited, decoded, nesting checked (t7synth.textfiles).
+    data = read_json(sidecar, f"JSON sidecar {sidecar}")
     if not isinstance(data, dict):
         raise UserError(f"{sidecar}: not a JSON object")
     raw_age = next((data[k] for k in AGE_KEYS if k in data), None)

@@ -323,6 +323,9 @@ def predict(
     for folder in sorted({job.output.parent for job in jobs}):
         check_writable(folder)  # a read-only --output is one line now, not one per volume
         remove_stale_temporaries(folder)  # what a killed predict left
+    # Said once everything was checked: a refused command prints its error line alone.
+    for line in dict.fromkeys(s.precision.describe() for s in synthesisers):
+        print(line, file=sys.stderr)
     if Path(input).expanduser().is_dir() and is_dataset(Path(input).expanduser()):
         from t7synth.data.bids import write_description
 

@@ -45,6 +45,7 @@ from typing import Any
 
 from t7synth.errors import UserError
 from t7synth.models.buffers import LATER_BUFFERS
+from t7synth.textfiles import decode_text, loads_json, loads_yaml, read_table
 
 #: The manifest's ``format`` and the newest ``format_version`` this t7synth reads.
 FORMAT = "t7synth-model"
@@ -155,7 +156,6 @@ def read_package(path: str | Path, weights: bool = True) -> Package:
             format or a newer version, YAML or pickle content that is refused, weights
             whose SHA-256 differs from the manifest's, or a config that does not check.
     """
-    import yaml
 
     from t7synth.config import Config, validate
 
@@ -176,11 +176,9 @@ def read_package(path: str | Path, weights: bool = True) -> Package:
             raise UserError(f"{path} is not a model package: no {MANIFEST}{hint}")
         members = _check_member_names(path, archive.infolist())
         manifest = _parse_manifest(path, _read_member(path, archive, members, MANIFEST))
-        try:
-            raw_config = yaml.safe_load(_read_member(path, archive, members, CONFIG).decode("utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            # safe_load refuses python/* tags: a config that would build objects lands here.
-            raise UserError(f"model package {path}: {CONFIG} is not plain YAML: {_first_line(error)}") from None
+        # safe_load refuses python/* tags: a config that would build objects is "not plain YAML".
+        what = f"model package {path}: {CONFIG}"
+        raw_config = loads_yaml(decode_text(_read_member(path, archive, members, CONFIG), what), what)
         if not isinstance(raw_config, dict):
             raise UserError(f"model package {path}: {CONFIG} must hold a mapping of keys")
         try:
@@ -207,10 +205,8 @@ def read_package(path: str | Path, weights: bool = True) -> Package:
 
 
 def _parse_manifest(path: Path, data: bytes) -> dict[str, Any]:
-    try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise UserError(f"model package {path}: {MANIFEST} is not JSON: {_first_line(error)}") from None
+    what = f"model package {path}: {MANIFEST}"
+    manifest = loads_json(decode_text(data, what), what)  # encoding, nesting, NaN: one line
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UserError(f"{path} is not a t7synth model package ({MANIFEST} has no format {FORMAT!r})")
     version = manifest.get("format_version")
@@ -380,7 +376,6 @@ def tested_scores(checkpoint: Path, run: Path | None) -> tuple[list[dict[str, st
     ``fit`` tests ``checkpoints/best.ckpt`` (``last.ckpt`` when it kept no best); the
     scores of any other checkpoint are unknown.
     """
-    import csv
 
     from t7synth.evaluation.scores import MODEL, is_number, score_names
 
@@ -392,8 +387,10 @@ def tested_scores(checkpoint: Path, run: Path | None) -> tuple[list[dict[str, st
         return [], f"No test scores: `fit` tested checkpoints/{tested}, not {checkpoint.name}."
     if not table.is_file():
         return [], "No test scores: the run did not reach its test (no test_scores.csv)."
-    with open(table, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        rows = read_table(table, complete=False).rows
+    except UserError as error:
+        return [], f"No test scores: {error}."
     names = score_names(rows)
     if (
         not any(row.get("model") == MODEL for row in rows)

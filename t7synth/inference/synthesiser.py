@@ -36,6 +36,7 @@ import torch
 from t7synth.data import volumes
 from t7synth.errors import UserError
 from t7synth.inference.grids import resample, resampled_grid, shift_to_grid, spacing
+from t7synth.training.precision import resolve_precision
 
 #: Voxel sizes closer than this (relative) count as equal: no resampling.
 VOXEL_SIZE_TOLERANCE = 1e-3
@@ -54,18 +55,18 @@ def device_for(gpus: int) -> str:
     return "cuda"
 
 
-def autocast_dtype(precision: str | None, device: str) -> torch.dtype | None:
-    """The autocast dtype of Lightning's ``precision`` on ``device``, ``None`` for fp32.
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved Lightning ``precision``, ``None`` for fp32.
 
-    ``None`` precision means what ``fit`` picks: bf16 on GPUs, fp32 on the CPU.
-    Predicting in the precision the model was tested in makes ``evaluate`` reproduce
-    ``fit``'s test scores.
+    Resolve ``auto`` first (:func:`t7synth.training.precision.resolve_precision`): a
+    model is applied in the precision its config asks for on this hardware, the rule
+    ``fit``'s test followed, so ``evaluate`` reproduces ``fit``'s test scores on the
+    same machine. fp16 autocast is a GPU recipe (a GPU-trained ``16-mixed`` model runs
+    in fp32 on the CPU).
     """
-    on_gpu = device.startswith("cuda")
-    precision = precision or ("bf16-mixed" if on_gpu else "32-true")
     if precision.startswith("bf16"):
         return torch.bfloat16
-    if precision.startswith("16") and on_gpu:
+    if precision.startswith("16") and device.startswith("cuda"):
         return torch.float16
     return None
 
@@ -94,7 +95,9 @@ class Synthesiser:
         voxel = model.voxel_size.detach().cpu().double().numpy()
         # 0 means the model never saw training data (a hand-built test model): keep the grid.
         self.voxel_size = tuple(float(v) for v in voxel) if bool((voxel > 0).all()) else None
-        self.dtype = autocast_dtype(self.config.trainer.precision, device)
+        #: The precision this model runs in here, and why (printed by ``predict``).
+        self.precision = resolve_precision(self.config.trainer.precision, device)
+        self.dtype = autocast_dtype(self.precision.precision, device)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", batch_size: int | None = None) -> Synthesiser:

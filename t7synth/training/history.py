@@ -17,6 +17,8 @@ from pathlib import Path
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from t7synth.textfiles import TABLE_LIMIT, read_text
+
 METRICS_FILE = "metrics.csv"
 
 
@@ -142,11 +144,9 @@ class RunCSVLogger(Logger):
     def read_rows(self) -> list[dict[str, str]]:
         """The file's complete rows, empty cells left out (a last line without its
         newline was cut short by a kill and is dropped)."""
-        from t7synth.files import read_text
-
         if not self.path.is_file():
             return []
-        text = read_text(self.path)
+        text = read_text(self.path, max_bytes=TABLE_LIMIT)
         if not text.endswith("\n"):
             text = text[: text.rfind("\n") + 1]
         reader = csv.DictReader(io.StringIO(text))

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.config import Config
+from t7synth.textfiles import read_text
 from t7synth.training.wandb_links import run_link  # noqa: F401  (the sweep's summary links trials)
 
 WANDB_ID_FILE = "wandb_id.txt"
@@ -89,7 +90,7 @@ def wandb_run_id(run_dir: Path) -> str:
     """The run's W&B id, created once and kept in the run directory."""
     path = run_dir / WANDB_ID_FILE
     if path.is_file():
-        return path.read_text().strip()
+        return read_text(path).strip()
     import secrets
 
     run_id = secrets.token_hex(4)

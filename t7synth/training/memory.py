@@ -535,7 +535,8 @@ def summary_lines(config, world: int | None = None) -> list[str]:
         world: the run's GPU count (``--gpus`` x ``--nodes``); ``None`` plans for 1, 2,
             4 and 8. Visible GPUs are planned for as well.
     """
-    precision = config.trainer.precision or "bf16-mixed"
+    # The plan is for GPUs, where "auto" is bf16 on every GPU the paper configs target.
+    precision = config.trainer.precision if config.trainer.precision not in (None, "auto") else "bf16-mixed"
     shape = volume_shape(config)
     if shape is None:
         return ["memory: no data.shape and no dataset to read a volume shape from yet (the plan needs one)"]

@@ -13,7 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from t7synth.errors import UserError
+from t7synth.textfiles import read_yaml
 from t7synth.training.launch import Launch
+from t7synth.training.precision import cpu_bf16, cpu_name
 
 #: Distributions whose versions ``environment.yaml`` records (absent ones are ``null``).
 RECORDED_PACKAGES = ("torch", "pytorch-lightning", "torchio", "monai", "numpy", "torchmetrics", "nibabel", "wandb")
@@ -72,7 +75,7 @@ def git_revision(package_dir: str | Path | None = None) -> str | None:
 
 
 def environment_record(
-    seed: int, launch: Launch, hardware: Mapping[str, Any], resumed_from: str | None
+    seed: int, launch: Launch, hardware: Mapping[str, Any], resumed_from: str | None, precision=None
 ) -> dict[str, Any]:
     """One launch's entry in ``environment.yaml`` (plain types only).
 
@@ -81,12 +84,15 @@ def environment_record(
         launch: how the process was started.
         hardware: the Trainer's accelerator arguments (see :func:`t7synth.training.hardware.trainer_hardware`).
         resumed_from: the checkpoint the launch resumed from, if any.
+        precision: the :class:`~t7synth.training.precision.PrecisionChoice` of the launch:
+            its precision, what was asked for and why, and the CPU's bf16 capability.
     """
     import datetime
 
     import torch
 
     devices = hardware.get("devices", 1)
+    native, native_bf16 = cpu_bf16()
     nodes = hardware.get("num_nodes", 1)
     cuda = None
     if torch.cuda.is_available():
@@ -108,6 +114,9 @@ def environment_record(
         "nodes": nodes,
         "world_size": int(devices) * int(nodes) if isinstance(devices, int) else None,
         "precision": hardware.get("precision"),
+        **(precision.record() if precision is not None else {}),
+        "cpu": cpu_name(),
+        "cpu_bf16": native_bf16 if native else f"none ({native_bf16})",
         "git_revision": git_revision(),
         "versions": package_versions(),
         "cuda": cuda,
@@ -120,16 +129,14 @@ def write_environment(run_dir: Path, record: dict[str, Any]) -> Path:
     A resumed run adds an entry instead of overwriting, so the file tells which code
     and libraries produced each stretch of training.
     """
-    import yaml
-
     from t7synth.config import save_yaml
 
     path = run_dir / "environment.yaml"
     launches: list = []
     if path.is_file():
-        try:
-            launches = list((yaml.safe_load(path.read_text()) or {}).get("launches") or [])
-        except (yaml.YAMLError, AttributeError):
+        try:  # a damaged record is started afresh: it describes, it decides nothing
+            launches = list((read_yaml(path) or {}).get("launches") or [])
+        except (UserError, AttributeError, TypeError):
             launches = []
     save_yaml({"launches": [*launches, record]}, path)
     return path

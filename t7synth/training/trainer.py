@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from t7synth.errors import UserError
+from t7synth.training.join import JoinWatchdog
 from t7synth.training.launch import RUN_DIR_ENV, detect_launch
+from t7synth.training.nonfinite import NonFiniteGuard
+from t7synth.training.precision import resolve_precision
 from t7synth.training.run_dir import resolve_run_dir
 
 
@@ -126,8 +130,9 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     # included. Ranks that Lightning starts carry LOCAL_RANK/NODE_RANK, srun's and
     # torchrun's carry SLURM_PROCID/RANK.
     rank_zero = launch.rank_zero
+    precision = resolve_precision(config.trainer.precision, "cuda" if options.gpus else "cpu")
     hardware = trainer_hardware(
-        options.gpus, options.nodes, options.cpus, config.trainer.precision, module_class.FIND_UNUSED_PARAMETERS
+        options.gpus, options.nodes, options.cpus, precision.precision, module_class.FIND_UNUSED_PARAMETERS
     )
     _check_nodes(options.nodes, launch)
     # The batch split and, on GPUs, the memory plan: a config that cannot fit is refused
@@ -157,12 +162,15 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             check_trains_something(config, datamodule.subjects, world, accumulate)
             save_yaml(config.to_dict(), run_dir / "config.yaml")
             write_environment(
-                run_dir, environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None)
+                run_dir,
+                environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None, precision),
             )
     except BaseException:
         if rank_zero:
             discard_if_empty(run_dir, existed)
         raise
+    if rank_zero:  # after the checks: a refused fit prints its error line alone
+        print(precision.describe(), file=sys.stderr)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
     # Each epoch's training stream is then reseeded per rank by the data module.
@@ -173,6 +181,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     model = module_class(config.to_dict())
     best, last = checkpoint_callbacks(run_dir)
     loggers = build_loggers(config, run_dir, mode, resume)
+    guard = NonFiniteGuard(config.trainer.nonfinite_patience)
     result = FitResult(run_dir)
     with _quiet_known_warnings():
         trainer = pl.Trainer(
@@ -183,6 +192,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
                 best,
                 last,
                 DataStreamCheck(config.seed),
+                guard,
                 WandbStepState.of(loggers),
                 *early_stopping(config),
                 # One-cycle steps per batch: its LR is logged per step, so progress.png
@@ -209,7 +219,9 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             fast_dev_run=options.fast_dev_run,
             enable_model_summary=False,
         )
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        with join_watchdog(trainer, options.nodes, rank_zero, config.trainer.join_timeout):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        guard.check()  # a run stopped by non-finite steps ends in its one line, untested
         if options.fast_dev_run:
             if trainer.is_global_zero:
                 result.report = f"fast dev run finished: {run_dir}"
@@ -264,6 +276,18 @@ def early_stopping(config) -> list:
     ]
 
 
+def join_watchdog(trainer, nodes: int, rank_zero: bool, timeout: float):
+    """A :class:`~t7synth.training.join.JoinWatchdog` for a run over several nodes, else nothing.
+
+    The address is the cluster environment's (SLURM's first node, torchrun's or
+    ``MASTER_ADDR``), read from the trainer's strategy as Lightning will use it.
+    """
+    if nodes < 2 or timeout <= 0:
+        return contextlib.nullcontext()
+    environment = trainer.strategy.cluster_environment
+    return JoinWatchdog(timeout, rank_zero, environment.main_address, environment.main_port, nodes)
+
+
 def _check_nodes(nodes: int, launch) -> None:
     """Refuse ``--nodes N`` that nothing would start, rather than wait for it forever.
 
@@ -280,12 +304,10 @@ def _check_nodes(nodes: int, launch) -> None:
             f"srun or torchrun, or set MASTER_ADDR, MASTER_PORT and NODE_RANK (0 to {nodes - 1}) on each yourself"
         )
     if launch.rank_zero:
-        import sys
-
         print(
             f"note: waiting for the other {nodes - 1} node(s) to join at {os.environ['MASTER_ADDR']}:"
             f"{os.environ.get('MASTER_PORT', '?')} (started by hand with NODE_RANK 1 to {nodes - 1}); "
-            "Lightning gives up after 30 minutes",
+            "stops after trainer.join_timeout seconds if they cannot meet",
             file=sys.stderr,
         )
 

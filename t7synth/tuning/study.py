@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t7synth.errors import UserError
+from t7synth.textfiles import read_text
 
 #: Consecutive failed trials after which the sweep stops: the cause is then the setup.
 MAX_CONSECUTIVE_FAILURES = 3
@@ -565,7 +566,7 @@ def trials_table(study, metric: str | None = None):
                 **references,
                 "duration_s": round(duration, 1) if duration is not None else None,
                 "run_dir": run_dir,
-                "wandb_run": id_file.read_text().strip() if id_file is not None and id_file.is_file() else "",
+                "wandb_run": read_text(id_file).strip() if id_file is not None and id_file.is_file() else "",
             }
         )
     columns = [

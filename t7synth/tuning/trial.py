@@ -22,13 +22,15 @@ orphan (:func:`owner_is_gone`) and stop it (:func:`stop_orphaned_fit`).
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import signal
 import socket
 import subprocess
 from pathlib import Path
+
+from t7synth.errors import UserError
+from t7synth.textfiles import read_json, read_table
 
 
 class TrialProcess:
@@ -81,17 +83,19 @@ class TrialProcess:
         """
         path = self.run_dir / "metrics.csv"
         found: dict[int, float] = {}
+        if not path.is_file():
+            return found
         try:
-            with open(path, newline="") as handle:
-                for row in csv.DictReader(handle):
-                    try:
-                        value, epoch = float(row.get(self.metric) or "nan"), int(row.get("epoch") or "")
-                    except (TypeError, ValueError):
-                        continue
-                    if math.isfinite(value):
-                        found[epoch] = value
-        except (FileNotFoundError, csv.Error):
-            pass
+            rows = read_table(path, complete=False).rows
+        except UserError:  # damaged: the trial's fit reads the same file and ends on it with its own error
+            return found
+        for row in rows:
+            try:
+                value, epoch = float(row.get(self.metric) or "nan"), int(row.get("epoch") or "")
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(value) and epoch >= 0:
+                found[epoch] = value
         return found
 
     def log_tail(self, lines: int = 5) -> str:
@@ -202,11 +206,11 @@ def write_trial_record(run_dir: Path, record: dict) -> Path:
 
 
 def read_trial_record(run_dir: Path) -> dict:
-    """``run_dir/trial.json`` as a dict; empty when the run is no sweep trial (or it is unreadable)."""
-    import json
-
+    """``run_dir/trial.json`` as a dict; empty when the run is no sweep trial (or it is
+    unreadable: damaged, binary, or nested too deep, all refused by :func:`read_json`)."""
+    path = Path(run_dir) / TRIAL_FILE
     try:
-        record = json.loads((Path(run_dir) / TRIAL_FILE).read_text())
-    except (OSError, ValueError):
+        record = read_json(path) if path.is_file() else {}
+    except UserError:
         return {}
     return record if isinstance(record, dict) else {}

@@ -148,6 +148,7 @@ def test_perfect_prediction_and_perceptual_distance(dataset, tmp_path, capsys):
         "--no-progress",
     ]
     assert run_main(evaluate.main, argv) == 0
+    assert capsys.readouterr().out.startswith("precision: 32-true (evaluate runs no synthesis network")
     row = _read(out / "metrics.csv")[0]
     assert float(row["ssim"]) == pytest.approx(1.0) and float(row["mae"]) == 0.0
     assert float(row["perceptual"]) == pytest.approx(0.0, abs=1e-6)

@@ -191,8 +191,11 @@ def test_folder_with_a_corrupt_file(identity_checkpoint, tmp_path, capsys):
     )
     assert status != 0
     assert sorted(p.name for p in out.iterdir()) == ["sub-001_T1w_synth7T.nii.gz", "sub-002_T1w_synth7T.nii.gz"]
-    naming = [line for line in capsys.readouterr().err.splitlines() if str(corrupt) in line]
+    err = capsys.readouterr().err.splitlines()
+    naming = [line for line in err if str(corrupt) in line]
     assert len(naming) == 1 and naming[0].startswith("error: cannot read")
+    # The precision the model runs in here, said once before the volumes.
+    assert [line for line in err if line.startswith("precision: ")] == [err[0]]
 
 
 def test_bad_checkpoint_is_one_line_and_writes_nothing(tmp_path, capsys):

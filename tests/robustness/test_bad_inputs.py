@@ -243,7 +243,7 @@ def test_predict_refuses_in_one_line(dataset, tmp_path, capsys, monkeypatch, cas
         "read-only-output": "Permission denied",
         "full-disk": "No space left on device",
         "bad-age": "--age -4.0",
-        "broken-sidecar": "not a JSON sidecar",
+        "broken-sidecar": "is not valid JSON",
         "sidecar-age-not-a-number": "age 'old' is not a number of years",
         "loose-file-without-age": "give --age and --sex, or --unconditioned",
     }[case]

@@ -23,7 +23,7 @@ import pytest
 import torch
 from robust_helpers import dead_pid, malicious_checkpoint
 
-from t7synth import files
+from t7synth import files, textfiles
 from t7synth.errors import UserError
 from t7synth.inference import checkpoint as ckpt_io
 from t7synth.registry import resolve
@@ -218,10 +218,10 @@ def test_stale_temporaries_can_be_limited_to_one_name(tmp_path):
 def test_text_files_with_a_byte_order_mark_read_as_utf8(tmp_path):
     path = tmp_path / "participants.tsv"
     path.write_bytes("\ufeffparticipant_id\tage\nsub-001\t60\n".encode())
-    assert files.read_text(path).startswith("participant_id")
-    path.write_bytes(b"\xff\xfe\x00bad")
+    assert textfiles.read_text(path).startswith("participant_id")
+    path.write_bytes(b"caf\xe9\n")
     with pytest.raises(UserError, match="is not UTF-8"):
-        files.read_text(path)
+        textfiles.read_text(path)
 
 
 # -- run folders ----------------------------------------------------------------------

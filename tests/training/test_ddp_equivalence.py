@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import ddp_equivalence_script as script
-import ddp_helpers as helpers
+import ddp_helpers
 import pytest
 import torch
 
@@ -27,14 +27,14 @@ def _max_difference(a: dict, b: dict) -> float:
 
 
 def test_two_ranks_with_batch_b_update_like_one_process_with_batch_2b(tmp_path: Path):
-    env = helpers.environment(tmp_path / "record", tmp_path / "cache")
+    env = ddp_helpers.environment(tmp_path / "record", tmp_path / "cache")
     result = subprocess.run(
         [sys.executable, str(Path(script.__file__).resolve()), str(tmp_path)],
         env=env,
-        cwd=helpers.REPO,
+        cwd=ddp_helpers.REPO,
         capture_output=True,
         text=True,
-        timeout=helpers.TIMEOUT_S,
+        timeout=ddp_helpers.TIMEOUT_S,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

@@ -8,7 +8,7 @@ real epoch on two gloo ranks and checks both networks trained and stayed in sync
 
 from __future__ import annotations
 
-import ddp_helpers as helpers
+import ddp_helpers
 import pytest
 import torch
 from helpers import make_dataset
@@ -25,7 +25,7 @@ def test_gan_trains_one_epoch_on_two_ranks(tmp_path):
     data = make_dataset(tmp_path / "data", n_subjects=6)  # 4 training subjects: 2 per rank
     runs = tmp_path / "runs"
     record = tmp_path / "record"
-    args = helpers.fit_args(
+    args = ddp_helpers.fit_args(
         data,
         runs,
         "--set", "model.discriminator.channels=4",
@@ -35,10 +35,10 @@ def test_gan_trains_one_epoch_on_two_ranks(tmp_path):
         "--seed", "3",
         model="gan_unet",
     )  # fmt: skip
-    helpers.run(args, helpers.environment(record, tmp_path / "cache"), tmp_path / "gan.log")
+    ddp_helpers.run(args, ddp_helpers.environment(record, tmp_path / "cache"), tmp_path / "gan.log")
 
-    final = [helpers.weights(record, rank) for rank in (0, 1)]
-    initial = helpers.weights(record, 0, "initial")
+    final = [ddp_helpers.weights(record, rank) for rank in (0, 1)]
+    initial = ddp_helpers.weights(record, 0, "initial")
     for name in final[0]:
         assert torch.equal(final[0][name], final[1][name]), f"ranks diverged at {name}"
     moved = {name for name in final[0] if not torch.equal(final[0][name], initial[name])}

@@ -9,7 +9,7 @@ weights (a hang fails after ``ddp_helpers.TIMEOUT_S``).
 
 from __future__ import annotations
 
-import ddp_helpers as helpers
+import ddp_helpers
 import nibabel as nib
 import numpy as np
 import pytest
@@ -30,12 +30,12 @@ def test_every_brain_slice_on_two_ranks_with_unequal_shards(tmp_path):
         mask[:, keep] = np.asarray(image.dataobj)[:, keep]
         write_nifti(path, mask, image.affine)
     runs, record = tmp_path / "runs", tmp_path / "record"
-    args = helpers.fit_args(
+    args = ddp_helpers.fit_args(
         data, runs, "--set", "data.slab_sampling=every", "--cpus", "2", "--max-epochs", "2", "--seed", "1"
     )
-    helpers.run(args, helpers.environment(record, tmp_path / "cache"), tmp_path / "every.log")
+    ddp_helpers.run(args, ddp_helpers.environment(record, tmp_path / "cache"), tmp_path / "every.log")
 
-    final = [helpers.weights(record, rank) for rank in (0, 1)]
+    final = [ddp_helpers.weights(record, rank) for rank in (0, 1)]
     for name in final[0]:
         assert torch.equal(final[0][name], final[1][name]), f"ranks diverged at {name}"
     checkpoint = torch.load(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import ddp_helpers as helpers
+import ddp_helpers
 import pytest
 import torch
 import yaml
@@ -52,8 +52,8 @@ def workspace(tmp_path_factory) -> Path:
 def uninterrupted(workspace: Path) -> dict:
     record = workspace / "record_a"
     runs = workspace / "runs_a"
-    env = helpers.environment(record, workspace / "cache_a")
-    helpers.run(helpers.fit_args(workspace / "data", runs, *EXTRA), env, workspace / "a.log")
+    env = ddp_helpers.environment(record, workspace / "cache_a")
+    ddp_helpers.run(ddp_helpers.fit_args(workspace / "data", runs, *EXTRA), env, workspace / "a.log")
     return {"record": record, "run": runs / "unet" / "version_0", "runs": runs}
 
 
@@ -61,24 +61,28 @@ def uninterrupted(workspace: Path) -> dict:
 def crashed(workspace: Path) -> dict:
     record, resumed = workspace / "record_b", workspace / "record_b2"
     runs = workspace / "runs_b"
-    args = helpers.fit_args(workspace / "data", runs, *EXTRA)
+    args = ddp_helpers.fit_args(workspace / "data", runs, *EXTRA)
     log = workspace / "b.log"
-    process = helpers.start(args, helpers.environment(record, workspace / "cache_b", hold_at_step=KILL_AT_STEP), log)
+    process = ddp_helpers.start(
+        args, ddp_helpers.environment(record, workspace / "cache_b", hold_at_step=KILL_AT_STEP), log
+    )
     try:
-        helpers.wait_for(record / "held_rank0", process, log)
-        helpers.wait_for(record / "held_rank1", process, log)
+        ddp_helpers.wait_for(record / "held_rank0", process, log)
+        ddp_helpers.wait_for(record / "held_rank1", process, log)
     finally:
-        helpers.kill_group(process)
+        ddp_helpers.kill_group(process)
     run = runs / "unet" / "version_0"
     # What survived the crash: the checkpoint written at the end of epoch 0.
     survived = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
-    helpers.run([*args, "--resume", "last"], helpers.environment(resumed, workspace / "cache_b"), workspace / "b2.log")
+    ddp_helpers.run(
+        [*args, "--resume", "last"], ddp_helpers.environment(resumed, workspace / "cache_b"), workspace / "b2.log"
+    )
     return {"record": record, "resumed": resumed, "run": run, "runs": runs, "survived": survived}
 
 
 def test_ranks_hold_identical_weights_after_training(uninterrupted):
-    first, second = helpers.weights(uninterrupted["record"], 0), helpers.weights(uninterrupted["record"], 1)
-    initial = helpers.weights(uninterrupted["record"], 0, "initial")
+    first, second = ddp_helpers.weights(uninterrupted["record"], 0), ddp_helpers.weights(uninterrupted["record"], 1)
+    initial = ddp_helpers.weights(uninterrupted["record"], 0, "initial")
     assert first.keys() == second.keys() == initial.keys()
     for name in first:
         assert torch.equal(first[name], second[name]), name
@@ -87,7 +91,7 @@ def test_ranks_hold_identical_weights_after_training(uninterrupted):
 
 
 def test_each_epoch_deals_disjoint_subjects_and_equal_steps(uninterrupted):
-    records = [helpers.record(uninterrupted["record"], rank)["epochs"] for rank in (0, 1)]
+    records = [ddp_helpers.record(uninterrupted["record"], rank)["epochs"] for rank in (0, 1)]
     assignments = []
     for epoch in map(str, range(EPOCHS)):
         mine, theirs = (set(r[epoch]["subjects"]) for r in records)
@@ -99,7 +103,7 @@ def test_each_epoch_deals_disjoint_subjects_and_equal_steps(uninterrupted):
 
 
 def test_validation_metrics_are_the_same_on_every_rank(uninterrupted):
-    records = [helpers.record(uninterrupted["record"], rank)["epochs"] for rank in (0, 1)]
+    records = [ddp_helpers.record(uninterrupted["record"], rank)["epochs"] for rank in (0, 1)]
     for epoch in map(str, range(EPOCHS)):
         assert records[0][epoch]["val"]["val/psnr_brain"] == records[1][epoch]["val"]["val/psnr_brain"]
         assert records[0][epoch]["val"].keys() == records[1][epoch]["val"].keys()
@@ -124,8 +128,8 @@ def test_only_rank_zero_creates_the_run_folder_and_records_the_environment(unint
 def test_same_seed_gives_identical_validation_metrics_and_batches(uninterrupted, crashed):
     """Two separate runs with the same seed, before one of them crashed: bit-identical."""
     for rank in (0, 1):
-        a = helpers.record(uninterrupted["record"], rank)["epochs"]
-        b = helpers.record(crashed["record"], rank)["epochs"]
+        a = ddp_helpers.record(uninterrupted["record"], rank)["epochs"]
+        b = ddp_helpers.record(crashed["record"], rank)["epochs"]
         assert a["0"]["val"] == b["0"]["val"]
         assert a["0"]["sums"] == b["0"]["sums"]
         assert b["1"]["sums"] == a["1"]["sums"][: len(b["1"]["sums"])]
@@ -134,13 +138,13 @@ def test_same_seed_gives_identical_validation_metrics_and_batches(uninterrupted,
 def test_kill_and_resume_matches_the_uninterrupted_run(uninterrupted, crashed):
     survived = crashed["survived"]
     assert survived["epoch"] == 0 and survived["global_step"] == 2  # the crash came mid-epoch 1
-    held = helpers.record(crashed["record"], 0)["epochs"]["1"]
+    held = ddp_helpers.record(crashed["record"], 0)["epochs"]["1"]
     assert held["batches"] == 1
 
     # The resumed run drew epochs 1 and 2 exactly as the uninterrupted one did ...
     for rank in (0, 1):
-        a = helpers.record(uninterrupted["record"], rank)["epochs"]
-        resumed = helpers.record(crashed["resumed"], rank)["epochs"]
+        a = ddp_helpers.record(uninterrupted["record"], rank)["epochs"]
+        resumed = ddp_helpers.record(crashed["resumed"], rank)["epochs"]
         assert sorted(resumed) == ["1", "2"]
         for epoch in ("1", "2"):
             assert resumed[epoch]["subjects"] == a[epoch]["subjects"]
@@ -148,8 +152,8 @@ def test_kill_and_resume_matches_the_uninterrupted_run(uninterrupted, crashed):
             assert resumed[epoch]["val"] == pytest.approx(a[epoch]["val"], rel=1e-6, abs=1e-7)
 
     # ... and ended with the same weights, optimiser, scheduler and test scores.
-    final_a = helpers.weights(uninterrupted["record"], 0)
-    final_b = helpers.weights(crashed["resumed"], 0)
+    final_a = ddp_helpers.weights(uninterrupted["record"], 0)
+    final_b = ddp_helpers.weights(crashed["resumed"], 0)
     for name in final_a:
         torch.testing.assert_close(final_b[name], final_a[name], rtol=1e-6, atol=1e-7, msg=name)
     last_a = torch.load(uninterrupted["run"] / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
@@ -170,7 +174,7 @@ def test_kill_and_resume_matches_the_uninterrupted_run(uninterrupted, crashed):
 
     # metrics.csv holds the same history, epoch by epoch: the rows the killed run logged
     # in epoch 1 were dropped and logged again once, nothing of epoch 0 was lost.
-    history_a, history_b = helpers.history(uninterrupted["run"]), helpers.history(crashed["run"])
+    history_a, history_b = ddp_helpers.history(uninterrupted["run"]), ddp_helpers.history(crashed["run"])
     assert [sorted(row) for row in history_b] == [sorted(row) for row in history_a]
     for row_a, row_b in zip(history_a, history_b):
         assert row_b == pytest.approx(row_a, rel=1e-5, abs=1e-6)

@@ -7,7 +7,7 @@ autocast, and the NCCL backend.
 
 from __future__ import annotations
 
-import ddp_helpers as helpers
+import ddp_helpers
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -15,7 +15,7 @@ from helpers import TINY_UNET
 
 from t7synth import fit
 from t7synth.cli import run_main
-from t7synth.training.hardware import default_gpu_precision
+from t7synth.training.precision import resolve_precision
 
 pytestmark = [
     pytest.mark.gpu,
@@ -48,7 +48,7 @@ def test_one_gpu_fast_dev_run_uses_bf16_with_fp32_losses(dataset, tmp_path):
     argv = ["--model", "unet", "--data", str(dataset), "--set", f"runs_dir={tmp_path / 'runs'}", *sets]
     argv += ["--gpus", "1", "--fast-dev-run", "--wandb", "disabled"]
     assert run_main(lambda a: fit.main(a, callbacks=[probe]), argv) == 0
-    expected = default_gpu_precision()
+    expected = resolve_precision("auto", "cuda").precision
     assert probe.seen["precision"] == expected and probe.seen["device"] == "cuda"
     assert probe.seen["net_dtype"] == (torch.bfloat16 if expected == "bf16-mixed" else torch.float16)
     assert probe.seen["loss_dtype"] == torch.float32  # losses are computed in fp32
@@ -61,8 +61,8 @@ def test_two_gpus_train_in_sync_over_nccl(tmp_path):
 
     data = make_dataset(tmp_path / "data", n_subjects=6)
     record = tmp_path / "record"
-    args = helpers.fit_args(data, tmp_path / "runs", "--gpus", "2", "--max-epochs", "1")
-    helpers.run(args, helpers.environment(record, tmp_path / "cache"), tmp_path / "gpu.log")
-    first, second = helpers.weights(record, 0), helpers.weights(record, 1)
+    args = ddp_helpers.fit_args(data, tmp_path / "runs", "--gpus", "2", "--max-epochs", "1")
+    ddp_helpers.run(args, ddp_helpers.environment(record, tmp_path / "cache"), tmp_path / "gpu.log")
+    first, second = ddp_helpers.weights(record, 0), ddp_helpers.weights(record, 1)
     for name in first:
         assert torch.equal(first[name], second[name]), name

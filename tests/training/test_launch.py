@@ -141,11 +141,16 @@ def test_gpus_default_to_bf16_and_fall_back_to_fp16_without_native_bf16(monkeypa
     assert trainer_hardware(2, 1, 1, "32-true", False)["precision"] == "32-true"  # --precision wins
 
 
-def test_cpu_defaults_to_fp32_and_several_processes_use_gloo():
+def test_cpu_follows_its_bf16_support_and_several_processes_use_gloo(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
     hardware = trainer_hardware(0, 1, 2, None, True)
     assert hardware["precision"] == "32-true" and hardware["devices"] == 2
     assert hardware["strategy"].process_group_backend == "gloo"
-    assert trainer_hardware(0, 1, 1, "bf16-mixed", False)["precision"] == "bf16-mixed"
+    assert trainer_hardware(0, 1, 1, "bf16-mixed", False)["precision"] == "bf16-mixed"  # obeyed (with a warning)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert trainer_hardware(0, 1, 1, "auto", False)["precision"] == "bf16-mixed"
 
 
 def test_resuming_with_another_seed_or_world_size_warns():

@@ -10,7 +10,6 @@ moves the cache root); later calls return the cached folder without touching it.
 from __future__ import annotations
 
 import contextlib
-import csv
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from t7synth.data.demo.simulate import (
 )
 from t7synth.errors import UserError
 from t7synth.files import cache_root, remove_stale_temporaries
+from t7synth.textfiles import read_table
 
 
 def default_demo_dir(n_subjects: int = 20, seed: int = 0, voxel_size: float = 1.5) -> Path:
@@ -172,8 +172,7 @@ def _generation_lock(folder: Path) -> Iterator[None]:
 def describe_demo(folder: Path) -> str:
     """One line: subjects per split, volume shape, spacing and seed of a demo dataset."""
     settings = read_description(folder) or {}
-    with open(folder / naming.PARTICIPANTS, newline="", encoding="utf-8") as handle:
-        splits = Counter(row.get("split", "?") for row in csv.DictReader(handle, delimiter="\t"))
+    splits = Counter(row.get("split", "?") for row in read_table(folder / naming.PARTICIPANTS, delimiter="\t").rows)
     n = sum(splits.values())
     split_text = ", ".join(f"{name} {splits[name]}" for name in naming.SPLITS if splits[name])
     shape = "x".join(str(size) for size in settings.get("shape", [])) or "?"

@@ -43,6 +43,7 @@ from t7synth.data import naming
 from t7synth.data.volumes import write_nifti
 from t7synth.errors import UserError
 from t7synth.files import atomic_dir
+from t7synth.textfiles import read_json
 
 #: Bump whenever the generated files would change; it is part of the cache folder name,
 #: so an old cache is never mistaken for the current forward model. ``f4`` added the
@@ -732,9 +733,10 @@ def _write_description(path: Path, n_subjects: int, seed: int, voxel_size: float
 
 def read_description(folder: Path) -> dict | None:
     """The ``t7synth_demo`` settings of a generated folder, or ``None`` if it is not one."""
+    path = Path(folder) / DESCRIPTION_JSON
     try:
-        description = json.loads((Path(folder) / DESCRIPTION_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        description = read_json(path) if path.is_file() else None
+    except UserError:  # unreadable: not a folder the demo wrote
         return None
     settings = description.get("t7synth_demo") if isinstance(description, dict) else None
     return settings if isinstance(settings, dict) else None
