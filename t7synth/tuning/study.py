@@ -42,6 +42,8 @@ MAX_CONSECUTIVE_FAILURES = 3
 #: A trial whose heartbeat is older than twice this (Optuna's default grace period)
 #: is marked failed by the next sweep worker that looks: its worker died.
 DEFAULT_HEARTBEAT = 60
+#: Tries to open a database storage: workers starting together race to create its tables.
+SCHEMA_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -256,10 +258,19 @@ def database_storage(url: str, heartbeat_interval: int = DEFAULT_HEARTBEAT):
     if heartbeat_interval < 0:
         raise UserError(f"--heartbeat {heartbeat_interval}: must be 0 (no heartbeat) or a number of seconds")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # grace_period None: Optuna's default, twice the interval.
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval or None)
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    # grace_period None: Optuna's default, twice the interval.
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval or None)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+                # Workers started together on a new database race to create Optuna's
+                # tables ("duplicate key ... pg_type", "database is locked"): the loser
+                # finds them made when it tries again.
+                if attempt == SCHEMA_ATTEMPTS - 1:
+                    raise
+                time.sleep(1.0 + attempt)
     except ImportError:
         # SQLAlchemy >= 2.1 reads postgresql:// URLs with psycopg (3); 2.0 with psycopg2.
         driver = "; for PostgreSQL: pip install 'psycopg[binary]'" if url.startswith("postgres") else ""
