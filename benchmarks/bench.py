@@ -4,12 +4,14 @@ Prints a table, then, last, one line of the headline ratios::
 
     pipeline_headroom=<x> lightning_overhead=<x> predict3d_vs_monai_time=<x>
     predict3d_vs_monai_peak_mem=<x> predict2d_vs_plain_peak_mem=<x> bf16_speedup=<x>
-    cpu_bf16=native|emulated
+    cpu_bf16=native|emulated raw_overhead=<x>
 
 Each ratio comes from one run of this script: timings interleaved in one process
 (medians of ``--repeats`` rounds; minima in the table), peak memories from fresh
 processes (``VmHWM``, the minimum of two runs each). Targets: headroom >= 3,
-Lightning overhead <= 1.05, every ``*_vs_*`` ratio <= 1.0. The paper-geometry loader
+Lightning overhead <= 1.05, every ``*_vs_*`` ratio <= 1.0; ``raw_overhead`` is the
+extra time of ``predict --skull-strip --n4`` on a full-head scan as a fraction of the
+demo U-Net's predict time on the masked scan (benchmarks/raw.py). The paper-geometry loader
 (samples/s per worker, epoch-start stall) is in the table. Under 10 minutes on 2 cores
 once the demo dataset exists (its simulation adds about a minute on a fresh clone).
 """
@@ -23,6 +25,7 @@ import common
 import inference
 import loop
 import pipeline
+import raw
 import step_time
 import torch
 
@@ -106,6 +109,15 @@ def main() -> None:
             )
         )
 
+    raw_scan = raw.run()
+    rows.append(
+        common.row(
+            "predict --skull-strip --n4 / masked input",
+            f"{raw_scan['raw_s']:.2f} / {raw_scan['masked_s']:.2f} s",
+            f"raw_overhead {raw_scan['overhead']:.2f} (demo U-Net, full-head phantom at 1.5 mm)",
+        )
+    )
+
     if not args.skip_paper_loader:
         paper = pipeline.paper_geometry()
         rows.append(
@@ -132,7 +144,7 @@ def main() -> None:
         f"predict3d_vs_monai_time={predicted['3d']['time_ratio']:.3f} "
         f"predict3d_vs_monai_peak_mem={predicted['3d']['peak_ratio']:.3f} "
         f"predict2d_vs_plain_peak_mem={predicted['2d']['peak_ratio']:.3f} bf16_speedup={bf16['ratio']:.2f} "
-        f"cpu_bf16={bf16_capability()}"
+        f"cpu_bf16={bf16_capability()} raw_overhead={raw_scan['overhead']:.2f}"
     )
 
 

@@ -45,7 +45,7 @@ def ours(model, volume, meta, config):
 def monai_3d(model, volume, meta, config):
     from monai.inferers import sliding_window_inference
 
-    from t7synth.inference.tiling import hann_window, patch_grid
+    from t7synth.models.tiling import hann_window, patch_grid
 
     roi, overlap = patch_grid(config.geometry, volume.shape[1:])
     weight = (

@@ -33,10 +33,11 @@ def flops_per_sample(config) -> tuple[float, float]:
 
     from torch.utils.flop_counter import FlopCounterMode
 
+    from t7synth import registry
     from t7synth.training import memory
 
     net = {**config.model.net, "checkpointing": False} if "checkpointing" in config.model.net else config.model.net
-    model = memory.build_meta_model(dataclasses.replace(config, model=dataclasses.replace(config.model, net=net)))
+    model = registry.build_on_meta(dataclasses.replace(config, model=dataclasses.replace(config.model, net=net)))
     batch = memory.meta_batch(config, memory.volume_shape(config), 1)
     with FlopCounterMode(display=False) as counter:
         x, context = model.net_input(batch)

@@ -5,8 +5,10 @@ Examples::
     python -m t7synth.compare runs/demo_unet/version_0 runs/demo_vnet/version_0
     python -m t7synth.compare runs/demo_unet/version_0 synth/evaluation runs/demo_unet_lr --trials 2
     python -m t7synth.compare runs/*/version_0 --out comparison/ --wandb offline
+    python -m t7synth.compare runs/public_loso_unet        # a cross-validation: per fold, pooled, per site
 
-What is read and written: :mod:`t7synth.evaluation.runs`.
+What is read and written: :mod:`t7synth.evaluation.compare` (a cross-validation folder,
+``runs/<name>`` with ``fold_<I>`` folders: :mod:`t7synth.evaluation.fold_scores`).
 """
 
 from __future__ import annotations
@@ -44,9 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from t7synth.evaluation.runs import compare
+    from t7synth.evaluation.compare import compare
 
     args = build_parser().parse_args(argv)
+    from t7synth.evaluation.fold_scores import compare_folds, is_cross_validation
+
+    if any(is_cross_validation(path) for path in args.runs):
+        if len(args.runs) > 1:
+            from t7synth.errors import UserError
+
+            raise UserError("a cross-validation folder is compared on its own: give one runs/<name> folder")
+        print(compare_folds(args.runs[0], args.out, args.wandb))
+        return 0
     print(
         compare(
             args.runs,

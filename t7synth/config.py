@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -89,6 +90,11 @@ class DataConfig:
     checkpoints use (``python -m t7synth.convert``): the scan's own array axes, the
     brain's box cropped and end-padded to ``shape``, the script's position tokens, the
     raw output (:mod:`t7synth.inference.official`). Training never reads it.
+
+    ``folds``, ``fold`` and ``fold_by`` select one fold of a cross-validation
+    (:mod:`t7synth.data.folds`): ``folds: null`` (default) splits by ``split``/fractions;
+    ``folds: K`` holds out fold ``fold`` (0..K-1) as the test split, by ``subject``
+    (balanced over sites) or by ``site`` (``folds: 0`` = one fold per site).
     """
 
     root: str | None = None
@@ -103,6 +109,9 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     split_seed: int = 0
+    folds: int | None = None
+    fold: int = 0
+    fold_by: Literal["subject", "site"] = "subject"
     batch_size: int = 8
     batch_scope: Literal["per_gpu", "global"] = "per_gpu"
     samples_per_volume: int = 16
@@ -123,6 +132,8 @@ class ModelConfig:
     ``discriminator`` configures the GAN's critic. ``position_divisor`` is the ``n`` of
     the slice-position token ``2 (j - mid) / n``: ``null`` divides by the preprocessed
     volume's slice count along ``geometry.axis``, the paper configs by the authors' 244.
+    ``init`` records where the starting weights of ``fit --init`` came from (the file);
+    ``null`` for weights initialised at random. Only ``fit --init`` sets it.
     """
 
     name: str = "unet"
@@ -131,6 +142,7 @@ class ModelConfig:
     residual: bool = False
     discriminator: dict[str, Any] = field(default_factory=dict)
     position_divisor: int | None = None
+    init: str | None = None
 
 
 @dataclass
@@ -484,6 +496,10 @@ def validate(config: Config) -> None:
     for key, value in at_least_one.items():
         if value < 1:
             raise UserError(f"config key {key} must be at least 1, got {value}")
+    if data.folds is not None and (data.folds < 0 or (data.folds == 0 and data.fold_by != "site") or data.folds == 1):
+        raise UserError(f"config key data.folds must be at least 2 (or 0 with data.fold_by: site), got {data.folds}")
+    if data.fold < 0:
+        raise UserError(f"config key data.fold must be 0 or more, got {data.fold}")
     for key, value in {"optim.lr": optim.lr, "optim.d_lr": optim.d_lr, "optim.step_gamma": optim.step_gamma}.items():
         if not value > 0:
             raise UserError(f"config key {key} must be a positive number, got {value}")
@@ -557,13 +573,25 @@ def validate(config: Config) -> None:
         check_sample_fits(config, tuple(data.shape), "data.shape")
 
 
+def slab_patch_size(
+    shape: Sequence[int], slices: int, axis: int, inplane: Sequence[int] | None = None
+) -> tuple[int, int, int]:
+    """Patch size of a 2.5D slab: ``slices`` along ``axis``, the rest full or ``inplane``."""
+    size = list(shape) if inplane is None else _insert(list(inplane), axis, 0)
+    size[axis] = slices
+    return tuple(int(s) for s in size)
+
+
+def _insert(values: list[int], axis: int, value: int) -> list[int]:
+    values.insert(axis, value)
+    return values
+
+
 def sample_size(config: Config, shape: tuple[int, ...]) -> tuple[int, int, int]:
     """The size of one training sample (slab or patch) cut from a volume of ``shape``."""
     geo = config.geometry
     if geo.mode == "patch":
         return tuple(geo.patch)
-    from t7synth.data.batches import slab_patch_size
-
     return slab_patch_size(shape, geo.slices, geo.axis, geo.inplane)
 
 

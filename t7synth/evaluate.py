@@ -4,6 +4,9 @@ Examples::
 
     python -m t7synth.evaluate --pred synth/ --data DATASET --split test --ckpt best.ckpt
     python -m t7synth.evaluate --pred synth/ --data DATASET --config experiments/demo_unet.yaml --out eval/
+    python -m t7synth.evaluate --pred synth/ --data DATASET --split test --ckpt best.ckpt \
+        --segmenter 'mri_synthseg --i {input} --o {output} --robust --cpu'
+    python -m t7synth.evaluate --pred other_tool/ --data DATASET --split test --pred-scale percentile
 
 How predictions are found, preprocessed and scored: :mod:`t7synth.evaluation.evaluator`;
 what each score means: ``docs/metrics.md``.
@@ -54,6 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
             "(docs/metrics.md)"
         ),
     )
+    parser.add_argument(
+        "--pred-scale",
+        choices=["as-is", "percentile"],
+        default="as-is",
+        help=(
+            "as-is: predictions on predict's [0, 1] scale (refused if not); percentile: normalise each like the "
+            "target, for other tools' outputs in scanner intensities"
+        ),
+    )
+    parser.add_argument(
+        "--segmenter",
+        metavar="CMD",
+        help=(
+            "a command with {input} and {output} that writes a FreeSurfer-numbered label map, e.g. "
+            "'mri_synthseg --i {input} --o {output} --robust --cpu': per-structure Dice against the 7T's "
+            "(docs/metrics.md)"
+        ),
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -72,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_file=args.config,
         perceptual_weights=args.perceptual_weights,
         ssim=args.ssim,
+        pred_scale=args.pred_scale,
+        segmenter=args.segmenter,
         progress=not args.no_progress,
     )
     print(report)

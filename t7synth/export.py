@@ -21,12 +21,13 @@ import sys
 from collections.abc import Sequence
 
 from t7synth.cli import ArgumentParser, console_entry, run_main
+from t7synth.run_files import BEST_CHECKPOINT, CHECKPOINTS_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m t7synth.export", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "source", metavar="RUN_OR_CKPT", help="a run folder (its checkpoints/best.ckpt) or a .ckpt file"
+        "source", metavar="RUN_OR_CKPT", help=f"a run folder (its {CHECKPOINTS_DIR}/{BEST_CHECKPOINT}) or a .ckpt file"
     )
     parser.add_argument("--out", metavar="FILE.zip", help="package to write (default: <run>/model.zip)")
     parser.add_argument(

@@ -8,6 +8,8 @@ Examples::
     python -m t7synth.fit --config experiments/demo_unet.yaml --resume last
     python -m t7synth.fit --model unet --config experiments/paper_unet.yaml --summary
     python -m t7synth.fit --config experiments/demo_unet.yaml --out /scratch/runs --print-config
+    python -m t7synth.fit --config experiments/public_loso_unet.yaml --data /data/public --fold all
+    python -m t7synth.fit --config experiments/public_finetune_unet.yaml --init unet_official.ckpt
 
 This module parses arguments, calls :func:`t7synth.training.trainer.fit` and prints;
 the training itself (run folders under DDP, checkpoints, loggers) lives in
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--name", help="experiment name: <out>/<name>/<version> (default: config file name)")
     add("--out", metavar="DIR", help="where runs go: DIR/<name>/<version> (config key runs_dir; default: runs)")
     add("--resume", metavar="last|PATH", help="continue from the last checkpoint of the experiment, or from a file")
+    add("--fold", metavar="I|all", help="cross-validation (data.folds): run fold I, or all folds not yet finished")
+    add("--init", metavar="FILE", help="start from the weights of a checkpoint, package or official file")
     add("--wandb", choices=["online", "offline", "disabled"], help="W&B mode (default: online with credentials)")
     add("--tags", nargs="+", metavar="TAG", help="W&B run tags, beside the model name (config key wandb.tags)")
     add("--notes", help="W&B run notes: a sentence on what this run tries (config key wandb.notes)")
@@ -84,11 +88,11 @@ def main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     if args.summary:
-        from t7synth.models.summary import model_summary
+        from t7synth.training.summary import model_summary
 
         print(model_summary(config, args.gpus * args.nodes if args.gpus else None))
         return 0
-    from t7synth.training.trainer import FitOptions, fit
+    from t7synth.training.trainer import FitOptions
 
     options = FitOptions(
         gpus=args.gpus,
@@ -99,9 +103,16 @@ def main(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> int:
         fast_dev_run=args.fast_dev_run,
         deterministic=args.deterministic,
     )
-    result = fit(config, options, callbacks)
-    if result.report:
-        print(result.report)
+    init_weights = None
+    if args.init:
+        from t7synth.inference.initial import initial_weights
+
+        init_weights = initial_weights(args.init, config)
+    from t7synth.training.cross_validation import fit_runs
+
+    for result in fit_runs(config, options, callbacks, args.fold, init_weights):
+        if result.report:
+            print(result.report)
     return 0
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from t7synth.textfiles import parse_int, read_table
+from t7synth.run_files import BEST_CHECKPOINT, last_value, per_epoch, read_metrics
 
 #: Top of the error colour scale, in normalised intensity (volumes lie in [0, 1]).
 ERROR_MAX = 0.25
@@ -185,70 +185,7 @@ def _orientation_letters(axis, letters: tuple[str, str, str, str]) -> None:
         axis.text(x, y, letter, **style)
 
 
-# -- training curves -----------------------------------------------------------------------
-def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """The rows of a Lightning ``metrics.csv``, values as floats (``nan`` where empty).
-
-    Lightning's CSV logger rewrites the file when a new column appears, so a read can
-    meet a half-written file (a sweep reads it while the trial runs); cells that do not
-    parse are read as ``nan`` and read again at the next call. An epoch is never cut
-    to a fraction or infinity, so such an epoch is a damaged file.
-
-    Raises:
-        UserError: a binary or non-UTF-8 file, or an epoch that is not a whole number
-            of at least zero, naming the file and line.
-    """
-    if not Path(path).is_file():
-        return []
-    table = read_table(path, complete=False)
-    rows = []
-    for line, row in zip(table.lines, table.rows):
-        parsed = {}
-        for key, value in row.items():
-            if key is None:
-                continue
-            if key == "epoch" and value not in ("", None):
-                parsed[key] = float(parse_int(value, f"{path}, line {line}: epoch"))
-                continue
-            try:
-                parsed[key] = float(value) if value not in ("", None) else math.nan
-            except ValueError:
-                parsed[key] = math.nan
-        rows.append(parsed)
-    # Lightning's LearningRateMonitor logs at an epoch's start without the epoch
-    # column; such a row belongs to the epoch of the next row that has one.
-    following = math.nan
-    for row in reversed(rows):
-        if math.isnan(row.get("epoch", math.nan)):
-            row["epoch"] = following
-        else:
-            following = row["epoch"]
-    return [row for row in rows if not math.isnan(row["epoch"])]
-
-
-def per_epoch(rows: Sequence[dict[str, float]], key: str, how: str = "last") -> tuple[list[int], list[float]]:
-    """``(epochs, values)`` of ``key``: the epoch's ``last`` or ``mean`` logged value.
-
-    ``last`` keeps the most recent value of an epoch, so a run resumed from ``last.ckpt``
-    (which repeats nothing, but may log an epoch's LR again) shows one point per epoch.
-    """
-    by_epoch: dict[int, list[float]] = {}
-    for row in rows:
-        value = row.get(key, math.nan)
-        if not math.isnan(value):
-            by_epoch.setdefault(int(row["epoch"]), []).append(value)
-    epochs = sorted(by_epoch)
-    if how == "mean":
-        return epochs, [float(np.mean(by_epoch[e])) for e in epochs]
-    return epochs, [by_epoch[e][-1] for e in epochs]
-
-
-def last_value(rows: Sequence[dict[str, float]], key: str) -> float | None:
-    """The last logged value of ``key``, or ``None``."""
-    values = [row[key] for row in rows if not math.isnan(row.get(key, math.nan))]
-    return values[-1] if values else None
-
-
+# -- training curves ---------------------------------------------------------------------
 #: Reference rows of a run's validation, their labels and line styles.
 _REFERENCE_STYLES = (("identity", "identity (3T input)", "--"), ("lut", "intensity LUT", ":"))
 
@@ -264,7 +201,7 @@ def save_progress(metrics_csv: str | Path, path: str | Path, title: str = "") ->
     validation). The epoch of ``best.ckpt`` (highest validation in-brain PSNR) is
     marked on the validation panels.
     """
-    from t7synth.evaluation.scores import COLUMNS, HEADLINE, metric_key
+    from t7synth.scores import COLUMNS, HEADLINE, metric_key
 
     rows = read_metrics(metrics_csv)
     if not rows:
@@ -304,7 +241,9 @@ def save_progress(metrics_csv: str | Path, path: str | Path, title: str = "") ->
             if reference is not None:
                 axis.axhline(reference, color="gray", linestyle=style, label=label)
         if best_epoch is not None:
-            axis.axvline(best_epoch, color="tab:green", alpha=0.4, linewidth=4, label=f"best.ckpt (epoch {best_epoch})")
+            axis.axvline(
+                best_epoch, color="tab:green", alpha=0.4, linewidth=4, label=f"{BEST_CHECKPOINT} (epoch {best_epoch})"
+            )
         _finish(axis, f"validation {COLUMNS[name].heading}", COLUMNS[name].heading, bool(values))
 
     axis = axes[2][1]
@@ -393,12 +332,12 @@ def save_curves(
         runs: ``(label, metrics.csv)`` per run; runs whose file has no validation are
             left out (an ``evaluate`` output has none).
         path: output PNG.
-        names: the scores to draw (:data:`t7synth.evaluation.scores.COLUMNS` names).
+        names: the scores to draw (:data:`t7synth.scores.COLUMNS` names).
 
     Returns:
         The path, or ``None`` when no run has a validation curve.
     """
-    from t7synth.evaluation.scores import COLUMNS, metric_key
+    from t7synth.scores import COLUMNS, metric_key
 
     histories = [(label, read_metrics(csv_path)) for label, csv_path in runs]
     histories = [(label, rows) for label, rows in histories if per_epoch(rows, metric_key("val", "model", names[0]))[0]]
@@ -436,21 +375,19 @@ def save_spectra(path: str | Path, rows, model_label: str = "synthetic 7T", titl
     Left: the spectra (log scale) against spatial frequency; right: each one divided
     by the 7T's, where 1 means the 7T's detail at that scale, below 1 blur, above 1
     extra high-frequency energy (noise or invented texture). The dashed line is the
-    cutoff of the ``hf_ratio`` column (:data:`t7synth.evaluation.sharpness.HF_CUTOFF`).
+    cutoff of the ``hf_ratio`` column (:data:`t7synth.scores.HF_CUTOFF`).
 
     Args:
         path: output PNG.
         rows: score rows carrying ``spectrum`` and ``target_spectrum``
-            (:class:`t7synth.evaluation.structure.StructureScorer`); others are ignored.
+            (:class:`t7synth.measures.structure.StructureScorer`); others are ignored.
         model_label: how the model's rows are labelled.
         title: figure title.
 
     Returns:
         The path, or ``None`` when no row carries a spectrum.
     """
-    from t7synth.evaluation.scores import ROW_KINDS, row_label
-    from t7synth.evaluation.sharpness import HF_CUTOFF, SPECTRUM_FREQUENCIES
-    from t7synth.evaluation.structure import SPECTRUM, TARGET_SPECTRUM
+    from t7synth.scores import HF_CUTOFF, ROW_KINDS, SPECTRUM, SPECTRUM_FREQUENCIES, TARGET_SPECTRUM, row_label
 
     rows = [row for row in rows if SPECTRUM in row and TARGET_SPECTRUM in row]
     if not rows:

@@ -8,6 +8,7 @@ Examples::
     python -m t7synth.predict --ckpt best.ckpt --input DATASET --split test --output synth/
     python -m t7synth.predict --model model.zip --input scan.nii.gz --output scan_synth7T.nii.gz
     python -m t7synth.predict --ckpt axis0.ckpt --ckpt axis1.ckpt --ckpt axis2.ckpt --input scans/ --output synth/
+    python -m t7synth.predict --model model.zip --bids BIDS_DIR --output DERIV_DIR [--participant-label 01]
 
 The checkpoint (or a model package from ``python -m t7synth.export``) alone defines the
 model, its geometry and its preprocessing; the output lies on the input's grid (same
@@ -16,6 +17,9 @@ for the steps. Several ``--ckpt`` (or ``--model``) are fused: the output is thei
 voxel-wise mean and their voxel-wise SD is written beside it
 (``*_desc-synth7Tsd_T1w.nii.gz``, ``*_synth7T_sd.nii.gz``, ``*_sd.nii.gz``). Folder inputs
 continue past unreadable files, report each on one line, and exit non-zero at the end.
+``--skull-strip``/``--n4`` prepare a raw (full-head) scan on its own grid, and
+``qc.tsv`` beside the outputs rates every input against the training data
+(docs/applying.md).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument(
         "--ckpt",
         action="append",
-        help="checkpoint file (runs/<exp>/<version>/checkpoints/best.ckpt); repeat to fuse models",
+        help="checkpoint file of a fit run (its best or last, under the run folder); repeat to fuse models",
     )
     weights.add_argument(
         "--model",
@@ -44,10 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.zip",
         help="model package written by python -m t7synth.export; repeat to fuse",
     )
-    parser.add_argument(
-        "--input", required=True, metavar="FILE|DIR", help="a NIfTI file, a folder of them, or a dataset folder"
-    )
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--input", metavar="FILE|DIR", help="a NIfTI file, a folder of them, or a dataset folder")
+    inputs.add_argument("--bids", metavar="BIDS_DIR", help="a raw BIDS dataset: every T1w in, derivatives out")
     parser.add_argument("--output", required=True, metavar="FILE|DIR", help="output file (for a file input) or folder")
+    parser.add_argument("--participant-label", nargs="+", metavar="LABEL", help="--bids: only these participants")
+    parser.add_argument("--session-label", nargs="+", metavar="LABEL", help="--bids: only these sessions")
+    parser.add_argument("--skull-strip", action="store_true", help="extract the brain (deepbet); mask written beside")
+    parser.add_argument("--n4", action="store_true", help="correct the bias field with N4 (SimpleITK) first")
+    parser.add_argument(
+        "--preprocess", choices=["auto", "none"], default="auto", help="auto: also what the model's training had"
+    )
     parser.add_argument(
         "--mask", metavar="FILE|DIR", help="brain mask(s); default: the dataset's masks, else voxels > 0"
     )
@@ -75,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from t7synth.inference.jobs import predict
-
     args = build_parser().parse_args(argv)
+    from t7synth.inference.jobs import predict
+    from t7synth.measures.quality import no_reference_quality
+
     outcome = predict(
         args.ckpt,
         args.input,
@@ -91,6 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
         model=args.model,
         unconditioned=args.unconditioned,
+        skull_strip=args.skull_strip,
+        n4=args.n4,
+        preprocess=args.preprocess,
+        bids=args.bids,
+        participant_labels=args.participant_label,
+        session_labels=args.session_label,
+        # MRIQC's CNR, CJV and SNR of each output and input in qc.tsv (inference may not
+        # import evaluation, so the command hands the measure down).
+        quality=no_reference_quality,
     )
     print(outcome.summary)
     if outcome.failures:

@@ -7,8 +7,11 @@ Examples::
     python -m t7synth.prepare --raw /data/coregistered --out /data/paired --no-register
     python -m t7synth.prepare --raw /data/raw --out /data/paired --overwrite   # redo every subject
     python -m t7synth.prepare --raw /data/bids --out /data/paired --field-strength ses-pre=3T,ses-post=7T
+    python -m t7synth.prepare --fieldbridge /data/FieldBridge-MRI --out /data/public --sources unc,penn --jobs 2
 
-What is read, checked and written: :mod:`t7synth.data.pairing`. The first line printed
+What is read, checked and written: :mod:`t7synth.data.prepare` (``--fieldbridge``:
+:mod:`t7synth.data.fieldbridge`; a file that fails there is one ``error:`` line each on
+stderr, the other subjects are written and the exit status is 2). The first line printed
 is the dataset folder, the second a summary.
 """
 
@@ -23,7 +26,7 @@ from t7synth.cli import ArgumentParser, console_entry, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from t7synth.data.pairing import INTERPOLATIONS
+    from t7synth.data.prepare import INTERPOLATIONS
 
     parser = ArgumentParser(
         prog="python -m t7synth.prepare",
@@ -39,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="table (.tsv/.csv): subject, source, target[, mask, age, sex, split, ...]",
     )
+    inputs.add_argument(
+        "--fieldbridge",
+        type=Path,
+        metavar="DIR",
+        help="a FieldBridge-MRI download (pairs.tsv or metadata/pairs.tsv): its T1w 3T/7T pairs, with their site",
+    )
+    parser.add_argument("--sources", metavar="NAME,...", help="--fieldbridge: only these source_dataset values")
+    parser.add_argument("--voxel-size", type=float, metavar="MM", help="--fieldbridge: resample to this voxel size")
     parser.add_argument(
         "--field-strength",
         metavar="ENTITY-LABEL=3T|7T,...",
@@ -63,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--overwrite", action="store_true", help="prepare every subject again, even complete ones")
     parser.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="subjects prepared in parallel processes (default 1)"
+        "--workers", "--jobs", dest="workers", type=int, default=1, metavar="N", help="parallel processes (default 1)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -71,9 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: prepare the dataset, print its folder and the summary."""
-    from t7synth.data.pairing import prepare
+    from t7synth.data.prepare import prepare
 
     args = build_parser().parse_args(argv)
+    if args.fieldbridge is not None or args.sources or args.voxel_size is not None:
+        from t7synth.data.fieldbridge import prepare_fieldbridge
+
+        outcome = prepare_fieldbridge(
+            args.fieldbridge, args.out, args.sources, args.voxel_size, args.workers, not args.no_progress
+        )
+        print(f"{args.out.expanduser()}\n{outcome.summary}")
+        for line in outcome.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2 if outcome.problems else 0
     summary = prepare(
         args.out,
         raw=args.raw,

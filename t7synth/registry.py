@@ -40,6 +40,36 @@ def get(name: str) -> type:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+def build_on_meta(config: Config, where: str | None = None):
+    """The config's LightningModule on the meta device: shapes only, no memory, no
+    initialisation cost. The one place a model is built there (the memory plan,
+    ``fit --summary``, and the checks of a checkpoint or package against its config).
+
+    Args:
+        config: the resolved config.
+        where: what the config came from (``checkpoint PATH``); a config that does not
+            build is then one :class:`UserError` line naming it. ``None`` lets errors through.
+
+    Raises:
+        UserError: unknown model name; with ``where``, a config that does not build.
+    """
+    import torch
+
+    module_class = get(config.model.name)
+    if where is None:
+        with torch.device("meta"):
+            return module_class(config.to_dict())
+    try:
+        with torch.device("meta"):
+            return module_class(config.to_dict())
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
+    except (TypeError, ValueError, RuntimeError, AssertionError) as error:
+        text = str(error).strip()
+        first = text.splitlines()[0] if text else type(error).__name__
+        raise UserError(f"{where}: its config does not build model {config.model.name!r}: {first}") from None
+
+
 def resolve(
     model: str | None = None,
     config_file: str | Path | None = None,

@@ -89,3 +89,69 @@ def constant_module(config: dict, value: float = 0.7):
             return _Constant()
 
     return ConstantModule(config)
+
+
+#: The sites and pairs of :func:`make_fieldbridge`: (source_dataset, number of T1W 3T/7T pairs).
+FIELDBRIDGE_SITES = (("unc", 2), ("penn", 2), ("lausanne", 1))
+
+
+def make_fieldbridge(root: Path, shape=(16, 18, 14), missing: bool = True, metadata: bool = True) -> Path:
+    """A small FieldBridge-MRI style download: ``metadata/pairs.tsv`` and NIfTI files.
+
+    Each site of :data:`FIELDBRIDGE_SITES` has that many T1W 3T/7T pairs (both rows,
+    on one 0.5 mm grid, with a zero border around the 'brain'), one T2W 3T/7T pair and
+    one T1W 1.5T/3T pair (the two skipped kinds). With ``missing``, one extra T1W
+    3T/7T pair of ``penn`` lists a 7T file that does not exist.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([0.5, 0.5, 0.5, 1.0])
+    padded = tuple(s + 8 for s in shape)
+    columns = "fieldbridge_id source_dataset pair_id modality field_strength paired_field_strength relative_path"
+    lines, number = ["\t".join(columns.split() + ["split_group"])], 0
+
+    def row(site, pair, modality, field, partner, relative, array=None):
+        nonlocal number
+        number += 1
+        if array is not None:
+            full = np.zeros(padded, np.float32)
+            full[4:-4, 4:-4, 4:-4] = array
+            write_nifti(root / relative, full, affine)
+        lines.append(f"fb{number:04d}\t{site}\t{pair}\t{modality}\t{field}\t{partner}\t{relative}\ttrain")
+
+    seed = 0
+    for site, count in FIELDBRIDGE_SITES:
+        for index in range(count + 1):
+            seed += 1
+            source, target, _ = make_pair(shape, seed=seed)
+            pair = f"{site}_{index + 1:03d}"
+            folder = f"{site}/{pair}"
+            if index < count:
+                row(site, pair, "T1W", "3T", "7T", f"{folder}/T1w_3T.nii.gz", source)
+                row(site, pair, "T1W", "7T", "3T", f"{folder}/T1w_7T.nii.gz", target)
+            else:  # a T2W pair and a 1.5T/3T T1W pair: skipped
+                row(site, pair, "T2W", "3T", "7T", f"{folder}/T2w_3T.nii.gz", source)
+                row(site, pair, "T2W", "7T", "3T", f"{folder}/T2w_7T.nii.gz", target)
+                row(site, f"{pair}b", "T1W", "1.5T", "3T", f"{folder}/T1w_1p5T.nii.gz", source)
+                row(site, f"{pair}b", "T1W", "3T", "1.5T", f"{folder}/T1w_3Tb.nii.gz", target)
+    if missing:
+        source, _, _ = make_pair(shape, seed=99)
+        row("penn", "penn_099", "T1W", "3T", "7T", "penn/penn_099/T1w_3T.nii.gz", source)
+        row("penn", "penn_099", "T1W", "7T", "3T", "penn/penn_099/T1w_7T.nii.gz")
+    table = root / "metadata" / "pairs.tsv" if metadata else root / "pairs.tsv"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_sited_dataset(root: Path, sites=(("siteA", 3), ("siteB", 3), ("siteC", 2)), shape=(20, 24, 18)) -> Path:
+    """:func:`make_dataset` (no split column) with a ``site`` column: ``sites`` is
+    (site, number of subjects) in subject order."""
+    from t7synth.data import naming
+
+    names = [site for site, count in sites for _ in range(count)]
+    make_dataset(root, n_subjects=len(names), shape=shape, splits=False)
+    table = root / naming.PARTICIPANTS
+    lines = table.read_text().splitlines()
+    lines = [lines[0] + "\tsite"] + [f"{line}\t{site}" for line, site in zip(lines[1:], names, strict=True)]
+    table.write_text("\n".join(lines) + "\n")
+    return root

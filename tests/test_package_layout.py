@@ -1,8 +1,8 @@
-"""The package's shape: thin commands, no command imported by the library, no cycles.
+"""The package's shape: thin commands, layers that only point down, no cycles.
 
 Imports are read from the source (every ``import``/``from`` statement, also those inside
-functions, plus the model modules ``registry`` imports by name), so a cycle hidden behind a
-lazy import or ``importlib`` counts as much as one at the top of a file.
+functions, plus the model modules ``registry`` imports by name), so an upward import or a
+cycle hidden behind a lazy import or ``importlib`` counts as much as one at the top of a file.
 """
 
 from __future__ import annotations
@@ -17,6 +17,25 @@ from helpers import REPO
 PACKAGE = REPO / "t7synth"
 COMMANDS = ("fit", "predict", "evaluate", "compare", "sweep", "prepare", "demo", "convert", "export", "montage")
 MAX_COMMAND_LINES = 120
+
+#: The layer table of docs/architecture.md, lowest first. A module may import only from
+#: its own layer or a lower one; within a layer the package-level graph must stay acyclic.
+#: A top-level module is its own "package" (``t7synth.config`` -> ``config``), a module in
+#: a stage package belongs to the package (``t7synth.data.volumes`` -> ``data``).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("t7synth", "errors", "files", "textfiles", "cli"),
+    ("config", "scores", "statistics"),
+    ("run_files", "plotting"),
+    ("data", "nets"),
+    ("measures",),
+    ("models",),
+    ("registry",),
+    ("training",),
+    ("inference",),
+    ("evaluation",),
+    ("tuning",),
+    COMMANDS,
+)
 
 
 def _module_name(path) -> str:
@@ -54,6 +73,86 @@ def _modules() -> dict[str, set[str]]:
     return graph
 
 
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _layer(module: str) -> int:
+    package = _package(module)
+    for number, members in enumerate(LAYERS):
+        if package in members:
+            return number
+    raise AssertionError(f"{module} is in no layer: add its package to LAYERS (and docs/architecture.md)")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``"a -> b"`` for every import of ``b`` by ``a`` where ``b``'s layer is above ``a``'s."""
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if _layer(target) > _layer(module)
+    )
+
+
+def package_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The cycles of the package-level graph (``data -> config`` for ``data.layout -> config``)."""
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        packages.setdefault(_package(module), set()).update(_package(t) for t in targets)
+    for package, targets in packages.items():
+        targets.discard(package)
+    return _cycles(packages)
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def test_every_module_has_a_layer():
+    for module in _modules():
+        _layer(module)
+
+
+def test_layers_only_point_down():
+    offenders = upward_imports(_modules())
+    assert not offenders, "imports from a higher layer: " + "; ".join(offenders)
+
+
+def test_the_layer_check_sees_lazy_and_registry_imports():
+    # The checker itself: a lazy import inside a function, and a registry importlib target, count.
+    graph = _modules()
+    assert "t7synth.models.unet" in graph["t7synth.registry"]
+    assert upward_imports({"t7synth.models.base": {"t7synth.training.loggers"}}) == [
+        "t7synth.models.base -> t7synth.training.loggers"
+    ]
+    assert package_cycles({"t7synth.data.a": {"t7synth.config"}, "t7synth.config": {"t7synth.data.a"}})
+
+
+def test_package_graph_has_no_cycle():
+    cycles = package_cycles(_modules())
+    assert not cycles, " ; ".join(" -> ".join(c) for c in cycles)
+
+
 def test_commands_are_thin():
     for name in COMMANDS:
         path = PACKAGE / f"{name}.py"
@@ -74,25 +173,7 @@ def test_no_library_module_imports_a_command():
 
 
 def test_no_import_cycles():
-    graph = _modules()
-    state: dict[str, int] = {}
-    stack: list[str] = []
-    cycles: list[list[str]] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt) :] + [nxt])
-            elif nxt not in state:
-                visit(nxt)
-        stack.pop()
-        state[node] = 2
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node)
+    cycles = _cycles(_modules())
     assert not cycles, " ; ".join(" -> ".join(c) for c in cycles)
 
 

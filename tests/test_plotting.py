@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from t7synth import plotting
+from t7synth import plotting, run_files
 
 
 def test_slices_cut_the_brain_with_the_sagittal_off_the_midline():
@@ -73,11 +73,11 @@ def test_metrics_rows_without_an_epoch_belong_to_the_next_epoch(tmp_path):
             {"epoch": 1, "step": 3, "val/psnr_brain": 19.0},
         ],
     )
-    rows = plotting.read_metrics(path)
-    assert plotting.per_epoch(rows, "lr-Adam") == ([0, 1], [1e-3, 5e-4])
-    assert plotting.per_epoch(rows, "train/loss", "mean") == ([0, 1], [pytest.approx(0.4), pytest.approx(0.2)])
-    assert plotting.per_epoch(rows, "val/psnr_brain") == ([0, 1], [20.0, 19.0])
-    assert plotting.last_value(rows, "val/psnr_brain") == 19.0 and plotting.last_value(rows, "val/mae") is None
+    rows = run_files.read_metrics(path)
+    assert run_files.per_epoch(rows, "lr-Adam") == ([0, 1], [1e-3, 5e-4])
+    assert run_files.per_epoch(rows, "train/loss", "mean") == ([0, 1], [pytest.approx(0.4), pytest.approx(0.2)])
+    assert run_files.per_epoch(rows, "val/psnr_brain") == ([0, 1], [20.0, 19.0])
+    assert run_files.last_value(rows, "val/psnr_brain") == 19.0 and run_files.last_value(rows, "val/mae") is None
 
 
 def test_progress_marks_the_best_epoch_and_draws_both_baselines(tmp_path, monkeypatch):

@@ -14,7 +14,9 @@ Batch keys (``B`` samples, spatial dims ``I, J, K`` in RAS+ array order):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -38,20 +40,6 @@ def collate(items: Sequence) -> dict:
     if "subject" in items[0]:
         batch["subject"] = [item["subject"] for item in items]
     return batch
-
-
-def slab_patch_size(
-    shape: Sequence[int], slices: int, axis: int, inplane: Sequence[int] | None = None
-) -> tuple[int, int, int]:
-    """Patch size of a 2.5D slab: ``slices`` along ``axis``, the rest full or ``inplane``."""
-    size = list(shape) if inplane is None else _insert(list(inplane), axis, 0)
-    size[axis] = slices
-    return tuple(int(s) for s in size)
-
-
-def _insert(values: list[int], axis: int, value: int) -> list[int]:
-    values.insert(axis, value)
-    return values
 
 
 def slab_to_channels(x: torch.Tensor, axis: int) -> torch.Tensor:
@@ -102,6 +90,34 @@ def batch_share(data, world: int) -> int:
             f"and must be divisible by the {world} processes"
         )
     return data.batch_size // world
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a run cuts its batch, decided once by the planner
+    (:func:`t7synth.training.memory.batch_plan`) and handed to the Trainer
+    (``accumulate_grad_batches``), the data module (its loaders' batch size) and the
+    run's ``environment.yaml``, so that none of them re-derives it.
+
+    Attributes:
+        world: processes (GPUs, or CPU processes under DDP).
+        accumulate: micro-batches per optimiser step.
+        share: samples per process and optimiser step (:func:`batch_share`).
+        micro_batch: samples per forward pass (:func:`micro_batch`).
+    """
+
+    world: int
+    accumulate: int
+    share: int
+    micro_batch: int
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def plan_batches(data, world: int, accumulate: int) -> BatchPlan:
+    """The :class:`BatchPlan` of a config's ``data`` section for ``world`` processes."""
+    return BatchPlan(world, accumulate, batch_share(data, world), micro_batch(data, world, accumulate))
 
 
 def micro_batch(data, world: int, accumulate: int) -> int:

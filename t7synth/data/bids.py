@@ -180,7 +180,9 @@ def find_scans(
     return source, target, masks[0] if masks else None
 
 
-def write_description(folder: Path, name: str, description: str, source: Path | None = None) -> Path:
+def write_description(
+    folder: Path, name: str, description: str, source: Path | None = None, link: str | None = None
+) -> Path:
     """``folder/dataset_description.json`` of a BIDS derivative dataset, atomically.
 
     Args:
@@ -188,6 +190,8 @@ def write_description(folder: Path, name: str, description: str, source: Path | 
         name: the dataset's ``Name``.
         description: what t7synth did, in ``GeneratedBy[0].Description``.
         source: the dataset it was made from (``SourceDatasets``, as a file URI).
+        link: also name ``source`` in ``DatasetLinks`` under this key, so sidecars can
+            point into it with BIDS URIs (``bids:<link>:sub-01/anat/...``).
     """
     import t7synth
     from t7synth.files import atomic_path
@@ -200,6 +204,8 @@ def write_description(folder: Path, name: str, description: str, source: Path | 
     }
     if source is not None:
         data["SourceDatasets"] = [{"URL": Path(source).expanduser().resolve().as_uri()}]
+        if link is not None:
+            data["DatasetLinks"] = {link: Path(source).expanduser().resolve().as_uri()}
     path = Path(folder) / naming.DATASET_DESCRIPTION
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -3,7 +3,7 @@
 Training draws 2.5D slabs or 3D patches through a TorchIO ``Queue`` (a subject is
 loaded and augmented once, then many samples are cut from it). Validation and test
 yield whole preprocessed volumes, which the model tiles itself with predict's tiling
-(``t7synth.inference.tiling``) so the scores are those a user gets from predict.
+(``t7synth.models.tiling``) so the scores are those a user gets from predict.
 
 Under DDP, subjects (not patches) are sharded:
 
@@ -29,15 +29,18 @@ import statistics
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from t7synth.config import Config
+from t7synth.config import Config, slab_patch_size
 from t7synth.data import batches
+from t7synth.data.folds import fold_splits
 from t7synth.data.intensity_lut import fit_lut
 from t7synth.data.layout import SubjectRecord, assign_splits, discover
 from t7synth.data.preprocess import Preprocessing, load_or_preprocess
+from t7synth.data.profile import training_profile
 from t7synth.data.seeds import seed_all, training_seed
 from t7synth.errors import UserError
 
@@ -92,6 +95,7 @@ class PairedDataModule(pl.LightningDataModule):
         config: the resolved experiment config; ``data`` and ``geometry`` are used.
         cache_dir: where preprocessed subjects are kept; default
             ``<cache_root>/preprocessed``.
+        batch_plan: the run's :class:`~t7synth.data.batches.BatchPlan`, if planned.
 
     Attributes:
         lut: the intensity-mapping baseline fitted on the training subjects (after
@@ -99,12 +103,17 @@ class PairedDataModule(pl.LightningDataModule):
         voxel_size: the training subjects' voxel size in mm (after :meth:`setup`).
         median_age: the training subjects' median age in years, 0 when none is known
             (after :meth:`setup`; stored in checkpoints for ``predict --unconditioned``).
+        input_profile, intensity_histogram: what the training inputs looked like
+            (:func:`~t7synth.data.profile.training_profile`, after :meth:`setup`).
         subjects: ``{"train"|"val"|"test": [tio.Subject]}`` after :meth:`setup`.
     """
 
-    def __init__(self, config: Config, cache_dir: str | Path | None = None):
+    def __init__(self, config: Config, cache_dir: str | Path | None = None, batch_plan=None):
         super().__init__()
         self.config = config
+        #: The run's :class:`~t7synth.data.batches.BatchPlan` (``fit`` passes it); without
+        #: one the micro-batch is derived from the trainer's ``accumulate_grad_batches``.
+        self.batch_plan = batch_plan
         self.settings = Preprocessing.from_config(config.data)
         if cache_dir is None:
             from t7synth.files import cache_root
@@ -112,9 +121,13 @@ class PairedDataModule(pl.LightningDataModule):
             cache_dir = cache_root() / "preprocessed"
         self.cache_dir = Path(cache_dir)
         self.subjects: dict[str, list] = {}
+        self.split_records: dict[str, list[SubjectRecord]] = {}
         self.lut: torch.Tensor | None = None
         self.voxel_size: tuple[float, float, float] | None = None
         self.median_age = 0.0
+        #: What the training inputs looked like (data/profile.py), after :meth:`setup`.
+        self.input_profile: torch.Tensor | None = None
+        self.intensity_histogram: torch.Tensor | None = None
         self._queue_sampler = None
         self._passes = 0
         self._prefetcher = None
@@ -138,7 +151,12 @@ class PairedDataModule(pl.LightningDataModule):
             return
         records = discover(resolve_root(self.config))
         data = self.config.data
-        splits = assign_splits(records, data.val_fraction, data.test_fraction, data.split_seed)
+        if data.folds is None:
+            splits = assign_splits(records, data.val_fraction, data.test_fraction, data.split_seed)
+        else:  # one fold of a cross-validation (t7synth.data.folds)
+            splits = fold_splits(records, data.folds, data.fold, data.fold_by, data.val_fraction, data.split_seed)
+        #: The records of each split: split.tsv in the run folder (t7synth.data.folds).
+        self.split_records = splits
         self.subjects = {name: [self._subject(r) for r in recs] for name, recs in splits.items()}
         self.check_training_subjects()
         self.lut = fit_lut((s["source"].data, s["target"].data, s["mask"].data) for s in self.subjects["train"])
@@ -146,6 +164,15 @@ class PairedDataModule(pl.LightningDataModule):
         # Ages of 0 are unknown (participants.tsv left them out): not part of the median.
         ages = [float(s["age"]) for s in self.subjects["train"] if float(s["age"]) > 0]
         self.median_age = float(statistics.median(ages)) if ages else 0.0
+        self.input_profile, self.intensity_histogram = training_profile(
+            {
+                "normalised": s["source"].data[0].numpy(),
+                "mask": s["mask"].data[0].numpy(),
+                "outside_fraction": s["outside_fraction"],
+                "voxel_volume_ml": float(np.prod(s["source"].spacing)) / 1000.0,
+            }
+            for s in self.subjects["train"]
+        )
 
     def check_shardable(self, world: int) -> None:
         """Refuse more processes than training subjects: each rank needs one.
@@ -238,6 +265,7 @@ class PairedDataModule(pl.LightningDataModule):
             sex=record.sex,
             brain_mid=batches.brain_middle(data["mask"], axis),
             n_slices=data["mask"].shape[axis + 1],
+            outside_fraction=float(data["outside_fraction"]),
             **extra,
         )
 
@@ -246,7 +274,7 @@ class PairedDataModule(pl.LightningDataModule):
         """The training sample's size for a volume of ``shape``."""
         geometry = self.config.geometry
         if geometry.mode == "slab":
-            return batches.slab_patch_size(shape, geometry.slices, geometry.axis, geometry.inplane)
+            return slab_patch_size(shape, geometry.slices, geometry.axis, geometry.inplane)
         return tuple(geometry.patch)
 
     def train_dataloader(self):
@@ -366,7 +394,9 @@ class PairedDataModule(pl.LightningDataModule):
 
     def micro_batch_size(self) -> int:
         """Samples per training batch of this process: its share of ``data.batch_size``
-        (``data.batch_scope``) over the trainer's ``accumulate_grad_batches``."""
+        (``data.batch_scope``) over the plan's (else the trainer's) micro-batches per step."""
+        if self.batch_plan is not None:
+            return self.batch_plan.micro_batch
         world, _ = self._world()
         accumulate = getattr(self.trainer, "accumulate_grad_batches", 1) if self.trainer is not None else 1
         return batches.micro_batch(self.config.data, world, accumulate)
@@ -386,7 +416,7 @@ class PairedDataModule(pl.LightningDataModule):
 
         Reshuffles the subject-level DDP sampler (Lightning calls ``set_epoch`` only on
         samplers it injected itself) and seeds Python, NumPy and torch with
-        :func:`t7synth.environment.training_seed` (seed, rank, epoch). Everything random
+        :func:`t7synth.data.seeds.training_seed` (seed, rank, epoch). Everything random
         in the epoch follows: augmentation, patch positions and order, the Queue's
         worker seeds, the subject order of a single process, and randomness inside the
         model's training step (the GAN's gradient-penalty mixes). So ranks never draw

@@ -27,7 +27,9 @@ class SubjectRecord:
     ``None`` when the dataset leaves splitting to t7synth. ``dseg`` is the subject's
     optional tissue label map and ``dseg_table`` its look-up table (beside it, else the
     dataset's ``dseg.tsv``; ``None`` if neither exists), which ``evaluate`` scores
-    segmentations against (:mod:`t7synth.evaluation.segmentation`).
+    segmentations against (:mod:`t7synth.measures.segmentation`). ``site`` is the
+    ``site`` column (where the scans were acquired; ``None`` if absent), which
+    cross-validation by site holds out (:mod:`t7synth.data.folds`).
     """
 
     subject: str
@@ -39,13 +41,15 @@ class SubjectRecord:
     split: str | None = None
     dseg: Path | None = None
     dseg_table: Path | None = None
+    site: str | None = None
 
 
 def discover(root: str | Path) -> list[SubjectRecord]:
     """List the subjects of a dataset folder, checking that each has both partners.
 
     Subjects come from ``participants.tsv`` when it exists, else from the ``sub-*``
-    folders. Files are not read here; see :func:`load_volume` and :func:`check_pair`.
+    folders. Files are not read here; see :func:`~t7synth.data.volumes.load_volume` and
+    :func:`~t7synth.data.volumes.check_pair`.
 
     Raises:
         UserError: a missing folder, a malformed ``participants.tsv``, a subject with
@@ -84,6 +88,7 @@ def discover(root: str | Path) -> list[SubjectRecord]:
                 split=split,
                 dseg=dseg if dseg.is_file() else None,
                 dseg_table=lookup if dseg.is_file() else None,
+                site=None if (row.get("site") or "").strip() in ("", "n/a") else row["site"].strip(),
             )
         )
     if not records:

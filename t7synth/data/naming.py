@@ -46,7 +46,7 @@ PLAIN_SD_SUFFIX = "_synth7T_sd.nii.gz"
 SUBJECT_PATTERN = re.compile(r"sub-[A-Za-z0-9]+")
 SPLITS = ("train", "val", "test")
 #: The tissue classes t7synth segments and scores, with their labels in a ``dseg``
-#: file of this convention (the demo's, and :mod:`t7synth.evaluation.segmentation`'s):
+#: file of this convention (the demo's, and :mod:`t7synth.measures.segmentation`'s):
 #: 0 is background. The keys are BIDS's standard abbreviations.
 TISSUE_LABELS = {"CSF": 1, "GM": 2, "WM": 3}
 #: Full names, the ``name`` column of a ``dseg.tsv`` look-up table.
@@ -153,3 +153,46 @@ def nifti_stem(path: Path) -> str:
         if path.name.endswith(suffix):
             return path.name[: -len(suffix)]
     return path.stem
+
+
+# -- predict on raw scans: masks, quality table, BIDS derivatives (docs/applying.md) -------
+#: The brain mask ``predict`` writes beside a plain output whose brain it extracted:
+#: ``<output stem>_mask.nii.gz``.
+PLAIN_MASK_SUFFIX = "_mask.nii.gz"
+#: The quality table ``predict`` writes beside its outputs, one row per input.
+QC_TABLE = "qc.tsv"
+#: BIDS: the file listing what validators skip (``qc.tsv`` is no BIDS file).
+BIDSIGNORE = ".bidsignore"
+#: BIDS ``desc`` labels of ``predict --bids``'s outputs.
+SYNTHETIC_DESC = "synth7T"
+BRAIN_MASK_DESC = "brain"
+#: Folders of a BIDS dataset that hold no raw data of its subjects.
+NON_RAW_FOLDERS = ("derivatives", "sourcedata", "code")
+
+
+def brain_mask_output(prediction: Path) -> Path:
+    """Where ``predict`` writes the brain mask of ``prediction``: the BIDS name
+    ``..._desc-brain_mask.nii.gz`` beside a ``..._desc-synth7T_T1w.nii.gz``, else
+    ``<output stem>_mask.nii.gz``."""
+    prediction = Path(prediction)
+    if prediction.name.endswith(SYNTHETIC_SUFFIX):
+        return prediction.with_name(prediction.name[: -len(SYNTHETIC_SUFFIX)] + MASK_SUFFIX + ".nii.gz")
+    return prediction.with_name(nifti_stem(prediction) + PLAIN_MASK_SUFFIX)
+
+
+def derivative_path(root: Path, source: Path) -> Path:
+    """``ROOT/sub-XXX[/ses-YYY]/anat/<source's entities>_desc-synth7T_T1w.nii.gz``: the
+    prediction of a raw BIDS T1w ``source`` (``sub-XXX[_ses-YYY][_acq-...]_T1w.nii[.gz]``)
+    in a BIDS derivative dataset. The source's entities are kept (BIDS orders ``desc``
+    after all of them), so two T1w of one session (``acq-``, ``run-``) stay apart."""
+    stem = nifti_stem(Path(source))
+    entities = stem[: -len(T1W_SUFFIX)] if stem.endswith(T1W_SUFFIX) else stem
+    subject = subject_label(entities) or entities.split("_")[0]
+    session = next((part for part in entities.split("_") if part.startswith("ses-")), None)
+    folder = Path(root) / subject / (session or "") / "anat"
+    return folder / f"{entities}{SYNTHETIC_SUFFIX}"
+
+
+def sidecar_path(image: Path) -> Path:
+    """A NIfTI file's JSON sidecar (BIDS): the same name with ``.json``."""
+    return Path(image).with_name(nifti_stem(Path(image)) + ".json")

@@ -1,6 +1,6 @@
 """Deterministic preprocessing, done once per subject and cached.
 
-Steps (``reference/paper.md`` §2, steps 5-7): RAS+ orientation; a brain mask (the
+Steps (Gicquel et al., arXiv:2507.13782, §2, steps 5-7): RAS+ orientation; a brain mask (the
 dataset's, else the 3T image's non-zero voxels); per volume, intensities scaled by the
 brain's 1st and 99th percentiles (:func:`normalise`, ``data.normalisation``); crop or
 pad to a fixed shape centred on the brain. Augmentation is kept apart
@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from t7synth.data.layout import SubjectRecord
+from t7synth.data.profile import outside_fraction
 from t7synth.data.volumes import brain_mask, check_pair, load_volume
 from t7synth.errors import UserError
 
 #: Bump when the preprocessing code changes what it produces.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: outside_fraction (the training input profile, data/profile.py)
 
 #: ``data.normalisation`` values (the config's ``Literal`` lists the same two).
 NORMALISATIONS = ("clip", "authors")
@@ -125,12 +126,14 @@ def preprocess_record(record: SubjectRecord, settings: Preprocessing) -> dict[st
 
     Returns:
         ``{"source", "target"}`` float32 (1, I, J, K) (in [0, 1] for ``clip``; see
-        :func:`normalise`), ``"mask"`` uint8, and ``"affine"`` float64 (4, 4) of the
-        output grid. Padding adds zeros, as the authors' ``np.pad`` did after their
+        :func:`normalise`), ``"mask"`` uint8, ``"affine"`` float64 (4, 4) of the
+        output grid, and ``"outside_fraction"``: the share of the raw 3T's voxels
+        outside the mask that are above 0 (whether it was skull-stripped,
+        :mod:`t7synth.data.profile`). Padding adds zeros, as the authors' ``np.pad`` did after their
         normalisation.
 
     Raises:
-        UserError: any bad file (see :func:`~t7synth.data.layout.load_volume`) or a
+        UserError: any bad file (see :func:`~t7synth.data.volumes.load_volume`) or a
             pair whose grids differ.
     """
     import torchio as tio
@@ -158,6 +161,7 @@ def preprocess_record(record: SubjectRecord, settings: Preprocessing) -> dict[st
         "target": subject["target"].data.float().contiguous(),
         "mask": subject["mask"].data.to(torch.uint8).contiguous(),
         "affine": torch.as_tensor(subject["source"].affine, dtype=torch.float64),
+        "outside_fraction": torch.tensor(outside_fraction(source, mask), dtype=torch.float64),
     }
 
 

@@ -110,6 +110,19 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, slope: float 
 
 
 # -- outputs on an input's own grid (predict) -----------------------------------------
+def canonical_shape(path: str | Path) -> tuple[int, int, int]:
+    """The shape :func:`load_volume` would return (RAS+ axis order), read from the header
+    alone: no voxel is read (the memory plan sizes volumes before preprocessing)."""
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    order = nib.orientations.io_orientation(image.affine)[:, 0].astype(int)
+    shape = [0, 0, 0]
+    for axis, size in zip(order, image.shape[:3]):
+        shape[axis] = int(size)
+    return tuple(shape)
+
+
 def load_image(path: str | Path):
     """The ``nibabel`` image of a file already checked by :func:`load_volume` (its
     header and affine give the output's)."""

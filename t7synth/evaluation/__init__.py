@@ -1,1 +1,1 @@
-"""Evaluation: image scores, the score-table vocabulary, evaluating predictions, comparing runs."""
+"""Evaluation: evaluating predictions (evaluate, montage), the perceptual distance, comparing runs."""

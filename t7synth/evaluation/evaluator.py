@@ -16,14 +16,19 @@ model's training subjects, whichever dataset is scored now), else one fitted on 
 dataset's training split; a dataset without training subjects (an external test
 site) and no checkpoint gets no LUT row, and a note says so.
 
-Every row carries the intensity scores (:mod:`~t7synth.evaluation.metrics`) and the
-structure scores (:mod:`~t7synth.evaluation.structure`: tissue segmentation agreement
+Every row carries the intensity scores (:mod:`~t7synth.measures.metrics`) and the
+structure scores (:mod:`~t7synth.measures.structure`: tissue segmentation agreement
 with the 7T's, and with the dataset's true tissue labels where it has ``dseg`` files;
-GMSD and the high-frequency energy ratio).
+MRIQC's no-reference CNR, CJV and SNR; GMSD and the high-frequency energy ratio); with
+``--segmenter`` also an external segmenter's per-structure agreement
+(:mod:`~t7synth.evaluation.segmenter`). A prediction must be on ``predict``'s [0, 1]
+scale, or ``--pred-scale percentile`` normalises it like the target
+(:meth:`Evaluator.prediction_on_grid`). The gain lines carry paired statistics
+(:mod:`~t7synth.statistics`).
 
 Writes into ``--out`` (default ``<pred>/evaluation``): ``scores.csv`` (one row per
-subject and row kind, as ``fit``'s ``test_scores.csv``), ``metrics.csv`` (one row per
-subject), ``summary.csv`` (mean and SD of the predictions and both references),
+subject and row kind, as ``fit``'s ``test_scores.csv``), ``subject_scores.csv`` (one row per
+subject, the predictions only), ``summary.csv`` (mean and SD of the predictions and both references),
 ``config.yaml`` (the settings used, ``data.root`` the dataset scored; ``compare``
 reads it), ``spectra.png`` (the power spectra against the 7T's) and
 ``montages/<subject>.png``; prints the summary table. See ``docs/metrics.md``.
@@ -36,20 +41,34 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.errors import UserError
-from t7synth.evaluation.scores import (
+from t7synth.run_files import EVALUATE_SCORES_FILE, EVALUATE_SUBJECTS_FILE, write_config
+from t7synth.scores import (
     MODEL,
     SECTION_COLUMNS,
     display_names,
+    format_cell,
     format_report,
+    mean_sd,
     score_names,
     sort_rows,
     summarise,
     write_rows,
 )
-from t7synth.training.precision import SCORING_LINE
 
-#: The per-subject file ``evaluate`` writes, in the format of ``fit``'s ``test_scores.csv``.
-SCORES_FILE = "scores.csv"
+#: ``--pred-scale`` values: the prediction as written (predict's [0, 1] scale), or
+#: normalised exactly like the target (another tool's output in scanner intensities).
+PRED_SCALES = ("as-is", "percentile")
+#: ``as-is`` refuses a prediction whose in-brain 1st or 99th percentile leaves [0, 1]
+#: by more than this: percentiles, so that a few outlying voxels (an overshooting
+#: linear head, the authors' unclipped normalisation) do not refuse a [0, 1] output,
+#: while a scanner-scale image (hundreds) always is.
+SCALE_TOLERANCE = 0.1
+SCALE_PERCENTILES = (1.0, 99.0)
+
+#: ``evaluate``'s precision line (``fit`` and ``predict`` print theirs from
+#: :mod:`t7synth.training.precision`): it runs no synthesis network, and every score
+#: is computed in fp32.
+SCORING_LINE = "precision: 32-true (evaluate runs no synthesis network; every score is computed in fp32)"
 
 
 def settings_config(config_file: str | None = None, ckpt: str | None = None, model: str | None = None):
@@ -64,7 +83,7 @@ def settings_config(config_file: str | None = None, ckpt: str | None = None, mod
 
         return package_config(model)
     if ckpt:
-        from t7synth.inference.checkpoint import checkpoint_config
+        from t7synth.training.checkpoint import checkpoint_config
 
         return checkpoint_config(ckpt)
     from t7synth.config import Config
@@ -85,7 +104,7 @@ def settings_and_lut(config_file: str | None = None, ckpt: str | None = None, mo
         ``(config, lut)``; ``lut`` is ``None`` without ``ckpt`` or ``model``.
     """
     if ckpt:
-        from t7synth.inference.checkpoint import checkpoint_config, read_checkpoint
+        from t7synth.training.checkpoint import checkpoint_config, read_checkpoint
 
         checkpoint = read_checkpoint(ckpt)
         return checkpoint_config(ckpt, checkpoint), _fitted_lut(checkpoint["state_dict"])
@@ -160,15 +179,18 @@ class Evaluator:
         data_root: the dataset folder.
         config: the config whose ``data`` settings (percentiles, shape, split
             fractions and seed) the model was trained with.
-        perceptual: optional :class:`MedicalNetDistance`.
+        perceptual: optional :class:`~t7synth.evaluation.perceptual.MedicalNetDistance`.
         cache_dir: preprocessed-subject cache (default: the one ``fit`` uses).
         lut: the intensity LUT to score (a checkpoint's); ``None`` fits one on the
             dataset's training split, or leaves the LUT row out if it has none
             (:attr:`notes` says so).
         ssim: ``t7synth`` (its SSIM columns only) or ``authors``, which adds the two
             SSIM forms of the authors' evaluation
-            (:func:`~t7synth.evaluation.metrics.authors_ssim_scores`, flattened along
+            (:func:`~t7synth.measures.metrics.authors_ssim_scores`, flattened along
             the config's slice axis).
+        pred_scale: ``as-is`` or ``percentile`` (:meth:`prediction_on_grid`).
+        segmenter: optional external segmenter scoring each guess per structure
+            (:class:`~t7synth.evaluation.segmenter.Segmenter`).
     """
 
     #: ``--ssim`` values.
@@ -182,6 +204,8 @@ class Evaluator:
         cache_dir: str | Path | None = None,
         ssim: str = "t7synth",
         lut=None,
+        pred_scale: str = "as-is",
+        segmenter=None,
     ):
         from t7synth.data.layout import assign_splits, discover
         from t7synth.data.preprocess import Preprocessing
@@ -206,6 +230,13 @@ class Evaluator:
         if ssim not in self.SSIM_FORMS:
             raise UserError(f"--ssim must be one of {', '.join(self.SSIM_FORMS)}, got {ssim!r}")
         self.ssim = ssim
+        if pred_scale not in PRED_SCALES:
+            raise UserError(f"--pred-scale must be one of {', '.join(PRED_SCALES)}, got {pred_scale!r}")
+        self.pred_scale = pred_scale
+        #: Optional :class:`~t7synth.evaluation.segmenter.Segmenter` (``--segmenter``).
+        self.segmenter = segmenter
+        #: The 7T's own no-reference quality, one dict per scored subject.
+        self.target_quality: list[dict[str, float]] = []
         self.slice_axis = config.geometry.axis if config.geometry.mode == "slab" else 0
         #: What was left out and why, one line each, for the report.
         self.notes: list[str] = []
@@ -242,8 +273,10 @@ class Evaluator:
         if line not in self.notes:
             self.notes.append(line)
 
-    def on_grid(self, record, path: Path, data: dict):
+    def on_grid(self, record, path: Path, data: dict, volume: tuple | None = None):
         """The volume in ``path`` (float32 array) on the preprocessed grid of ``data``.
+
+        ``volume``, if given, is ``path``'s ``(array, affine)`` already read (and rescaled).
 
         Raises:
             UserError: unreadable file, or not on the grid of the subject's 3T input.
@@ -253,7 +286,7 @@ class Evaluator:
         from t7synth.data.volumes import check_pair, load_volume
         from t7synth.inference.grids import shift_to_grid
 
-        volume, affine = load_volume(path)
+        volume, affine = volume if volume is not None else load_volume(path)
         source, source_affine = load_volume(record.source)
         check_pair(record.source, source.shape, source_affine, path, volume.shape, affine)
         # Crop/pad only moves the origin by whole voxels: repeat it without interpolation.
@@ -266,13 +299,13 @@ class Evaluator:
         0 unscored), or ``None`` without a ``dseg`` file or one whose labels name no tissue.
 
         The look-up table beside the ``dseg`` (or the dataset's ``dseg.tsv``) says which
-        labels are CSF, GM and WM (:func:`~t7synth.evaluation.segmentation.read_lookup`);
+        labels are CSF, GM and WM (:func:`~t7synth.measures.segmentation.read_lookup`);
         without one, labels 0-3 are read in t7synth's (and FSL FAST's) convention and
         any other label set is not scored.
         """
         import numpy as np
 
-        from t7synth.evaluation import segmentation
+        from t7synth.measures import segmentation
 
         if record.dseg is None:
             return None
@@ -293,21 +326,70 @@ class Evaluator:
             return None
         return segmentation.tissue_truth(labels, lookup)
 
+    def manual_structures(self, record, data: dict):
+        """The subject's manual structure labels on the preprocessed grid and
+        ``{structure: label numbers}`` from its ``dseg.tsv``, or ``None`` without a
+        ``dseg``, without a table, or with a table naming no FreeSurfer structure
+        (a tissue ``dseg`` such as the demo's)."""
+        from t7synth.evaluation.segmenter import labels_on_grid, read_structures
+
+        if record.dseg is None or record.dseg_table is None:
+            return None
+        structures = read_structures(record.dseg_table)
+        if not structures:
+            return None
+        labels = labels_on_grid(record.dseg, tuple(data["target"].shape[1:]), data["affine"].numpy())
+        return labels, structures
+
     def prediction_on_grid(self, record, path: Path, data: dict):
-        """The prediction in ``path`` on the preprocessed grid of ``data`` (1, I, J, K).
+        """The prediction in ``path`` on the preprocessed grid of ``data`` (1, I, J, K),
+        on the scale the scores assume (:attr:`pred_scale`).
+
+        ``as-is`` takes the file's values as ``predict`` writes them (the target's [0, 1]
+        scale) and refuses a file whose in-brain values clearly leave it: its scores
+        would mean nothing. ``percentile`` first normalises the file exactly as the
+        target is normalised (:func:`~t7synth.data.preprocess.normalise` inside the
+        subject's brain mask, with the settings' percentiles and mode), for another
+        tool's output in scanner intensities.
 
         Raises:
-            UserError: unreadable file, or not on the grid of the subject's 3T input.
+            UserError: unreadable file, not on the grid of the subject's 3T input, or
+                (``as-is``) in-brain values off the [0, 1] scale, naming ``--pred-scale``.
         """
+        import numpy as np
         import torch
 
-        return torch.from_numpy(self.on_grid(record, path, data))[None]
+        if self.pred_scale == "percentile":
+            from t7synth.data.preprocess import normalise
+            from t7synth.data.volumes import brain_mask, load_volume
+
+            source, source_affine = load_volume(record.source)
+            mask = torch.from_numpy(
+                brain_mask(record.source, source, source_affine, record.mask)[None].astype(np.uint8)
+            )
+            volume, affine = load_volume(path)
+            scaled = normalise(
+                torch.from_numpy(volume[None]), mask, self.settings.percentiles, self.settings.normalisation
+            )
+            return torch.from_numpy(self.on_grid(record, path, data, volume=(scaled[0].numpy(), affine)))[None]
+        prediction = self.on_grid(record, path, data)
+        inside = prediction[data["mask"][0].numpy() > 0]
+        if inside.size:
+            low, high = np.percentile(inside, SCALE_PERCENTILES)
+            if low < -SCALE_TOLERANCE or high > 1 + SCALE_TOLERANCE:
+                raise UserError(
+                    f"{path}: in-brain values {low:.4g} to {high:.4g} ({SCALE_PERCENTILES[0]:g}th to "
+                    f"{SCALE_PERCENTILES[1]:g}th percentile) are not on predict's [0, 1] scale: pass --pred-scale "
+                    "percentile to normalise a prediction in scanner intensities like the target"
+                )
+        return torch.from_numpy(prediction)[None]
 
     def score(self, record, path: Path, montage_dir: Path | None = None) -> list[dict[str, Any]]:
         """Rows (``model``, ``identity``, ``lut`` if there is one) of one subject; draws its montage."""
         from t7synth.data.intensity_lut import apply_lut
-        from t7synth.evaluation import metrics
-        from t7synth.evaluation.structure import StructureScorer
+        from t7synth.measures import metrics
+        from t7synth.measures.structure import StructureScorer
+        from t7synth.measures.subject import subject_rows
 
         data = self.preprocessed(record)
         source, target, mask = data["source"], data["target"], data["mask"]
@@ -316,19 +398,32 @@ class Evaluator:
         if self.lut is not None:
             guesses["lut"] = apply_lut(self.lut, source, mask)
         structure = StructureScorer(target, mask, self.tissue_truth(record, data))
-        rows = []
-        for model, guess in guesses.items():
-            row = {
-                "model": model,
-                "subject": record.subject,
-                **metrics.volume_scores(guess, target, mask),
-                **structure(guess),
-            }
+        self.target_quality.append(structure.target_quality)
+        structures = None
+        if self.segmenter is not None:
+            from t7synth.evaluation.segmenter import StructureAgreement
+
+            structures = StructureAgreement(
+                self.segmenter, target, data["affine"].numpy(), self.manual_structures(record, data)
+            )
+
+        def extra(kind: str, guess) -> dict[str, Any]:
+            # evaluate's own additions to the scores fit computes (opt-in flags).
+            scores: dict[str, Any] = {}
             if self.perceptual is not None:
-                row["perceptual"] = self.perceptual(guess.clamp(0, 1), target)
+                scores["perceptual"] = self.perceptual(guess.clamp(0, 1), target)
             if self.ssim == "authors":
-                row.update(metrics.authors_ssim_scores(guess, target, self.slice_axis))
-            rows.append(row)
+                scores.update(metrics.authors_ssim_scores(guess, target, self.slice_axis))
+            if structures is not None:
+                # The prediction as it is scored (clamped, as every score sees it).
+                scores.update(structures(guess.clamp(0, 1) if kind == MODEL else guess, kind))
+            return scores
+
+        try:
+            rows = subject_rows(record.subject, guesses, target, mask, structure, extra)
+        finally:
+            if structures is not None:
+                structures.close()
         if montage_dir is not None:
             from t7synth.plotting import save_montage
 
@@ -372,12 +467,31 @@ class Evaluator:
                 "labels (dseg)"
             )
             rows = [{k: v for k, v in r.items() if k not in truth} for r in rows]
+        manual = {k for r in rows for k in r if k.startswith("seg_true_dice_")}
+        common = {k for k in manual if all(k in r for r in rows)}
+        if manual != common:
+            self.note(
+                "per-structure Dice against manual labels left out: not every subject has manual labels of the "
+                "same structures (a dseg with a dseg.tsv naming FreeSurfer structures)"
+            )
+            rows = [{k: v for k, v in r.items() if not k.startswith("seg_true_dice_")} for r in rows]
         return rows
+
+    def target_quality_line(self) -> str | None:
+        """The 7T's own CNR, CJV and SNR (mean ± SD over the subjects): what the rows'
+        no-reference quality is read against."""
+        if not self.target_quality:
+            return None
+        cells = ", ".join(
+            f"{name} {format_cell(name, *mean_sd([q[name] for q in self.target_quality]))}"
+            for name in self.target_quality[0]
+        )
+        return f"The 7T's own no-reference quality (the rows' CNR, CJV and SNR are read against it): {cells}"
 
 
 def write_results(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     """Write the per-subject rows (``scores.csv``: model and references, the format of
-    ``fit``'s ``test_scores.csv``), ``metrics.csv`` (the predictions only, one row per
+    ``fit``'s ``test_scores.csv``), ``subject_scores.csv`` (the predictions only, one row per
     subject), ``summary.csv`` (mean and SD per row kind) and ``spectra.png``."""
     from t7synth.files import atomic_path
     from t7synth.plotting import save_spectra
@@ -385,8 +499,8 @@ def write_results(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     spectra = save_spectra(out_dir / "spectra.png", rows, "synthetic 7T (--pred)")
 
     names = score_names(rows)
-    scores = write_rows(out_dir / SCORES_FILE, rows)
-    per_subject = out_dir / "metrics.csv"
+    scores = write_rows(out_dir / EVALUATE_SCORES_FILE, rows)
+    per_subject = out_dir / EVALUATE_SUBJECTS_FILE
     with atomic_path(per_subject) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["subject", *names])
@@ -401,7 +515,7 @@ def write_results(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
         for kind, values in table.items():
             n = sum(1 for r in rows if r["model"] == kind)
             writer.writerow([kind, n, *(f"{v:.6f}" for name in names for v in values[name])])
-    return {"scores": scores, "metrics": per_subject, "summary": summary, "spectra": spectra}
+    return {"scores": scores, "subjects": per_subject, "summary": summary, "spectra": spectra}
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
@@ -422,6 +536,8 @@ def evaluate(
     progress: bool = True,
     model: str | None = None,
     ssim: str = "t7synth",
+    pred_scale: str = "as-is",
+    segmenter: str | None = None,
 ) -> str:
     """Score the predictions in ``pred`` against the dataset's 7T; write and return the report.
 
@@ -435,6 +551,10 @@ def evaluate(
         perceptual_weights: MedicalNet ResNet-10 or -50 weights: adds a 3D perceptual distance.
         progress: a bar over subjects.
         ssim: ``authors`` adds the authors' two SSIM forms (see :class:`Evaluator`).
+        pred_scale: ``as-is`` (predict's [0, 1] scale, checked) or ``percentile``
+            (normalised like the target): :meth:`Evaluator.prediction_on_grid`.
+        segmenter: a command template with ``{input}`` and ``{output}`` that writes a
+            FreeSurfer-numbered label map (:mod:`~t7synth.evaluation.segmenter`).
     """
     pred_dir = Path(pred).expanduser()
     out_dir = Path(out).expanduser() if out else pred_dir / "evaluation"
@@ -450,24 +570,34 @@ def evaluate(
         from t7synth.evaluation.perceptual import MedicalNetDistance
 
         perceptual = MedicalNetDistance(perceptual_weights)
-    evaluator = Evaluator(data, config, perceptual=perceptual, ssim=ssim, lut=lut)
+    if pred_scale not in PRED_SCALES:
+        raise UserError(f"--pred-scale must be one of {', '.join(PRED_SCALES)}, got {pred_scale!r}")
+    runner = None
+    if segmenter is not None:
+        from t7synth.evaluation.segmenter import Segmenter
+
+        runner = Segmenter(segmenter)
+    evaluator = Evaluator(
+        data, config, perceptual=perceptual, ssim=ssim, lut=lut, pred_scale=pred_scale, segmenter=runner
+    )
     rows = evaluator.run(predictions, split, pred_dir, out_dir, progress=progress)
+    target_quality = evaluator.target_quality_line()
     files = write_results(rows, out_dir)
     # The settings the scores were computed with, data.root the dataset scored: what
     # compare shows as config differences. Without --ckpt/--config these are the
     # built-in defaults, and name: null tells compare the model is unknown.
     import dataclasses
 
-    from t7synth.config import save_yaml
-
     settings = dataclasses.replace(
         config, data=dataclasses.replace(config.data, root=str(Path(data).expanduser().resolve()))
     )
-    save_yaml(settings.to_dict(), out_dir / "config.yaml")
+    write_config(out_dir, settings.to_dict())
     return (
         f"{SCORING_LINE}\n"
         + format_summary(rows)
-        + f"\nPer-subject scores: {files['scores']} (predictions only: {files['metrics']})\nSummary: {files['summary']}"
+        + (f"\n{target_quality}" if target_quality else "")
+        + f"\nPer-subject scores: {files['scores']} (predictions only: {files['subjects']})"
+        + f"\nSummary: {files['summary']}"
         + f"\nMontages: {out_dir / 'montages'}/<subject>.png"
         + (f"\nPower spectra: {files['spectra']}" if files["spectra"] else "")
         + "".join(f"\nNote: {line}" for line in evaluator.notes)

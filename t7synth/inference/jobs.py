@@ -22,6 +22,9 @@ class Job:
     command line did not give them; :func:`t7synth.inference.conditioning.resolve`
     finds them (or refuses) before anything runs.
     ``uncertainty`` is where a prediction fused from several models writes its SD map.
+    ``brain_mask_output`` is where the brain mask used is written (extracted brains,
+    BIDS derivatives); ``sidecar`` the JSON sidecar of a BIDS derivative
+    (:mod:`t7synth.inference.preprocess_raw`).
     """
 
     source: Path
@@ -30,6 +33,9 @@ class Job:
     age: float | None = 0.0
     sex: float | None = 0.5
     uncertainty: Path | None = None
+    brain_mask_output: Path | None = None
+    sidecar: Path | None = None
+    sources: tuple[str, ...] = ()
 
 
 def is_dataset(folder: Path) -> bool:
@@ -241,7 +247,7 @@ class PredictOutcome:
 
 def predict(
     ckpt: str | Path | Sequence[str | Path] | None,
-    input: str | Path,
+    input: str | Path | None,
     output: str | Path,
     mask: str | Path | None = None,
     split: str | None = None,
@@ -253,6 +259,13 @@ def predict(
     model: str | Path | Sequence[str | Path] | None = None,
     unconditioned: bool = False,
     notify: Callable[[str], None] | None = None,
+    skull_strip: bool = False,
+    n4: bool = False,
+    preprocess: str = "auto",
+    bids: str | Path | None = None,
+    participant_labels: Sequence[str] | None = None,
+    session_labels: Sequence[str] | None = None,
+    quality=None,
 ) -> PredictOutcome:
     """Synthesise what a ``predict`` command line asks for (see :func:`plan_jobs`).
 
@@ -261,6 +274,14 @@ def predict(
     Several checkpoints (or packages) are fused: each output is their voxel-wise mean,
     with the SD across them written beside it (:class:`~t7synth.inference.synthesiser.Fusion`).
 
+    Every scan goes through :class:`~t7synth.inference.preprocess_raw.RawPipeline`:
+    brain extraction (``skull_strip``) and N4 (``n4``) on the scan's grid, what the
+    model's training inputs had with ``preprocess="auto"``, and a row of ``qc.tsv``
+    beside the outputs. ``bids`` (instead of ``input``) reads a raw BIDS dataset and
+    writes a BIDS derivative dataset to ``output`` (:mod:`t7synth.inference.bids_app`).
+    ``quality`` adds a no-reference quality measure's columns to ``qc.tsv`` (see
+    :class:`~t7synth.inference.preprocess_raw.RawPipeline`).
+
     A single file's error is the command's error (one line, exit 2); a folder keeps
     going past volumes that fail, and their messages come back in ``failures``.
     A conditioned model's scans get their age and sex from the command line, a JSON
@@ -268,13 +289,23 @@ def predict(
     ``unconditioned`` (:mod:`t7synth.inference.conditioning`); ``notify`` gets the
     note that says so (default: stderr).
     """
+    from t7synth.inference.preprocess_raw import PREPROCESS_MODES, RawPipeline
     from t7synth.inference.synthesiser import Synthesiser, device_for
 
     if age is not None and not (0.0 <= age <= 150.0):
         raise UserError(f"--age {age}: expected years between 0 and 150")
+    if preprocess not in PREPROCESS_MODES:
+        raise UserError(f"--preprocess {preprocess}: expected one of {', '.join(PREPROCESS_MODES)}")
+    if (input is None) == (bids is None):
+        raise UserError("predict needs exactly one of --input and --bids")
+    if bids is None and (participant_labels or session_labels):
+        raise UserError("--participant-label and --session-label need --bids")
+    if bids is not None and (mask is not None or split or age is not None or sex is not None):
+        raise UserError("--bids takes no --mask, --split, --age or --sex (each scan's brain is extracted)")
     device = device_for(gpus)
+    sources = _as_list(model if model is not None else ckpt)
     synthesisers = []
-    for source in _as_list(model if model is not None else ckpt):
+    for source in sources:
         if model is not None:
             from t7synth.inference.package import load_package
 
@@ -308,7 +339,29 @@ def predict(
         synthesiser = Fusion(synthesisers)
     else:
         synthesiser = synthesisers[0]
-    jobs = plan_jobs(input, output, mask, split, synthesiser.config, age=age, sex=sex, uncertainty=fused)
+    names = [s.config.model.name for s in synthesisers]
+    skipped: list[Job] = []
+    if bids is not None:
+        from t7synth.inference.bids_app import RAW_LINK, bids_targets, complete, model_entries, write_bidsignore
+
+        planned = [Job(**target) for target in bids_targets(bids, output, participant_labels, session_labels, fused)]
+        jobs, skipped = [j for j in planned if not complete(j)], [j for j in planned if complete(j)]
+        # The mask and N4 choices of --preprocess auto apply; a BIDS T1w is raw, so
+        # extraction is what a model trained on brains needs.
+        pipeline = RawPipeline(
+            synthesiser,
+            skull_strip,
+            n4,
+            preprocess,
+            device=device,
+            models=model_entries(sources, names),
+            quality=quality,
+        )
+    else:
+        jobs = plan_jobs(input, output, mask, split, synthesiser.config, age=age, sex=sex, uncertainty=fused)
+        pipeline = RawPipeline(synthesiser, skull_strip, n4, preprocess, device=device, quality=quality)
+    from t7synth.data.naming import QC_TABLE
+
     models = [s.model for s in synthesisers]
     jobs, note = conditioning.resolve(
         jobs,
@@ -320,32 +373,57 @@ def predict(
         (notify or (lambda text: print(text, file=sys.stderr)))(note)
     from t7synth.files import check_writable, remove_stale_temporaries
 
-    for folder in sorted({job.output.parent for job in jobs}):
+    output_root = Path(output).expanduser()
+    for folder in sorted({job.output.parent for job in jobs} | ({output_root} if bids is not None else set())):
         check_writable(folder)  # a read-only --output is one line now, not one per volume
         remove_stale_temporaries(folder)  # what a killed predict left
     # Said once everything was checked: a refused command prints its error line alone.
     for line in dict.fromkeys(s.precision.describe() for s in synthesisers):
         print(line, file=sys.stderr)
-    if Path(input).expanduser().is_dir() and is_dataset(Path(input).expanduser()):
-        from t7synth.data.bids import write_description
+    from t7synth.data.bids import write_description
 
-        names = ", ".join(sorted({s.config.model.name for s in synthesisers}))
+    if bids is not None:
         write_description(
-            Path(output).expanduser(),
+            output_root,
+            f"t7synth synthetic 7T: {output_root.name}",
+            f"predict --bids: 7T-like T1w synthesised from each T1w ({', '.join(sorted(set(names)))})",
+            Path(bids),
+            link=RAW_LINK,
+        )
+        write_bidsignore(output_root)
+    elif Path(input).expanduser().is_dir() and is_dataset(Path(input).expanduser()):
+        write_description(
+            output_root,
             f"t7synth synthetic 7T: {Path(output).name}",
-            f"predict: 7T-like T1w synthesised from each subject's 3T ({names})",
+            f"predict: 7T-like T1w synthesised from each subject's 3T ({', '.join(sorted(set(names)))})",
             Path(input),
         )
     fusion = f" (each the mean of {len(synthesisers)} models, its SD map beside it)" if fused else ""
-    if Path(input).expanduser().is_file():
-        written = synthesiser.write(jobs[0])
+    if bids is None and Path(input).expanduser().is_file():
+        written = pipeline.write(jobs[0])
+        qc_file = pipeline_table(pipeline, written.parent / QC_TABLE)
         return PredictOutcome(
-            f"{written}" + (f" (mean of {len(synthesisers)} models; SD: {jobs[0].uncertainty})" if fused else ""), 1, []
+            f"{written}"
+            + (f" (mean of {len(synthesisers)} models; SD: {jobs[0].uncertainty})" if fused else "")
+            + f"; quality: {qc_file}",
+            1,
+            [],
         )
-    failures = run_jobs(synthesiser, jobs, progress=progress)
+    failures = run_jobs(pipeline, jobs, progress=progress) if jobs else []
+    qc_file = pipeline_table(pipeline, output_root / QC_TABLE)
+    done = f"; {len(skipped)} already complete, skipped" if skipped else ""
     return PredictOutcome(
-        f"{len(jobs) - len(failures)} of {len(jobs)} volumes written to {output}{fusion}", len(jobs), failures
+        f"{len(jobs) - len(failures)} of {len(jobs)} volumes written to {output}{fusion}{done}; quality: {qc_file}",
+        len(jobs),
+        failures,
     )
+
+
+def pipeline_table(pipeline, path: Path) -> Path:
+    """Write the pipeline's quality rows to ``path`` (kept rows of earlier runs included)."""
+    from t7synth.inference.qc import write_table
+
+    return write_table(path, pipeline.rows)
 
 
 def _as_list(value) -> list:

@@ -26,7 +26,7 @@ function, and these files are downloads. They are read in two independent steps:
 
 **Converting** (:func:`convert`). The weights become a t7synth checkpoint of model
 ``unet`` (the GAN file holds the generator alone, so its conversion is a ``unet`` with
-the generator's architecture), the format :func:`~t7synth.inference.checkpoint.read_checkpoint`
+the generator's architecture), the format :func:`~t7synth.training.checkpoint.read_checkpoint`
 reads, so ``predict`` and ``evaluate`` use it as any other. Its config carries the
 authors' conventions, so ``predict`` reproduces ``func/inference/inferer3T.py``:
 ``data.normalisation: authors`` (``pickling.py``'s unclipped percentile scaling),
@@ -331,7 +331,7 @@ def convert(
 
     from t7synth.data.intensity_lut import DEFAULT_BINS
     from t7synth.files import atomic_path
-    from t7synth.inference.checkpoint import check_fits
+    from t7synth.training.checkpoint import check_fits
 
     official, out = Path(official).expanduser(), Path(out).expanduser()
     if out.exists() and official.exists() and out.resolve() == official.resolve():

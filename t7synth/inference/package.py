@@ -22,7 +22,7 @@ member names are checked before anything is read (no folders, no ``..``, no abso
 or drive paths, no duplicates) and their declared sizes are bounded; nothing is
 extracted to disk; ``weights.pt`` is read with ``torch.load(weights_only=True)``
 (PyTorch's restricted unpickler, refused outright where this torch would not honour
-it, see :mod:`t7synth.inference.checkpoint`) and must hold only tensors; YAML is read
+it, see :mod:`t7synth.training.checkpoint`) and must hold only tensors; YAML is read
 with ``yaml.safe_load`` and JSON with ``json``. The TorchScript file is for users
 outside t7synth and is never loaded here. The model is then built from the config
 through the registry on the meta device, compared tensor by tensor with the weights,
@@ -43,9 +43,21 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from t7synth import registry
 from t7synth.errors import UserError
 from t7synth.models.buffers import LATER_BUFFERS
-from t7synth.textfiles import decode_text, loads_json, loads_yaml, read_table
+from t7synth.run_files import (
+    BEST_CHECKPOINT,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    TEST_SCORES_FILE,
+    best_checkpoint,
+    last_checkpoint,
+    run_of_checkpoint,
+)
+from t7synth.scores import read_rows
+from t7synth.textfiles import decode_text, loads_json, loads_yaml
 
 #: The manifest's ``format`` and the newest ``format_version`` this t7synth reads.
 FORMAT = "t7synth-model"
@@ -53,9 +65,9 @@ FORMAT_VERSION = 1
 #: Member names (flat: a package has no folders).
 MANIFEST = "t7synth-model.json"
 WEIGHTS = "weights.pt"
-CONFIG = "config.yaml"
+CONFIG = CONFIG_FILE  # the run folder's names: a package carries its run's files
 CARD = "README.md"
-SCORES = "test_scores.csv"
+SCORES = TEST_SCORES_FILE
 TORCHSCRIPT = "net.torchscript.pt"
 #: Upper bounds on a member's declared (uncompressed) size: text members are small,
 #: weights may be large (the paper's GAN U-Net is about 1.1 GB in float32).
@@ -223,7 +235,7 @@ def _parse_manifest(path: Path, data: bytes) -> dict[str, Any]:
 def _load_weights(path: Path, data: bytes) -> dict[str, Any]:
     import torch
 
-    from t7synth.inference.checkpoint import _weights_only_is_honoured
+    from t7synth.training.checkpoint import _weights_only_is_honoured
 
     if not _weights_only_is_honoured():
         raise UserError(
@@ -260,7 +272,8 @@ def load_package(path: str | Path, device: str = "cpu"):
     import torch
 
     package = read_package(path)
-    model = _build_on_meta(package)
+    model = registry.build_on_meta(package.config, f"model package {package.path}")
+    package.state_dict = type(model).complete_state_dict(package.state_dict)
     keys = prediction_keys(model)
     expected = {key: tensor for key, tensor in model.state_dict().items() if key in keys}
     problems = [f"{key} is missing" for key in expected if key not in package.state_dict and key not in LATER_BUFFERS]
@@ -286,24 +299,6 @@ def load_package(path: str | Path, device: str = "cpu"):
                 tensor.zero_()
     model.load_state_dict(package.state_dict, strict=False)
     return model.eval().to(device)
-
-
-def _build_on_meta(package: Package):
-    import torch
-
-    from t7synth import registry
-
-    module_class = registry.get(package.config.model.name)
-    try:
-        with torch.device("meta"):
-            return module_class(package.config.to_dict())
-    except UserError as error:
-        raise UserError(f"model package {package.path}: {error}") from None
-    except (TypeError, ValueError, RuntimeError, AssertionError) as error:
-        raise UserError(
-            f"model package {package.path}: its config does not build model {package.config.model.name!r}: "
-            f"{_first_line(error)}"
-        ) from None
 
 
 def prediction_keys(model) -> set[str]:
@@ -355,18 +350,19 @@ def resolve_source(source: str | Path) -> tuple[Path, Path | None]:
     """
     source = Path(source).expanduser()
     if source.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            if (source / "checkpoints" / name).is_file():
-                return source / "checkpoints" / name, source
+        for checkpoint in (best_checkpoint(source), last_checkpoint(source)):
+            if checkpoint.is_file():
+                return checkpoint, source
         versions = sorted(p.name for p in source.glob("version_*") if p.is_dir())
         hint = f" (a run folder is one version, e.g. {source / versions[0]})" if versions else ""
-        raise UserError(f"{source} holds no checkpoints/best.ckpt or checkpoints/last.ckpt{hint}")
+        raise UserError(
+            f"{source} holds no {CHECKPOINTS_DIR}/{BEST_CHECKPOINT} or {CHECKPOINTS_DIR}/{LAST_CHECKPOINT}{hint}"
+        )
     if not source.is_file():
         raise UserError(f"run folder or checkpoint not found: {source}")
     if is_package(source):
         raise UserError(f"{source} is already a model package")
-    run = source.parent.parent if source.parent.name == "checkpoints" else None
-    return source, run
+    return source, run_of_checkpoint(source)
 
 
 def tested_scores(checkpoint: Path, run: Path | None) -> tuple[list[dict[str, str]], str]:
@@ -376,28 +372,23 @@ def tested_scores(checkpoint: Path, run: Path | None) -> tuple[list[dict[str, st
     ``fit`` tests ``checkpoints/best.ckpt`` (``last.ckpt`` when it kept no best); the
     scores of any other checkpoint are unknown.
     """
-
-    from t7synth.evaluation.scores import MODEL, is_number, score_names
-
     if run is None:
-        return [], "No test scores: the checkpoint is not in a run folder (runs/<experiment>/version_N/checkpoints/)."
+        return (
+            [],
+            f"No test scores: the checkpoint is not in a run folder (runs/<experiment>/version_N/{CHECKPOINTS_DIR}/).",
+        )
     table = run / SCORES
-    tested = "best.ckpt" if (run / "checkpoints" / "best.ckpt").is_file() else "last.ckpt"
+    tested = BEST_CHECKPOINT if best_checkpoint(run).is_file() else LAST_CHECKPOINT
     if checkpoint.name != tested:
-        return [], f"No test scores: `fit` tested checkpoints/{tested}, not {checkpoint.name}."
+        return [], f"No test scores: `fit` tested {CHECKPOINTS_DIR}/{tested}, not {checkpoint.name}."
     if not table.is_file():
-        return [], "No test scores: the run did not reach its test (no test_scores.csv)."
+        return [], f"No test scores: the run did not reach its test (no {TEST_SCORES_FILE})."
     try:
-        rows = read_table(table, complete=False).rows
+        rows = read_rows(table)
     except UserError as error:
-        return [], f"No test scores: {error}."
-    names = score_names(rows)
-    if (
-        not any(row.get("model") == MODEL for row in rows)
-        or not names
-        or not all(is_number(r.get(n)) for r in rows for n in names)
-    ):
-        return [], f"No test scores: {table.name} of the run could not be read."
+        # Unreadable, binary, ragged, no model row, a cell that is no number (NaN):
+        # the card says why instead of a table.
+        return [], f"No test scores: {table.name} of the run could not be read: {error}."
     return rows, f"Test scores from the run's {table.name}, computed by `fit` with this checkpoint."
 
 
@@ -412,14 +403,14 @@ def export_package(source: str | Path, out: str | Path | None = None, torchscrip
 
     Raises:
         UserError: see :func:`resolve_source` and
-            :func:`t7synth.inference.checkpoint.read_checkpoint`; an ``out`` that is not
+            :func:`t7synth.training.checkpoint.read_checkpoint`; an ``out`` that is not
             a ``.zip`` or would overwrite the checkpoint; a trace that does not
             reproduce the model.
     """
     import torch
 
     from t7synth.files import atomic_path
-    from t7synth.inference.checkpoint import check_fits, checkpoint_config, read_checkpoint
+    from t7synth.training.checkpoint import check_fits, checkpoint_config, read_checkpoint
 
     checkpoint_path, run = resolve_source(source)
     out = (
@@ -527,6 +518,9 @@ def _manifest(
             "normalisation": config.data.normalisation,
             "percentiles": list(config.data.percentiles),
             "intensity_range": [0.0, 1.0],
+            # What the training inputs looked like (data/profile.py); the weights carry
+            # it too (input_profile, intensity_histogram), this copy is for people.
+            "training_inputs": training_inputs(state),
         },
         "geometry": config.to_dict()["geometry"],
         # Whether the network takes (age, sex, slice position) tokens beside its input.
@@ -536,9 +530,21 @@ def _manifest(
     }
 
 
+def training_inputs(state: dict) -> dict[str, float] | None:
+    """The ``input_profile`` buffer of ``state`` as named plain numbers, ``None`` when
+    absent or the model saw no training data."""
+    from t7synth.data.profile import as_dict
+
+    profile = state.get("input_profile")
+    if profile is None:
+        return None
+    values = as_dict(profile)
+    return {key: round(value, 6) for key, value in values.items()} if values["fitted"] else None
+
+
 def model_card(manifest: dict, rows: list[dict[str, str]], provenance: str) -> str:
     """The package's ``README.md``: what the model is, its test scores, how to use it."""
-    from t7synth.evaluation.scores import REPORT_COLUMNS, format_report
+    from t7synth.scores import REPORT_COLUMNS, format_report
 
     source, pre, geometry = manifest["source"], manifest["preprocessing"], manifest["geometry"]
     if geometry["mode"] == "slab":
@@ -693,7 +699,7 @@ def trace_network(model) -> tuple[bytes, list[list[int]]]:
     """The model's network as TorchScript bytes, checked against the model, and the
     input shapes it was checked at.
 
-    Traced with :meth:`LightningModule.to_torchscript` on one input and run on it and
+    Traced with :meth:`pytorch_lightning.LightningModule.to_torchscript` on one input and run on it and
     on a larger one (:func:`example_inputs`): 2.5D models see whole slices of any
     size, so a trace that only held for its example's size would be wrong.
 

@@ -101,8 +101,8 @@ class Synthesiser:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", batch_size: int | None = None) -> Synthesiser:
-        """Load the model of ``path`` (see :func:`t7synth.inference.checkpoint.load_model`)."""
-        from t7synth.inference.checkpoint import load_model
+        """Load the model of ``path`` (see :func:`t7synth.training.checkpoint.load_model`)."""
+        from t7synth.training.checkpoint import load_model
 
         return cls(load_model(path), device=device, batch_size=batch_size)
 

@@ -25,9 +25,14 @@ from torch import nn
 from t7synth.config import Config
 from t7synth.data import batches
 from t7synth.data.intensity_lut import DEFAULT_BINS, apply_lut
+from t7synth.data.profile import empty_profile, uniform_histogram
 from t7synth.errors import UserError
-from t7synth.evaluation import metrics
-from t7synth.evaluation.scores import (
+from t7synth.measures.structure import StructureScorer
+from t7synth.measures.subject import subject_rows
+from t7synth.models.buffers import LATER_BUFFERS
+from t7synth.models.tiling import predict_volume
+from t7synth.run_files import TEST_SCORES_FILE, TEST_SPECTRA_FILE, montage_path
+from t7synth.scores import (
     HEADLINE,
     MODEL,
     REFERENCES,
@@ -37,8 +42,6 @@ from t7synth.evaluation.scores import (
     sort_rows,
     write_rows,
 )
-from t7synth.inference.tiling import predict_volume
-from t7synth.models.buffers import LATER_BUFFERS
 
 
 def build_net(net_class: type, kwargs: dict[str, Any], **fixed: Any) -> nn.Module:
@@ -106,6 +109,10 @@ class SynthesisModule(pl.LightningModule):
         train_age: () buffer, the training subjects' median age in years (0 when
             unknown); ``predict --unconditioned`` feeds it to a conditioned net for a
             scan whose age is not known, instead of guessing.
+        input_profile, intensity_histogram: buffers, what the training inputs looked
+            like (:mod:`t7synth.data.profile`; ``fitted`` 0 until fitted). Checkpoints
+            written before they existed load with the "not fitted" values
+            (:meth:`complete_state_dict`).
     """
 
     #: Layered over the dataclass defaults before the experiment file (see config.py).
@@ -125,10 +132,29 @@ class SynthesisModule(pl.LightningModule):
         self.register_buffer("train_age", torch.zeros(()))
         # Checkpoints and packages written before train_age existed still load (as 0).
         self._register_load_state_dict_pre_hook(_fill_later_buffers)
+        # What the training inputs looked like (preprocessing, brain volumes, intensity
+        # histogram: data/profile.py), so predict can warn about and QC a new scan.
+        self.register_buffer("input_profile", empty_profile())
+        self.register_buffer("intensity_histogram", uniform_histogram())
         self._perceptual = None
         self._baseline_scores: dict[tuple[str, str], dict[str, float]] = {}
         self._rows: list[dict[str, Any]] = []
         self.test_rows: list[dict[str, Any]] = []
+        #: Pictures drawn and not yet handed to the experiment loggers: (key, path, caption).
+        #: The module draws; training.callbacks.ImageLog logs, so models know no logger.
+        self.drawn_images: list[tuple[str, Path, str | None]] = []
+
+    #: Buffers added after checkpoints were first written: a stored ``state_dict``
+    #: without them gets the built model's values ("unknown"), see :meth:`complete_state_dict`.
+    OPTIONAL_BUFFERS = ("input_profile", "intensity_histogram")
+
+    @classmethod
+    def complete_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state_dict`` with the :data:`OPTIONAL_BUFFERS` it lacks set to "not fitted"
+        (a checkpoint or package older than them: its training inputs are unknown)."""
+        defaults = {"input_profile": empty_profile, "intensity_histogram": uniform_histogram}
+        missing = {key: defaults[key]() for key in cls.OPTIONAL_BUFFERS if key not in state_dict}
+        return {**state_dict, **missing} if missing else state_dict
 
     # -- to override ------------------------------------------------------------
     def build_net(self) -> nn.Module:
@@ -191,6 +217,9 @@ class SynthesisModule(pl.LightningModule):
             self.lut.copy_(datamodule.lut.to(self.lut.device))
             self.voxel_size.copy_(torch.as_tensor(datamodule.voxel_size, dtype=torch.float32))
             self.train_age.fill_(float(getattr(datamodule, "median_age", 0.0) or 0.0))
+            if getattr(datamodule, "input_profile", None) is not None:
+                self.input_profile.copy_(datamodule.input_profile.to(self.input_profile.device))
+                self.intensity_histogram.copy_(datamodule.intensity_histogram.to(self.intensity_histogram.device))
 
     def reconstruction_losses(
         self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, perceptual: bool = True
@@ -288,27 +317,23 @@ class SynthesisModule(pl.LightningModule):
         prediction = self.predict_subject(source, meta, mask)
         # The structure scores (tissue segmentation, sharpness) take seconds a volume:
         # the test runs them once, validation keeps to the cheap intensity scores.
-        structure = None
-        if stage == "test":
-            from t7synth.evaluation.structure import StructureScorer
-
-            structure = StructureScorer(target, mask)
-        row = {
-            "subject": subject,
-            "model": MODEL,
-            **metrics.volume_scores(prediction, target, mask),
-            **(structure(prediction) if structure else {}),
-        }
-        self._rows.append(row)
+        structure = StructureScorer(target, mask) if stage == "test" else None
+        # The references of a subject are scored once per stage and reused every validation.
+        keys = {b: (b, subject, stage == "test") for b in REFERENCES}
+        known = {b: self._baseline_scores[key] for b, key in keys.items() if key in self._baseline_scores}
+        guesses: dict[str, torch.Tensor | None] = {MODEL: prediction}
         for baseline in REFERENCES:
-            key = (baseline, subject, stage == "test")
-            if key not in self._baseline_scores:
-                guess = source if baseline == "identity" else apply_lut(self.lut, source, mask)
-                self._baseline_scores[key] = {
-                    **metrics.volume_scores(guess, target, mask),
-                    **(structure(guess) if structure else {}),
-                }
-            self._rows.append({"subject": subject, "model": baseline, **self._baseline_scores[key]})
+            if baseline in known:
+                guesses[baseline] = None
+            else:
+                guesses[baseline] = source if baseline == "identity" else apply_lut(self.lut, source, mask)
+        rows = subject_rows(subject, guesses, target, mask, structure, known=known)
+        for scored in rows[1:]:
+            self._baseline_scores[keys[scored["model"]]] = {
+                k: v for k, v in scored.items() if k not in ("model", "subject")
+            }
+        self._rows.extend(rows)
+        row = rows[0]
         # Validation draws one montage per epoch (rank 0's first subject); test draws
         # one per subject, since it runs once.
         if self.trainer.is_global_zero and (stage == "test" or batch_idx == 0):
@@ -319,18 +344,15 @@ class SynthesisModule(pl.LightningModule):
 
         scores = f"PSNR(brain) {row['psnr_brain']:.2f} dB  SSIM(brain) {row['ssim_brain']:.3f}"
         if stage == "val":
-            name = f"val_epoch{self.current_epoch:03d}_{subject}.png"
             title = f"{subject}  validation, epoch {self.current_epoch}  {scores}"
         else:
-            name = f"test_{subject}.png"
             title = f"{subject}  test, {self.scored_weights()}  {scores}"
-        path = save_montage(self.run_dir() / "samples" / name, source, prediction, target, mask, title)
+        where = montage_path(self.run_dir(), stage, subject, self.current_epoch)
+        path = save_montage(where, source, prediction, target, mask, title)
         if stage == "val":
-            # Test montages go to W&B once, as one gallery (loggers.log_test_results).
-            from t7synth.training.loggers import wandb_loggers
-
-            for logger in wandb_loggers(self.loggers):
-                logger.log_image(key="val/montage", images=[str(path)], caption=[subject])
+            # Test montages go to W&B once, as one gallery (loggers.log_test_results); the
+            # validation montage is handed to the loggers by training.callbacks.ImageLog.
+            self.drawn_images.append(("val/montage", path, subject))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The epoch whose weights a test scores: the trainer's own counter says how
@@ -379,20 +401,17 @@ class SynthesisModule(pl.LightningModule):
         self.log("epoch", float(self.scored_epoch()), sync_dist=False)
         self.test_rows = rows
         if self.trainer.is_global_zero and rows:
-            write_rows(self.run_dir() / "test_scores.csv", rows)
+            write_rows(self.run_dir() / TEST_SCORES_FILE, rows)
             self._spectra(rows)
 
     def _spectra(self, rows: list[dict[str, Any]]) -> None:
         """Draw the test subjects' power spectra beside the test montages; log it to W&B."""
-        from t7synth.evaluation.scores import TEST_SPECTRA
         from t7synth.plotting import save_spectra
-        from t7synth.training.loggers import wandb_loggers
 
         title = f"test power spectra, {self.config.model.name}, {self.scored_weights()}"
-        path = save_spectra(self.run_dir() / TEST_SPECTRA, rows, f"{self.config.model.name} (synthetic 7T)", title)
+        path = save_spectra(self.run_dir() / TEST_SPECTRA_FILE, rows, f"{self.config.model.name} (synthetic 7T)", title)
         if path is not None:
-            for logger in wandb_loggers(self.loggers):
-                logger.log_image(key="test/spectra", images=[str(path)])
+            self.drawn_images.append(("test/spectra", path, None))
 
     def _gather_rows(self) -> list[dict[str, Any]]:
         """Every rank's score rows, on every rank, one per (model, subject).

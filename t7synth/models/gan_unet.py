@@ -21,7 +21,7 @@ from t7synth.nets.layers import NORMS, norm_spec
 
 
 class GANUNetModule(UNetModule):
-    """The GAN U-Net of Gicquel et al. (arXiv:2507.13782; ``reference/paper.md`` §3.2).
+    """The GAN U-Net of Gicquel et al. (arXiv:2507.13782, §3.2).
 
     Generator: the conditioned 2.5D U-Net (:class:`~t7synth.models.unet.UNetModule`);
     the published GAN generator has attention at the bottleneck level only (222.3M

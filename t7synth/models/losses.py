@@ -11,7 +11,7 @@ term would make results look reproduced when they are not.
 
 The feature network is always in eval mode (frozen BatchNorm statistics) and gradients
 flow through it to the generator, unlike the reference V-Net code whose perceptual term
-ran under ``no_grad`` (``reference/baselines.md`` §7).
+ran under ``no_grad`` (Cui et al., MICCAI 2024; abbasilab/Synthetic_7T_MRI).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from t7synth.models.base import SynthesisModule, build_net
 class VNetModule(SynthesisModule):
     """V-Net of Cui et al., "7T MRI Synthesization from 3T Acquisitions" (MICCAI 2024).
 
-    A 3D patch model (``reference/baselines.md`` §2): cubes of 3T go in, the same cubes
+    A 3D patch model (Cui et al., MICCAI 2024; abbasilab/Synthetic_7T_MRI): cubes of 3T go in, the same cubes
     of 7T come out, and whole volumes are tiled with overlapping patches blended by a
     Hann window (``geometry.overlap``), as the reference stitched them with TorchIO's
     ``GridAggregator``. The net is :class:`~t7synth.nets.vnet.VNet`; with the published

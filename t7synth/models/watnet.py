@@ -15,7 +15,7 @@ class WATNetModule(SynthesisModule):
     """WATNet of Qu et al., "Synthesized 7T MRI from 3T MRI via deep learning in spatial
     and wavelet domains" (Medical Image Analysis 62:101663, 2020), official design.
 
-    A 2.5D model that predicts the whole slab (``reference/baselines.md`` §5a): three
+    A 2.5D model that predicts the whole slab (Qu et al., MedIA 2020; github.com/Liangqiong/WATNet): three
     consecutive 3T slices in, the same three 7T slices out (``geometry.target: all``).
     Training sees 64×64 in-plane crops of the slabs (``geometry.inplane``), as
     published; whole-volume inference slides the 3-slice window one slice at a time over

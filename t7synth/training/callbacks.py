@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_warn
 
+from t7synth.run_files import METRICS_FILE, PROGRESS_FILE
+
 
 class DataStreamCheck(pl.Callback):
     """Warn when a run resumes with another seed or another number of processes.
@@ -74,10 +76,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
-#: The per-run training-curve picture (see :func:`t7synth.plotting.save_progress`).
-PROGRESS_FILE = "progress.png"
-
-
 class ProgressPlot(pl.Callback):
     """Log each epoch's wall time and redraw the run's ``progress.png`` after each validation.
 
@@ -128,7 +126,7 @@ class ProgressPlot(pl.Callback):
         if not (self._pending and trainer.is_global_zero):
             return
         from t7synth.plotting import save_progress
-        from t7synth.training.history import METRICS_FILE, RunCSVLogger
+        from t7synth.training.history import RunCSVLogger
 
         for logger in trainer.loggers:
             if isinstance(logger, RunCSVLogger):
@@ -142,6 +140,30 @@ def run_version(run_dir: str | Path) -> int | str:
     name = Path(run_dir).name
     number = name.removeprefix("version_")
     return int(number) if number != name and number.isdigit() else name
+
+
+class ImageLog(pl.Callback):
+    """Hands the pictures a module drew (``SynthesisModule.drawn_images``: the
+    validation montage, the test spectra) to the W&B loggers, right after the batch or
+    the test that drew them. The module draws to disk; the loggers belong to training."""
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from t7synth.training.loggers import wandb_loggers
+
+        images = getattr(pl_module, "drawn_images", None)
+        if not images:
+            return
+        pending, pl_module.drawn_images = list(images), []
+        for logger in wandb_loggers(trainer.loggers):
+            for key, path, caption in pending:
+                extra = {"caption": [caption]} if caption is not None else {}
+                logger.log_image(key=key, images=[str(path)], **extra)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._log(trainer, pl_module)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, pl_module)
 
 
 class RunProgressBar(pl.callbacks.TQDMProgressBar):

@@ -17,9 +17,8 @@ from pathlib import Path
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from t7synth.run_files import METRICS_FILE
 from t7synth.textfiles import TABLE_LIMIT, read_text
-
-METRICS_FILE = "metrics.csv"
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class ResumePoint:
 
     @classmethod
     def of(cls, checkpoint: dict) -> ResumePoint:
-        """Read from a loaded checkpoint (see :func:`t7synth.inference.checkpoint.read_checkpoint`)."""
+        """Read from a loaded checkpoint (see :func:`t7synth.training.checkpoint.read_checkpoint`)."""
         loop = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_loop.state_dict") or {}
         steps = loop.get("_batches_that_stepped", checkpoint.get("global_step", 0))
         return cls(int(checkpoint.get("epoch", -1)), int(steps))

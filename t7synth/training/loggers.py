@@ -15,7 +15,7 @@ What a W&B run holds (:class:`t7synth.training.wandb_logger.RunWandbLogger`,
 * every ``val/*`` and ``test/*`` series against ``epoch`` (``define_metric``), not
   against Lightning's ``trainer/global_step``, which the GAN advances twice per batch;
   the summary keeps the best validation value of each score (``val/psnr_brain.max``,
-  ``val/mae.min``, the direction from :data:`t7synth.evaluation.scores.COLUMNS`)
+  ``val/mae.min``, the direction from :data:`t7synth.scores.COLUMNS`)
   next to the last one (``.last``);
 * the identity and intensity-LUT baselines once, in the summary
   (``val/identity/psnr_brain``, ...): they are constant, so as series they would
@@ -39,10 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.config import Config
+from t7synth.run_files import PROGRESS_FILE, RUN_FILES, WANDB_ID_FILE, montage_path
 from t7synth.textfiles import read_text
 from t7synth.training.wandb_links import run_link  # noqa: F401  (the sweep's summary links trials)
-
-WANDB_ID_FILE = "wandb_id.txt"
 
 
 def has_wandb_credentials() -> bool:
@@ -100,7 +99,7 @@ def wandb_run_id(run_dir: Path) -> str:
 
 
 def is_wandb_logger(logger: Any) -> bool:
-    """Whether ``logger`` is a W&B logger (Lightning's, :class:`RunWandbLogger`, or a
+    """Whether ``logger`` is a W&B logger (Lightning's, :class:`~t7synth.training.wandb_logger.RunWandbLogger`, or a
     stand-in named ``WandbLogger`` in tests)."""
     return any(cls.__name__ == "WandbLogger" for cls in type(logger).__mro__)
 
@@ -171,13 +170,13 @@ def log_test_results(loggers: list, rows: list[dict], run_dir: Path) -> None:
     targets = wandb_loggers(loggers)
     if rank_zero_only.rank != 0 or not targets or not rows:
         return
-    from t7synth.evaluation.scores import score_names, summary_values
+    from t7synth.scores import score_names, summary_values
 
     summary = summary_values(rows, "test")
     names = score_names(rows)
     data = [[row["model"], row["subject"], *(float(row[name]) for name in names)] for row in rows]
     subjects = sorted({row["subject"] for row in rows})
-    montages = [(s, Path(run_dir) / "samples" / f"test_{s}.png") for s in subjects]
+    montages = [(s, montage_path(run_dir, "test", s)) for s in subjects]
     montages = [(s, path) for s, path in montages if path.is_file()]
     for logger in targets:
         logger.experiment.summary.update(summary)
@@ -186,11 +185,6 @@ def log_test_results(loggers: list, rows: list[dict], run_dir: Path) -> None:
             logger.log_image(
                 key="test/montages", images=[str(p) for _, p in montages], caption=[s for s, _ in montages]
             )
-
-
-#: The files of a run folder saved with its W&B run (those that exist), in the
-#: ``run-files`` artifact: enough to ``compare`` the run from the artifact alone.
-RUN_FILES = ("config.yaml", "environment.yaml", "metrics.csv", "test_scores.csv", "progress.png")
 
 
 def log_run_files(
@@ -223,8 +217,8 @@ def log_run_files(
     files = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]
     for logger in targets:
         run = logger.experiment
-        if (run_dir / "progress.png").is_file():
-            logger.log_image(key="progress", images=[str(run_dir / "progress.png")])
+        if (run_dir / PROGRESS_FILE).is_file():
+            logger.log_image(key="progress", images=[str(run_dir / PROGRESS_FILE)])
         artifact = wandb.Artifact(f"run-{run.id}-files", type="run-files", description=f"run folder {run_dir}")
         for path in files:
             artifact.add_file(str(path), name=path.name)

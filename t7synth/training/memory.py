@@ -48,7 +48,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from t7synth.data.batches import SUBJECT_KEYS, batch_share, micro_batch
+from t7synth import registry
+from t7synth.data.batches import SUBJECT_KEYS, BatchPlan, batch_share, micro_batch, plan_batches
+from t7synth.data.volumes import canonical_shape
 from t7synth.errors import UserError
 
 GIB = 1024**3
@@ -283,17 +285,9 @@ def _backward(loss: torch.Tensor) -> None:
     Variable._execution_engine.run_backward((loss,), (torch.ones_like(loss),), False, False, (), True, True)
 
 
-def build_meta_model(config):
-    """The config's LightningModule on the meta device (no memory, no initialisation cost)."""
-    from t7synth import registry
-
-    with torch.device("meta"):
-        return registry.get(config.model.name)(config.to_dict())
-
-
 def measure(config, volume_shape: Sequence[int], precision: str, model=None) -> Footprint:
     """The :class:`Footprint` of ``config`` for volumes of ``volume_shape`` under ``precision``."""
-    model = build_meta_model(config) if model is None else model
+    model = registry.build_on_meta(config) if model is None else model
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     parameters = sum(p.numel() for p in model.parameters())
@@ -435,7 +429,7 @@ def checkpointing_variant(config):
     import dataclasses
     import inspect
 
-    model = build_meta_model(config)
+    model = registry.build_on_meta(config)
     net = model.generator()
     if "checkpointing" not in inspect.signature(type(net)).parameters or config.model.net.get("checkpointing"):
         return None
@@ -469,8 +463,6 @@ def volume_shape(config, create: bool = False) -> tuple[int, int, int] | None:
     """
     if config.data.shape is not None:
         return tuple(config.data.shape)
-    import nibabel as nib
-
     from t7synth.data.layout import discover
 
     if config.data.root:
@@ -491,12 +483,7 @@ def volume_shape(config, create: bool = False) -> tuple[int, int, int] | None:
         record = discover(root)[0]
     except (UserError, IndexError):
         return None
-    image = nib.load(str(record.source))
-    order = nib.orientations.io_orientation(image.affine)[:, 0].astype(int)
-    shape = [0, 0, 0]
-    for axis, size in zip(order, image.shape[:3]):
-        shape[axis] = int(size)
-    return tuple(shape)
+    return canonical_shape(record.source)
 
 
 # -- what fit and fit --summary call --------------------------------------------------
@@ -520,12 +507,19 @@ def accumulation(config, gpus: int, world: int, precision: str) -> tuple[int, Pl
         accumulate = config.trainer.accumulate_grad_batches or 1
         micro_batch(config.data, world, accumulate)
         if accumulate > 1:
-            check_accumulation(config, bool(build_meta_model(config).automatic_optimization))
+            check_accumulation(config, bool(registry.build_on_meta(config).automatic_optimization))
         return accumulate, None
     capacity, _ = gpu_capacity(gpus)
     shape = volume_shape(config, create=True)
     plan = check_gpu_memory(config, world, capacity, precision, shape)
     return plan.accumulate, plan
+
+
+def batch_plan(config, gpus: int, world: int, precision: str) -> BatchPlan:
+    """The run's :class:`~t7synth.data.batches.BatchPlan`: :func:`accumulation`'s
+    micro-batches per step (refusing a config that cannot fit) and the sizes they give."""
+    accumulate, _ = accumulation(config, gpus, world, precision)
+    return plan_batches(config.data, world, accumulate)
 
 
 def summary_lines(config, world: int | None = None) -> list[str]:

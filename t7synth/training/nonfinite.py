@@ -27,6 +27,7 @@ import pytorch_lightning as pl
 import torch
 
 from t7synth.errors import UserError
+from t7synth.run_files import CHECKPOINTS_DIR, LAST_CHECKPOINT
 
 
 class NonFiniteGuard(pl.Callback):
@@ -82,7 +83,8 @@ class NonFiniteGuard(pl.Callback):
         if self.stopped_at is not None:
             raise UserError(
                 f"training stopped at {self.stopped_at}: {self.patience} optimiser steps in a row had a non-finite "
-                "loss or gradient and were skipped (trainer.nonfinite_patience); checkpoints/last.ckpt holds the "
+                "loss or gradient and were skipped (trainer.nonfinite_patience); "
+                f"{CHECKPOINTS_DIR}/{LAST_CHECKPOINT} holds the "
                 "last finite weights. Lower optim.lr, set optim.gradient_clip, or try --precision 32-true"
             )
 

@@ -40,9 +40,6 @@ EMULATED_BF16_SLOWDOWN = (
     "on a 2-core AMD EPYC Zen 3)"
 )
 
-#: ``evaluate``'s line: it runs no synthesis network, and scores are fp32 everywhere.
-SCORING_LINE = "precision: 32-true (evaluate runs no synthesis network; every score is computed in fp32)"
-
 #: ``ONEDNN_MAX_CPU_ISA`` values that still allow oneDNN's native bf16 kernels
 #: (oneDNN's ``dnnl_cpu_isa_t`` names: AVX512_CORE_BF16 and everything above it).
 _BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10", "ALL", "DEFAULT")

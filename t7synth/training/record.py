@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.errors import UserError
+from t7synth.run_files import ENVIRONMENT_FILE
 from t7synth.textfiles import read_yaml
 from t7synth.training.launch import Launch
 from t7synth.training.precision import cpu_bf16, cpu_name
@@ -75,7 +76,12 @@ def git_revision(package_dir: str | Path | None = None) -> str | None:
 
 
 def environment_record(
-    seed: int, launch: Launch, hardware: Mapping[str, Any], resumed_from: str | None, precision=None
+    seed: int,
+    launch: Launch,
+    hardware: Mapping[str, Any],
+    resumed_from: str | None,
+    precision=None,
+    batch_plan: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """One launch's entry in ``environment.yaml`` (plain types only).
 
@@ -86,6 +92,7 @@ def environment_record(
         resumed_from: the checkpoint the launch resumed from, if any.
         precision: the :class:`~t7synth.training.precision.PrecisionChoice` of the launch:
             its precision, what was asked for and why, and the CPU's bf16 capability.
+        batch_plan: the launch's :class:`~t7synth.data.batches.BatchPlan` as a dict.
     """
     import datetime
 
@@ -117,6 +124,7 @@ def environment_record(
         **(precision.record() if precision is not None else {}),
         "cpu": cpu_name(),
         "cpu_bf16": native_bf16 if native else f"none ({native_bf16})",
+        "batch_plan": dict(batch_plan) if batch_plan is not None else None,
         "git_revision": git_revision(),
         "versions": package_versions(),
         "cuda": cuda,
@@ -131,7 +139,7 @@ def write_environment(run_dir: Path, record: dict[str, Any]) -> Path:
     """
     from t7synth.config import save_yaml
 
-    path = run_dir / "environment.yaml"
+    path = run_dir / ENVIRONMENT_FILE
     launches: list = []
     if path.is_file():
         try:  # a damaged record is started afresh: it describes, it decides nothing

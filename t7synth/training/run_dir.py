@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from t7synth.errors import UserError
+from t7synth.run_files import CHECKPOINTS_DIR, CONFIG_FILE, LAST_CHECKPOINT, last_checkpoint, run_of_checkpoint
 from t7synth.training.launch import RUN_DIR_ENV, Launch, detect_launch
 
 
@@ -27,8 +28,8 @@ def resumable_runs(base: Path) -> list[Path]:
     the time ``last.ckpt`` was written does (ties broken by name, so every rank that
     reads the same folder agrees).
     """
-    found = [p for p in base.glob("*") if p.is_dir() and (p / "checkpoints" / "last.ckpt").is_file()]
-    return sorted(found, key=lambda p: ((p / "checkpoints" / "last.ckpt").stat().st_mtime_ns, p.name))
+    found = [p for p in base.glob("*") if p.is_dir() and last_checkpoint(p).is_file()]
+    return sorted(found, key=lambda p: (last_checkpoint(p).stat().st_mtime_ns, p.name))
 
 
 def resolve_run_dir(config, resume: str | None, launch: Launch | None = None) -> tuple[Path, Path | None]:
@@ -43,7 +44,7 @@ def resolve_run_dir(config, resume: str | None, launch: Launch | None = None) ->
     * ranks that Lightning starts inherit rank 0's choice through :data:`RUN_DIR_ENV`;
     * ranks that srun or torchrun start together all derive it from the job id
       (``slurm_<SLURM_JOB_ID>``, ``torchrun_<rdzv id>``, see
-      :attr:`t7synth.environment.Launch.run_name`); if that folder already holds
+      :attr:`t7synth.training.launch.Launch.run_name`); if that folder already holds
       ``checkpoints/last.ckpt`` the job was requeued and continues from it;
     * a user may set :data:`RUN_DIR_ENV` on every node;
     * otherwise rank 0 (a single process, or the first of a Lightning launch) takes
@@ -62,19 +63,19 @@ def resolve_run_dir(config, resume: str | None, launch: Launch | None = None) ->
     if resume == "last":
         candidates = resumable_runs(base)
         if not candidates:
-            raise UserError(f"--resume last: no checkpoints/last.ckpt under {base}")
+            raise UserError(f"--resume last: no {CHECKPOINTS_DIR}/{LAST_CHECKPOINT} under {base}")
         run_dir = candidates[-1]
-        checkpoint = run_dir / "checkpoints" / "last.ckpt"
+        checkpoint = last_checkpoint(run_dir)
     elif resume:
         checkpoint = Path(resume).expanduser()
         if not checkpoint.is_file():
             raise UserError(f"--resume: checkpoint not found: {checkpoint}")
-        run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+        run_dir = run_of_checkpoint(checkpoint)
     if inherited:
         run_dir = Path(inherited)
     if run_dir is None and launch.run_name:
         run_dir = base / launch.run_name
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = last_checkpoint(run_dir)
         if checkpoint is None and last.is_file():
             # The job's own folder already has a checkpoint: SLURM requeued this job
             # (preemption, node failure, ``--requeue``). Continue it, never restart it.
@@ -144,7 +145,7 @@ def check_resume(checkpoint: Path, config):
     """Check that ``checkpoint`` can continue ``config`` before anything is written.
 
     The checkpoint is read with the restricted unpickler
-    (:func:`t7synth.inference.checkpoint.read_checkpoint`), so Lightning never sees a
+    (:func:`t7synth.training.checkpoint.read_checkpoint`), so Lightning never sees a
     file that would run code or that is truncated or empty; its stored config is
     compared with the requested one (only :data:`t7synth.config.RESUMABLE_KEYS` may
     differ; the new values are used); and the network is built on the meta device and
@@ -159,7 +160,7 @@ def check_resume(checkpoint: Path, config):
             both values, or tensors that do not fit.
     """
     from t7synth.config import RESUMABLE_KEYS, resume_differences
-    from t7synth.inference.checkpoint import check_fits, checkpoint_config, read_checkpoint
+    from t7synth.training.checkpoint import check_fits, checkpoint_config, read_checkpoint
     from t7synth.training.history import ResumePoint
 
     stored_checkpoint = read_checkpoint(checkpoint)
@@ -170,7 +171,7 @@ def check_resume(checkpoint: Path, config):
         more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
         raise UserError(
             f"--resume {checkpoint}: the run was trained with other settings: {shown}{more}; resume with the "
-            f"run's config.yaml (only {', '.join(RESUMABLE_KEYS)} may change) or start a new run"
+            f"run's {CONFIG_FILE} (only {', '.join(RESUMABLE_KEYS)} may change) or start a new run"
         )
     check_fits(checkpoint, config, stored_checkpoint["state_dict"])
     return ResumePoint.of(stored_checkpoint)

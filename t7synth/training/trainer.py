@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t7synth.errors import UserError
+from t7synth.run_files import BEST, LAST, PROGRESS_FILE, checkpoint_dir, format_test_report, write_config
 from t7synth.training.join import JoinWatchdog
 from t7synth.training.launch import RUN_DIR_ENV, detect_launch
 from t7synth.training.nonfinite import NonFiniteGuard
@@ -56,17 +57,22 @@ class FitResult:
     report: str | None = None
 
 
-def fit(config, options: FitOptions = FitOptions(), callbacks: Sequence = ()) -> FitResult:
+def fit(
+    config, options: FitOptions = FitOptions(), callbacks: Sequence = (), init_weights: dict | None = None
+) -> FitResult:
     """Fit ``config``, then test its ``trainer.test_checkpoint`` (best or last); see the module docstring.
 
     Args:
         config: the resolved :class:`~t7synth.config.Config`.
         options: hardware, resume, W&B and fast-dev-run settings.
         callbacks: extra Lightning callbacks (sweeps, tests), after t7synth's own.
+        init_weights: ``fit --init``: the generator's starting weights, already
+            checked against this config's network (``t7synth.inference.initial``);
+            loaded strictly into the freshly built model, before the optimiser exists.
     """
     inherited = os.environ.get(RUN_DIR_ENV)
     try:
-        return _fit(config, options, callbacks)
+        return _fit(config, options, callbacks, init_weights)
     finally:
         # Only the processes this run launches may inherit its folder, not a later
         # run in the same Python process (tests, sweeps).
@@ -86,10 +92,10 @@ def checkpoint_callbacks(run_dir: Path) -> tuple:
     """
     import pytorch_lightning as pl
 
-    folder = run_dir / "checkpoints"
+    folder = checkpoint_dir(run_dir)
     best = pl.callbacks.ModelCheckpoint(
         dirpath=folder,
-        filename="best",
+        filename=BEST,
         monitor="val/psnr_brain",
         mode="max",
         save_top_k=1,
@@ -99,7 +105,7 @@ def checkpoint_callbacks(run_dir: Path) -> tuple:
     # monitor=None and top-1 with a fixed name: overwrite last.ckpt every epoch.
     last = pl.callbacks.ModelCheckpoint(
         dirpath=folder,
-        filename="last",
+        filename=LAST,
         monitor=None,
         save_top_k=1,
         every_n_epochs=1,
@@ -109,14 +115,14 @@ def checkpoint_callbacks(run_dir: Path) -> tuple:
     return best, last
 
 
-def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
+def _fit(config, options: FitOptions, callbacks: Sequence, init_weights: dict | None = None) -> FitResult:
     import pytorch_lightning as pl
     import torch
 
     from t7synth import registry
-    from t7synth.config import save_yaml
     from t7synth.data.datamodule import PairedDataModule
-    from t7synth.training.callbacks import AtomicCheckpointIO, DataStreamCheck, ProgressPlot, RunProgressBar
+    from t7synth.data.folds import write_split_table
+    from t7synth.training.callbacks import AtomicCheckpointIO, DataStreamCheck, ImageLog, ProgressPlot, RunProgressBar
     from t7synth.training.hardware import trainer_hardware
     from t7synth.training.loggers import build_loggers, check_wandb_mode, log_test_results, wandb_mode
     from t7synth.training.preflight import check_trains_something
@@ -137,10 +143,10 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     _check_nodes(options.nodes, launch)
     # The batch split and, on GPUs, the memory plan: a config that cannot fit is refused
     # here, before anything is built or written (t7synth.training.memory).
-    from t7synth.training.memory import accumulation
+    from t7synth.training.memory import batch_plan
 
     world = (options.gpus or options.cpus) * options.nodes
-    accumulate, _ = accumulation(config, options.gpus, world, hardware["precision"])
+    plan = batch_plan(config, options.gpus, world, hardware["precision"])
     # W&B exists on rank 0 only: Lightning would create the run there anyway, and
     # ranks that srun/torchrun start together must not race to create wandb_id.txt.
     mode = wandb_mode(options.wandb or config.wandb.mode) if rank_zero else "disabled"
@@ -154,16 +160,24 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
     # leaves no run folder behind and config.yaml of a resumed run untouched.
     try:
         resume = check_resume(checkpoint, config) if checkpoint is not None else None
-        datamodule = PairedDataModule(config)
+        datamodule = PairedDataModule(config, batch_plan=plan)
         if rank_zero:
             datamodule.prepare_data()
             datamodule.setup("fit")
             datamodule.check_shardable(world)
-            check_trains_something(config, datamodule.subjects, world, accumulate)
-            save_yaml(config.to_dict(), run_dir / "config.yaml")
+            check_trains_something(config, datamodule.subjects, world, plan.accumulate)
+            write_config(run_dir, config.to_dict())
+            write_split_table(run_dir, datamodule.split_records)
             write_environment(
                 run_dir,
-                environment_record(config.seed, launch, hardware, str(checkpoint) if checkpoint else None, precision),
+                environment_record(
+                    config.seed,
+                    launch,
+                    hardware,
+                    str(checkpoint) if checkpoint else None,
+                    precision,
+                    batch_plan=plan.to_dict(),
+                ),
             )
     except BaseException:
         if rank_zero:
@@ -179,6 +193,9 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
         torch.set_float32_matmul_precision("high")
 
     model = module_class(config.to_dict())
+    if init_weights is not None and checkpoint is None:
+        # Fine-tuning: the given weights, a fresh optimiser, schedule and epoch counter.
+        model.generator().load_state_dict(init_weights, strict=True)
     best, last = checkpoint_callbacks(run_dir)
     loggers = build_loggers(config, run_dir, mode, resume)
     guard = NonFiniteGuard(config.trainer.nonfinite_patience)
@@ -199,6 +216,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
                 # draws the schedule, not an epoch staircase; StepLR changes per epoch.
                 pl.callbacks.LearningRateMonitor("step" if config.optim.schedule == "onecycle" else "epoch"),
                 ProgressPlot(run_dir, f"{config.name}/{run_dir.name} ({config.model.name})"),
+                ImageLog(),
                 # tqdm, not rich: it also reads well in log files and CI output.
                 RunProgressBar(run_dir, refresh_rate=max(1, config.trainer.log_every_n_steps // 2)),
                 *callbacks,
@@ -206,7 +224,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             plugins=[AtomicCheckpointIO()],
             default_root_dir=run_dir,
             check_val_every_n_epoch=config.trainer.val_every,
-            accumulate_grad_batches=accumulate,
+            accumulate_grad_batches=plan.accumulate,
             log_every_n_steps=config.trainer.log_every_n_steps,
             num_sanity_val_steps=0,
             # The data module shards subjects itself (see PairedDataModule).
@@ -230,7 +248,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
             if trainer.is_global_zero:
                 result.report = (
                     f"Training finished: {run_dir}\nThe dataset has no test subjects, so nothing was tested "
-                    f"(checkpoints: {run_dir / 'checkpoints'}; curves: {run_dir / 'progress.png'})."
+                    f"(checkpoints: {checkpoint_dir(run_dir)}; curves: {run_dir / PROGRESS_FILE})."
                 )
             _finish_wandb(
                 trainer,
@@ -244,8 +262,6 @@ def _fit(config, options: FitOptions, callbacks: Sequence) -> FitResult:
         test_path = chosen.best_model_path or last.best_model_path or None
         trainer.test(model, datamodule=datamodule, ckpt_path=test_path, verbose=False)
         if trainer.is_global_zero:
-            from t7synth.evaluation.scores import format_test_report
-
             result.report = format_test_report(model.test_rows, config.model.name, test_path, run_dir)
         log_test_results(trainer.loggers, model.test_rows, run_dir)
         _finish_wandb(

@@ -30,8 +30,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-#: The run folder's record of the highest W&B step written (one integer).
-WANDB_STEP_FILE = "wandb_step.txt"
+from t7synth.run_files import WANDB_STEP_FILE
 
 
 def written_step(run_dir: Path) -> int | None:

@@ -2,7 +2,7 @@
 
 A trial 12 dB below the 3T input looks normal in a table of trials alone. Every fit
 logs, at each validation, the same score for the 3T input itself (identity) and for
-the intensity look-up table (:data:`t7synth.evaluation.scores.REFERENCES`), next to the
+the intensity look-up table (:data:`t7synth.scores.REFERENCES`), next to the
 model's: ``val/identity/psnr_brain``, ``val/lut/psnr_brain``. Each trial's last logged
 value is read from its ``metrics.csv``; the study's baseline is their median (equal
 across trials unless a searched key changes the validation data).
@@ -14,9 +14,8 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
-from t7synth.evaluation.scores import LABELS, REFERENCES, metric_key
-from t7synth.plotting import last_value, read_metrics
-from t7synth.training.history import METRICS_FILE
+from t7synth.run_files import METRICS_FILE, last_value, read_metrics
+from t7synth.scores import LABELS, REFERENCES, metric_key
 
 
 def reference_key(metric: str, kind: str) -> str:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t7synth.errors import UserError
+from t7synth.run_files import METRICS_FILE, STUDY_TABLE_FILE
 from t7synth.textfiles import read_text
 
 #: Consecutive failed trials after which the sweep stops: the cause is then the setup.
@@ -109,7 +110,8 @@ def run_sweep(
 
     import optuna
 
-    from t7synth.tuning.trial import owner_tag, write_trial_record
+    from t7synth.run_files import write_trial_record
+    from t7synth.tuning.trial import owner_tag
 
     for line in fail_orphaned_trials(study) + fail_stale_trials(study):
         report(line)
@@ -423,13 +425,14 @@ def run_trial(
     """
     import optuna
 
-    from t7synth.tuning.trial import TrialProcess, write_trial_record
+    from t7synth.run_files import write_trial_record
+    from t7synth.tuning.trial import TrialProcess
 
     process = TrialProcess(command, run_dir, metric, run_dir.parent / "fit.log")
     reported: set[int] = set()
 
     def record(state: str, value: float | None) -> None:
-        """The trial's state in its run folder (:data:`t7synth.tuning.trial.TRIAL_FILE`)."""
+        """The trial's state in its run folder (:data:`t7synth.run_files.TRIAL_FILE`)."""
         write_trial_record(
             run_dir,
             {
@@ -479,7 +482,7 @@ def run_trial(
     if status != 0 or not history:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         record("fail", None)
-        why = f"exit {status}" if status != 0 else f"no {metric} in metrics.csv"
+        why = f"exit {status}" if status != 0 else f"no {metric} in {METRICS_FILE}"
         tail = process.log_tail(1)
         return "failed", None, f" ({why}{': ' + tail if tail else ''}; log: {process.log_path})"
     best = (max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min)(history.values())
@@ -509,7 +512,7 @@ def write_summary(
     from t7synth.tuning.baselines import label, study_baselines
 
     table = trials_table(study, sweep.metric)
-    with atomic_path(root / "trials.csv") as tmp:
+    with atomic_path(root / STUDY_TABLE_FILE) as tmp:
         table.to_csv(tmp, index=False)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     baselines = study_baselines(
@@ -518,7 +521,7 @@ def write_summary(
     )
     images = plot_study(study, root, sweep.metric, report, baselines)
     if not complete:
-        report(f"no trial completed; see {root / 'trials.csv'}")
+        report(f"no trial completed; see {root / STUDY_TABLE_FILE}")
         return
     best = study.best_trial
     report(
@@ -551,7 +554,7 @@ def trials_table(study, metric: str | None = None):
     import optuna
     import pandas as pd
 
-    from t7synth.training.loggers import WANDB_ID_FILE
+    from t7synth.run_files import WANDB_ID_FILE
     from t7synth.tuning.baselines import trial_baselines
     from t7synth.tuning.distinct import DUPLICATE_ATTR
 
@@ -601,7 +604,7 @@ def trials_table(study, metric: str | None = None):
 
 def metric_label(metric: str) -> str:
     """An axis label for a logged metric: ``validation PSNR brain (dB)`` for ``val/psnr_brain``."""
-    from t7synth.evaluation.scores import COLUMNS
+    from t7synth.scores import COLUMNS
 
     stage, _, name = metric.partition("/")
     stages = {"val": "validation", "test": "test", "train": "training"}
@@ -698,7 +701,7 @@ def log_summary_to_wandb(
 
     The table is :func:`trials_table` with its numbers as numbers (it sorts and plots
     on W&B), each trial's state (``pruned`` included: a pruned trial's own run is
-    tagged too, see :class:`t7synth.training.loggers.RunWandbLogger`) and a
+    tagged too, see :class:`t7synth.training.wandb_logger.RunWandbLogger`) and a
     ``wandb_link`` to the trial's run: its URL online, its ``entity/project/id`` path
     offline (``wandb sync`` keeps ids, so the path stays valid after syncing). The
     summary holds the best trial, the count of trials per state and the identity and

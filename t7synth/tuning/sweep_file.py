@@ -129,7 +129,7 @@ class SweepConfig:
         # Every trial is one of these configs with other values: resolving the
         # extremes, and building their model on the meta device (no memory, no
         # time), catches unknown keys and impossible values before any trial runs.
-        from t7synth.models.summary import model_summary as summary
+        from t7synth.training.summary import model_summary as summary
         from t7synth.tuning.effect import check_params_have_effect
 
         corners = []

@@ -10,7 +10,7 @@ A trial runs as a subprocess rather than inside the sweep's Python process becau
 * Optuna stays out of ``fit``: the trial is watched through the ``metrics.csv`` that
   every run writes anyway, and a pruned trial is stopped by a signal.
 
-The run folder is fixed in advance through :data:`t7synth.environment.RUN_DIR_ENV`,
+The run folder is fixed in advance through :data:`t7synth.training.launch.RUN_DIR_ENV`,
 so the sweep knows where to look before the trial has written anything.
 
 A sweep killed outright (SIGKILL, the out-of-memory killer, a closed terminal) cannot
@@ -30,7 +30,8 @@ import subprocess
 from pathlib import Path
 
 from t7synth.errors import UserError
-from t7synth.textfiles import read_json, read_table
+from t7synth.run_files import METRICS_FILE
+from t7synth.textfiles import read_table
 
 
 class TrialProcess:
@@ -81,7 +82,7 @@ class TrialProcess:
         can meet a half-written file; rows that do not parse are skipped and read again
         at the next call.
         """
-        path = self.run_dir / "metrics.csv"
+        path = self.run_dir / METRICS_FILE
         found: dict[int, float] = {}
         if not path.is_file():
             return found
@@ -182,35 +183,3 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-#: A trial's record in its run folder, written by the sweep: the study, the trial's
-#: number, its state (Optuna's, lower case: ``complete``, ``pruned``, ``fail``), its
-#: objective, its sampled values and the last epoch it reported. The W&B logger of a trial the sweep prunes reads it
-#: when Lightning stops on the sweep's SIGTERM, and tags its run ``pruned``
-#: (:class:`t7synth.training.loggers.RunWandbLogger`); ``compare`` and the study's
-#: summary read the states from Optuna, this file keeps them with the run.
-TRIAL_FILE = "trial.json"
-
-
-def write_trial_record(run_dir: Path, record: dict) -> Path:
-    """Write ``run_dir/trial.json`` atomically (the folder is created if needed)."""
-    import json
-
-    from t7synth.files import atomic_path
-
-    path = Path(run_dir) / TRIAL_FILE
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-    return path
-
-
-def read_trial_record(run_dir: Path) -> dict:
-    """``run_dir/trial.json`` as a dict; empty when the run is no sweep trial (or it is
-    unreadable: damaged, binary, or nested too deep, all refused by :func:`read_json`)."""
-    path = Path(run_dir) / TRIAL_FILE
-    try:
-        record = read_json(path) if path.is_file() else {}
-    except UserError:
-        return {}
-    return record if isinstance(record, dict) else {}

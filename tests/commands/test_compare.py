@@ -12,8 +12,8 @@ from helpers import make_dataset
 from t7synth import compare, evaluate
 from t7synth.cli import run_main
 from t7synth.config import Config, save_yaml
-from t7synth.evaluation import runs as runs_module
-from t7synth.evaluation.scores import write_rows
+from t7synth.evaluation import compare as runs_module
+from t7synth.scores import write_rows
 
 BASELINES = {"identity": 20.0, "lut": 22.0}
 
@@ -123,6 +123,16 @@ def test_two_runs_side_by_side(runs, tmp_path, capsys):
     assert float(by_run["demo_unet/version_0"]["psnr_brain_sd"]) == pytest.approx(1.414214, abs=1e-5)
     assert (out / "comparison.png").stat().st_size > 1000
     assert not (out / "curves.png").exists() and "Curves: none" in printed  # neither run has a metrics.csv
+    # Paired by subject: vnet minus unet is 24 - 25 and 24.5 - 27.
+    assert "- demo_vnet/version_3: -1.75 dB, 95% CI -2.50 to -1.00, Wilcoxon p = 0.50, n = 2" in markdown
+
+
+def test_identical_runs_differ_by_zero_inside_the_interval(runs, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert run_main(compare.main, [str(runs[0]), str(runs[0]), "--out", str(out)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("- demo_unet/version_0 (2)"))
+    assert "+0.00 dB, 95% CI +0.00 to +0.00 (contains 0: no clear difference)" in line
+    assert "every difference is 0" in line and "n = 2" in line
 
 
 def test_same_configs_say_so(runs, tmp_path, capsys):

@@ -18,8 +18,8 @@ from helpers import write_nifti
 from t7synth import convert, evaluate, predict
 from t7synth.cli import run_main
 from t7synth.inference import official
-from t7synth.inference.checkpoint import load_model
 from t7synth.nets.unet import ConditionedUNet
+from t7synth.training.checkpoint import load_model
 
 #: A small net of the paper's family: three levels (inputs padded to multiples of 4).
 TINY_NET = {

@@ -10,8 +10,8 @@ from helpers import TINY_UNET, make_pair, write_nifti
 
 from t7synth import evaluate, fit, predict
 from t7synth.cli import run_main
-from t7synth.evaluation.metrics import NAMES
-from t7synth.evaluation.scores import SECTION_COLUMNS
+from t7synth.measures.metrics import NAMES
+from t7synth.scores import SECTION_COLUMNS
 
 
 def _read(path):
@@ -78,10 +78,12 @@ def test_evaluate_reproduces_fit_test_scores(dataset, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "identity (3T input)" in printed and "intensity LUT" in printed
+    assert "The 7T's own no-reference quality" in printed and "cnr " in printed
 
-    rows = _read(out / "metrics.csv")
+    rows = _read(out / "subject_scores.csv")
     # The structure scores follow the intensity ones; no dseg here, so no true-label Dice.
-    structure = [name for name in SECTION_COLUMNS if not name.startswith("dice_true_")]
+    # No --segmenter either, so no per-structure columns.
+    structure = [name for name in SECTION_COLUMNS if not name.startswith(("dice_true_", "seg_"))]
     assert list(rows[0]) == ["subject", *NAMES, *structure] and [r["subject"] for r in rows] == ["sub-004"]
     assert float(rows[0]["psnr_brain"]) == pytest.approx(float(fit_rows[("model", "sub-004")]["psnr_brain"]), abs=0.05)
     summary = {r["model"]: r for r in _read(out / "summary.csv")}
@@ -112,7 +114,7 @@ def test_prediction_on_another_grid_is_refused(dataset, tmp_path, capsys):
     assert run_main(evaluate.main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sub-004_desc-synth7T_T1w.nii.gz" in err[0] and "shape" in err[0]
-    assert not (tmp_path / "eval" / "metrics.csv").exists()
+    assert not (tmp_path / "eval" / "subject_scores.csv").exists()
 
 
 def test_perfect_prediction_and_perceptual_distance(dataset, tmp_path, capsys):
@@ -149,8 +151,53 @@ def test_perfect_prediction_and_perceptual_distance(dataset, tmp_path, capsys):
     ]
     assert run_main(evaluate.main, argv) == 0
     assert capsys.readouterr().out.startswith("precision: 32-true (evaluate runs no synthesis network")
-    row = _read(out / "metrics.csv")[0]
+    row = _read(out / "subject_scores.csv")[0]
     assert float(row["ssim"]) == pytest.approx(1.0) and float(row["mae"]) == 0.0
     assert float(row["perceptual"]) == pytest.approx(0.0, abs=1e-6)
     summary = {r["model"]: r for r in _read(out / "summary.csv")}
     assert float(summary["identity"]["perceptual_mean"]) > 0
+
+
+def _scanner_scale_prediction(dataset, pred, documented=None):
+    """sub-004's 3T in scanner intensities (x 300 + 40 in the brain) as a prediction and,
+    in ``documented``, the same image normalised as the target is (predict's scale)."""
+    import nibabel as nib
+    import torch
+
+    from t7synth.data.layout import discover
+    from t7synth.data.preprocess import normalise
+    from t7synth.data.volumes import brain_mask, load_volume
+
+    record = next(r for r in discover(dataset) if r.subject == "sub-004")
+    source, affine = load_volume(record.source)
+    mask = brain_mask(record.source, source, affine, record.mask)
+    raw = ((source * 300.0 + 40.0) * mask).astype(np.float32)
+    write_nifti(pred / "sub-004_other-tool.nii.gz", raw, nib.load(str(record.source)).affine)
+    if documented is not None:
+        scaled = normalise(torch.from_numpy(raw[None]), torch.from_numpy(mask[None].astype(np.uint8)))[0].numpy()
+        write_nifti(documented / "sub-004_other-tool.nii.gz", scaled, nib.load(str(record.source)).affine)
+
+
+def test_raw_scale_prediction_is_refused_and_percentile_scales_it_like_the_target(dataset, tmp_path, capsys):
+    pred, documented = tmp_path / "pred", tmp_path / "documented"
+    _scanner_scale_prediction(dataset, pred, documented)
+    base = ["--data", str(dataset), "--split", "test", "--no-progress"]
+    assert run_main(evaluate.main, ["--pred", str(pred), "--out", str(tmp_path / "raw"), *base]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--pred-scale percentile" in err[0] and "sub-004_other-tool.nii.gz" in err[0]
+    assert not (tmp_path / "raw" / "scores.csv").exists()
+
+    argv = ["--pred", str(pred), "--out", str(tmp_path / "scaled"), "--pred-scale", "percentile", *base]
+    assert run_main(evaluate.main, argv) == 0
+    assert run_main(evaluate.main, ["--pred", str(documented), "--out", str(tmp_path / "doc"), *base]) == 0
+    scaled = {(r["model"], r["subject"]): r for r in _read(tmp_path / "scaled" / "scores.csv")}
+    as_written = {(r["model"], r["subject"]): r for r in _read(tmp_path / "doc" / "scores.csv")}
+    assert scaled.keys() == as_written.keys()
+    for key, row in scaled.items():
+        for name, value in row.items():
+            if name not in ("model", "subject"):
+                assert float(value) == pytest.approx(float(as_written[key][name]), abs=1e-5), (key, name)
+    # The 3T rescaled is the identity: the model row scores as the identity row does.
+    assert float(scaled[("model", "sub-004")]["psnr_brain"]) == pytest.approx(
+        float(scaled[("identity", "sub-004")]["psnr_brain"]), abs=1e-4
+    )

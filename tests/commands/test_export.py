@@ -19,7 +19,7 @@ from helpers import TINY_UNET, make_dataset, make_pair, write_nifti
 from t7synth import evaluate, export, fit, predict, registry
 from t7synth.cli import run_main
 from t7synth.inference import package
-from t7synth.inference.checkpoint import checkpoint_config
+from t7synth.training.checkpoint import checkpoint_config
 
 TINY_GAN = [*TINY_UNET, "model.discriminator.channels=4", "model.discriminator.num_layers=2"]
 TINY_VNET = [
@@ -124,7 +124,7 @@ def test_gan_package_leaves_the_discriminator_out(tmp_path):
     assert not any(key.startswith("discriminator.") for key in weights)
     assert {key for key in stored if not key.startswith("discriminator.")} == set(weights)
 
-    from t7synth.inference.checkpoint import load_model
+    from t7synth.training.checkpoint import load_model
 
     original, loaded = load_model(ckpt), package.load_package(out)
     x, context = torch.rand(2, 3, 20, 18), torch.rand(2, 3, 1)
@@ -277,7 +277,7 @@ def test_dataset_predictions_are_a_bids_derivative_dataset(unet_package, dataset
         "--no-progress",
     ]
     assert run_main(evaluate.main, argv) == 0
-    with open(tmp_path / "eval" / "metrics.csv", newline="") as handle:
+    with open(tmp_path / "eval" / "subject_scores.csv", newline="") as handle:
         assert [row["subject"] for row in csv.DictReader(handle)] == ["sub-004"]
 
 
@@ -448,7 +448,7 @@ def test_package_predicts_what_its_checkpoint_predicts(trained, tmp_path, capsys
     assert run_main(evaluate.main, argv) == 0
     with open(run / "test_scores.csv", newline="") as handle:
         fit_rows = {(r["model"], r["subject"]): float(r["psnr_brain"]) for r in csv.DictReader(handle)}
-    with open(tmp_path / "eval" / "metrics.csv", newline="") as handle:
+    with open(tmp_path / "eval" / "subject_scores.csv", newline="") as handle:
         scored = {r["subject"]: float(r["psnr_brain"]) for r in csv.DictReader(handle)}
     assert scored and all(
         value == pytest.approx(fit_rows[("model", subject)], abs=0.05) for subject, value in scored.items()

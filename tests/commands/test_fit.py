@@ -63,6 +63,12 @@ def test_run_directory_and_resume(dataset, tmp_path, capsys):
     assert first["epoch"] == 0
     # The training subjects' median age (sub-001 60, sub-002 61), for predict --unconditioned.
     assert float(first["state_dict"]["train_age"]) == 60.5
+    # The training inputs' record (data/profile.py): the tiny dataset's 3T is zero outside its masks.
+    from t7synth.data import profile
+
+    record = profile.as_dict(first["state_dict"]["input_profile"])
+    assert record["fitted"] == 1.0 and record["skull_stripped"] == profile.YES and record["subjects"] == 2.0
+    assert torch.isclose(first["state_dict"]["intensity_histogram"].sum(), torch.tensor(1.0))
     steps = first["global_step"]
     assert run_main(fit.main, _args(dataset, runs, "--max-epochs", "2", "--wandb", "disabled", "--resume", "last")) == 0
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -102,7 +108,7 @@ def test_offline_wandb_run_read_back_with_wandbs_records(dataset, tmp_path, monk
     wandb = pytest.importorskip("wandb")
     from wandb_file import offline_run
 
-    from t7synth.evaluation.scores import COLUMNS, REFERENCES
+    from t7synth.scores import COLUMNS, REFERENCES
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "")

@@ -190,7 +190,11 @@ def test_folder_with_a_corrupt_file(identity_checkpoint, tmp_path, capsys):
         ["--ckpt", str(identity_checkpoint("slab")), "--input", str(folder), "--output", str(out), "--no-progress"],
     )
     assert status != 0
-    assert sorted(p.name for p in out.iterdir()) == ["sub-001_T1w_synth7T.nii.gz", "sub-002_T1w_synth7T.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "qc.tsv",
+        "sub-001_T1w_synth7T.nii.gz",
+        "sub-002_T1w_synth7T.nii.gz",
+    ]
     err = capsys.readouterr().err.splitlines()
     naming = [line for line in err if str(corrupt) in line]
     assert len(naming) == 1 and naming[0].startswith("error: cannot read")
@@ -305,3 +309,26 @@ def test_split_of_an_external_test_set(identity_checkpoint, tmp_path):
         "sub-001_desc-synth7T_T1w.nii.gz",
         "sub-002_desc-synth7T_T1w.nii.gz",
     ]
+
+
+def test_qc_table_holds_the_outputs_and_inputs_no_reference_quality(identity_checkpoint, tmp_path):
+    """MRIQC's CNR, CJV and SNR in qc.tsv: an identity model's output is its normalised
+    input, so both sets of columns equal the measure called on that volume directly."""
+    import csv
+
+    from t7synth.measures.quality import NAMES, no_reference_quality
+
+    source, _, mask = make_pair((20, 22, 18), seed=3)
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    scan = write_nifti(tmp_path / "scan.nii.gz", source, affine)
+    mask_file = write_nifti(tmp_path / "mask.nii.gz", mask, affine)
+    out = tmp_path / "synth.nii.gz"
+    argv = ["--ckpt", str(identity_checkpoint("slab")), "--input", str(scan), "--mask", str(mask_file)]
+    assert run_main(predict.main, [*argv, "--output", str(out), "--no-progress"]) == 0
+    with open(tmp_path / "qc.tsv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle, delimiter="\t"))
+    expected = no_reference_quality(_expected(source, mask > 0), mask > 0)
+    for name in NAMES:
+        assert float(row[name]) == pytest.approx(expected[name], rel=1e-3)
+        assert float(row[f"input_{name}"]) == pytest.approx(expected[name], rel=1e-3)
+    assert float(row["cnr"]) > 0

@@ -21,7 +21,7 @@ from t7synth import prepare
 from t7synth.cli import run_main
 from t7synth.data import naming
 from t7synth.data.layout import discover
-from t7synth.data.pairing import QC_TABLE
+from t7synth.data.prepare import QC_TABLE
 from t7synth.data.volumes import load_volume
 
 TARGET_SHAPE = (28, 28, 28)
@@ -247,10 +247,10 @@ def test_pairs_table(tmp_path, capsys):
 
 
 def test_interrupted_run_leaves_no_half_subject(tmp_path, capsys, monkeypatch):
-    from t7synth.data import volumes as simulate
+    from t7synth.data import volumes
 
     raw, out = write_raw(tmp_path / "raw"), tmp_path / "dataset"
-    write = simulate.write_nifti
+    write = volumes.write_nifti
     calls = []
 
     def interrupted(path, array, affine):
@@ -259,10 +259,10 @@ def test_interrupted_run_leaves_no_half_subject(tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
         write(path, array, affine)
 
-    monkeypatch.setattr(simulate, "write_nifti", interrupted)
+    monkeypatch.setattr(volumes, "write_nifti", interrupted)
     assert run(capsys, "--raw", raw, "--out", out)[0] == 130
     assert sorted(p.name for p in out.iterdir()) == ["qc", "sub-001"]  # no half sub-002, no temporaries
-    monkeypatch.setattr(simulate, "write_nifti", write)
+    monkeypatch.setattr(volumes, "write_nifti", write)
     status, stdout, _ = run(capsys, "--raw", raw, "--out", out)
     assert status == 0 and "1 prepared, 1 already complete" in stdout
     assert len(discover(out)) == 2

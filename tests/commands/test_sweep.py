@@ -14,9 +14,9 @@ from helpers import REPO, TINY_UNET, make_dataset
 
 from t7synth import sweep
 from t7synth.cli import run_main
+from t7synth.run_files import read_trial_record
 from t7synth.tuning import study as study_module
 from t7synth.tuning.sweep_file import SweepConfig
-from t7synth.tuning.trial import read_trial_record
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 

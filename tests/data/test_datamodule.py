@@ -70,7 +70,7 @@ def test_lut_undoes_a_monotone_remap(tmp_path):
 
     from t7synth.data import naming
     from t7synth.data.intensity_lut import apply_lut
-    from t7synth.evaluation.metrics import psnr
+    from t7synth.measures.metrics import psnr
 
     root = make_dataset(tmp_path / "data", n_subjects=4)
     for subject in ("sub-001", "sub-002", "sub-003", "sub-004"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import make_dataset, write_nifti
+from helpers import make_dataset, make_pair, make_sited_dataset, write_nifti
 
 from t7synth.cli import run_main
 from t7synth.data import naming
@@ -122,3 +122,21 @@ def test_volume_is_reoriented_to_ras(tmp_path):
 def test_trailing_singleton_dimension_is_accepted(tmp_path):
     path = write_nifti(tmp_path / "v.nii.gz", np.ones((3, 4, 5, 1), np.float32) * np.arange(5).reshape(1, 1, 5, 1))
     assert load_volume(path)[0].shape == (3, 4, 5)
+
+
+def test_site_column_is_read_from_participants_and_from_a_pairs_table(tmp_path, capsys):
+    """``site`` reaches SubjectRecord from participants.tsv, and prepare --pairs copies it there."""
+    from t7synth.prepare import main as prepare_main
+
+    records = {r.subject: r.site for r in discover(make_sited_dataset(tmp_path / "sited"))}
+    assert records["sub-001"] == "siteA" and records["sub-008"] == "siteC"
+    lines = ["subject,source,target,site"]
+    for index, site in enumerate(("unc", "penn", "n/a")):
+        source, target, _ = make_pair((12, 14, 10), seed=index)
+        write_nifti(tmp_path / "raw" / f"{index}_3T.nii.gz", source)
+        write_nifti(tmp_path / "raw" / f"{index}_7T.nii.gz", target)
+        lines.append(f"{index},raw/{index}_3T.nii.gz,raw/{index}_7T.nii.gz,{site}")
+    (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert prepare_main(["--pairs", str(tmp_path / "pairs.csv"), "--out", str(out), "--no-register"]) == 0
+    assert {r.subject: r.site for r in discover(out)} == {"sub-0": "unc", "sub-1": "penn", "sub-2": None}

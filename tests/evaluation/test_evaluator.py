@@ -14,8 +14,8 @@ from t7synth.config import Config
 from t7synth.data import naming
 from t7synth.data.layout import discover
 from t7synth.data.preprocess import Preprocessing, preprocess_record
-from t7synth.evaluation import metrics, segmentation
 from t7synth.evaluation.evaluator import evaluate
+from t7synth.measures import metrics, segmentation
 
 AFFINE = np.diag([1.5, 1.5, 1.5, 1.0])  # make_dataset's grid
 

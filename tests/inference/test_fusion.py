@@ -120,7 +120,9 @@ def test_dataset_outputs_are_named_and_evaluate_skips_the_sd_maps(tmp_path, data
         )
         == 0
     )
-    assert len((out / "metrics.csv").read_text().splitlines()) == 2  # one subject, the SD map not a second prediction
+    assert (
+        len((out / "subject_scores.csv").read_text().splitlines()) == 2
+    )  # one subject, the SD map not a second prediction
 
 
 def test_sd_map_names_and_collisions(tmp_path):

@@ -11,7 +11,7 @@ from t7synth.models.watnet import WATNetModule
 from t7synth.nets.watnet import WATNet
 from t7synth.registry import resolve
 
-REFERENCE_PARAMS = 1_219_139  # reference/baselines.md §5a
+REFERENCE_PARAMS = 1_219_139  # the Caffe release's design (experiments/paper_watnet.yaml)
 
 #: 16x16 in-plane crops of the fixture's 20x18 slices; width 16 (the narrowest that groups=4 allows) keeps it fast.
 TINY_WATNET = [

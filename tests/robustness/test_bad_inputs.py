@@ -356,6 +356,65 @@ def test_evaluate_output_under_a_file_is_one_line(dataset, tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
+def _segmenter_script(folder: Path, body: str) -> str:
+    import sys
+
+    script = folder / "seg.py"
+    script.write_text("import sys\n" + body)
+    return f"{sys.executable} {script} {{input}} {{output}}"
+
+
+@pytest.mark.parametrize(
+    ("segmenter", "expected"),
+    [
+        ("seg-tool --i {input}", "needs {output}"),
+        ("seg-tool --o {output}", "needs {input}"),
+        ("no-such-segmenter --i {input} --o {output}", "command not found: no-such-segmenter"),
+        ("seg-tool 'unclosed {input} {output}", "No closing quotation"),
+        ("SCRIPT:sys.exit(7)", "failed (exit 7)"),
+        ("SCRIPT:pass", "wrote no {output}"),
+        ("SCRIPT:open(sys.argv[2], 'w').write('not a label map')", "cannot read the label map"),
+    ],
+    ids=["no output", "no input", "not installed", "bad quoting", "fails", "writes nothing", "writes garbage"],
+)
+def test_evaluate_bad_segmenter_is_one_line(dataset, tmp_path, capsys, segmenter, expected):
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / "sub-004_synth.nii.gz").write_bytes(naming.target_path(dataset, "sub-004").read_bytes())
+    if segmenter.startswith("SCRIPT:"):
+        segmenter = _segmenter_script(tmp_path, segmenter.removeprefix("SCRIPT:"))
+    out = tmp_path / "eval"
+    before = snapshot(pred)
+    argv = ["--pred", str(pred), "--data", str(dataset), "--out", str(out), "--no-progress", "--segmenter", segmenter]
+    line = assert_refused(run_main(evaluate.main, argv), capsys.readouterr().err, expected)
+    assert "--segmenter" in line
+    assert snapshot(pred) == before and not (out / "scores.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "scale", "expected"),
+    [
+        (["--pred-scale", "zscore"], 1.0, "--pred-scale"),
+        ([], 300.0, "--pred-scale percentile"),
+        ([], -1.0, "--pred-scale percentile"),
+    ],
+    ids=["unknown scale", "scanner intensities", "inverted"],
+)
+def test_evaluate_prediction_off_scale_is_one_line(dataset, tmp_path, capsys, extra, scale, expected):
+    from t7synth.data.volumes import load_volume
+
+    pred = tmp_path / "pred"
+    target, _ = load_volume(naming.target_path(dataset, "sub-004"))
+    import nibabel as nib
+
+    affine = nib.load(str(naming.target_path(dataset, "sub-004"))).affine
+    write_nifti(pred / "sub-004_synth.nii.gz", (target * scale).astype(np.float32), affine)
+    out = tmp_path / "eval"
+    argv = ["--pred", str(pred), "--data", str(dataset), "--out", str(out), "--no-progress", *extra]
+    assert_refused(run_main(evaluate.main, argv), capsys.readouterr().err, expected)
+    assert not (out / "scores.csv").exists()
+
+
 # -- compare ----------------------------------------------------------------------------
 SCORES = "model,subject,psnr_brain,ssim_brain,psnr,ssim,mae\n"
 
@@ -400,7 +459,7 @@ def test_compare_takes_infinite_psnr_and_old_config_formats(tmp_path, capsys):
 
 
 def test_compare_writes_all_its_outputs_or_none(tmp_path, capsys, monkeypatch):
-    from t7synth.evaluation import runs as runs_module
+    from t7synth.evaluation import compare as runs_module
 
     first = _run(tmp_path / "a", "model,sub-1,25.0,0.9,30,0.95,0.01\n")
     second = _run(tmp_path / "b", "model,sub-1,24.0,0.9,30,0.95,0.01\n")

@@ -83,7 +83,7 @@ def test_prepare_removes_leftovers_and_flags_a_noise_7t(tmp_path, capsys, _one_i
 
 
 def test_qc_verdicts():
-    from t7synth.data.pairing import qc_verdict
+    from t7synth.data.prepare import qc_verdict
 
     assert qc_verdict(0.30, 0.92) == "ok"  # a large motion, registered well
     assert qc_verdict(0.85, 0.86) == "ok"  # already aligned

@@ -25,8 +25,8 @@ from robust_helpers import dead_pid, malicious_checkpoint
 
 from t7synth import files, textfiles
 from t7synth.errors import UserError
-from t7synth.inference import checkpoint as ckpt_io
 from t7synth.registry import resolve
+from t7synth.training import checkpoint as ckpt_io
 
 TINY = [
     "model.net.channels=8",

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from t7synth.evaluation.metrics import NAMES
-from t7synth.evaluation.scores import COLUMNS, write_rows
+from t7synth.measures.metrics import NAMES
+from t7synth.scores import COLUMNS, write_rows
 from t7synth.training import loggers
 
 
@@ -95,8 +95,8 @@ def test_wandb_logger_offline_records(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     from wandb_file import offline_run
 
+    from t7synth.run_files import read_trial_record, write_trial_record
     from t7synth.training.wandb_logger import RunWandbLogger
-    from t7synth.tuning.trial import read_trial_record, write_trial_record
 
     for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
@@ -166,7 +166,7 @@ def test_interrupted_run_that_was_not_pruned_is_not_tagged(tmp_path, monkeypatch
 
 
 def test_trial_record_round_trip_and_absence(tmp_path):
-    from t7synth.tuning.trial import TRIAL_FILE, read_trial_record, write_trial_record
+    from t7synth.run_files import TRIAL_FILE, read_trial_record, write_trial_record
 
     assert read_trial_record(tmp_path) == {}
     (tmp_path / TRIAL_FILE).write_text("{not json")

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import yaml
 from helpers import REPO, TINY_UNET
 
 from t7synth import fit
@@ -231,3 +232,17 @@ def test_cpu_fit_accumulates_micro_batches(dataset, tmp_path):
     # 2 training subjects x 2 samples = 4 micro-batches of 1, 2 optimiser steps.
     assert sizes == [1, 1, 1, 1]
     assert checkpoint["global_step"] == 2
+    # The planner's plan, as the trainer and the data module used it, is in environment.yaml.
+    environment = yaml.safe_load((runs / "unet" / "version_0" / "environment.yaml").read_text())
+    assert environment["launches"][-1]["batch_plan"] == {"world": 1, "accumulate": 2, "share": 2, "micro_batch": 1}
+
+
+def test_the_data_module_takes_the_batch_plan_it_is_given():
+    from t7synth.data.batches import BatchPlan, plan_batches
+    from t7synth.data.datamodule import PairedDataModule
+
+    config = resolve(None, None, [*TINY_UNET, "data.batch_size=8", "data.batch_scope=global"])
+    plan = plan_batches(config.data, world=2, accumulate=2)
+    assert plan == BatchPlan(world=2, accumulate=2, share=4, micro_batch=2)
+    assert PairedDataModule(config, batch_plan=plan).micro_batch_size() == 2
+    assert PairedDataModule(config).micro_batch_size() == 8  # no plan, no trainer: one process, no accumulation

@@ -8,7 +8,8 @@ from helpers import TINY_UNET, make_dataset
 
 from t7synth import fit
 from t7synth.cli import run_main
-from t7synth.training.wandb_steps import WANDB_STEP_FILE, StepCounter, WandbStepState
+from t7synth.run_files import WANDB_STEP_FILE
+from t7synth.training.wandb_steps import StepCounter, WandbStepState
 
 
 class _Run:

@@ -174,7 +174,7 @@ def simulate_dataset(
     The folder is built in a temporary sibling and renamed onto ``out_dir`` only when
     every file is written, so an interrupted run leaves nothing a later run would
     trust. An existing ``out_dir`` is replaced; callers that must not clobber user
-    data check first (see :func:`t7synth.demo.ensure_demo_dataset`).
+    data check first (see :func:`t7synth.data.demo.cache.ensure_demo_dataset`).
 
     Subjects are ``sub-001`` ... ``sub-NNN``. Splits (by subject, in label order): with
     6 or more subjects the last 2 are ``test``, the 2 before them ``val`` and the rest

@@ -6,7 +6,8 @@ import csv
 
 import pytest
 
-from t7synth.evaluation import scores
+from t7synth import run_files, scores
+from t7synth.errors import UserError
 
 
 def _rows(model_psnr=(25.0, 27.0), identity_psnr=(20.0, 22.0), lut_psnr=(22.5, 23.5)):
@@ -55,13 +56,18 @@ def test_cells_use_the_column_decimals():
 
 
 def test_fit_report_shows_both_references_and_the_gain(tmp_path):
-    report = scores.format_test_report(_rows(), "unet", "best.ckpt", tmp_path)
+    report = run_files.format_test_report(_rows(), "unet", "best.ckpt", tmp_path)
     lines = report.splitlines()
     assert lines[0] == "Test split: 2 held-out subjects, checkpoint best.ckpt"
     assert lines[1].split() == ["psnr_brain", "ssim_brain", "psnr", "ssim"]
     assert lines[2].startswith("unet (synthetic 7T)") and "26.00 ± 1.41" in lines[2]
     assert lines[3].startswith("identity (3T input)") and lines[4].startswith("intensity LUT")
-    assert "+5.00 dB over identity (3T input), +3.00 dB over intensity LUT" in report
+    # Paired per subject: identity gains 5 and 5 (interval 5 to 5), LUT gains 2.5 and 3.5.
+    assert (
+        "In-brain PSNR gain over identity (3T input): +5.00 dB, 95% CI +5.00 to +5.00, Wilcoxon p = 0.50, n = 2"
+        in lines
+    )
+    assert "In-brain PSNR gain over intensity LUT: +3.00 dB, 95% CI +2.50 to +3.50, Wilcoxon p = 0.50, n = 2" in lines
 
 
 def test_evaluate_summary_uses_the_same_vocabulary():
@@ -70,7 +76,8 @@ def test_evaluate_summary_uses_the_same_vocabulary():
     report = format_summary(_rows())
     assert report.splitlines()[0] == "2 subjects"
     assert report.splitlines()[1].split() == ["psnr_brain", "ssim_brain", "psnr", "ssim", "mae"]
-    assert "In-brain PSNR gain: +5.00 dB over identity (3T input), +3.00 dB over intensity LUT" in report
+    assert "In-brain PSNR gain over identity (3T input): +5.00 dB, 95% CI +5.00 to +5.00" in report
+    assert "In-brain PSNR gain over intensity LUT: +3.00 dB, 95% CI +2.50 to +3.50" in report
 
 
 def test_rows_round_trip_through_the_per_subject_file(tmp_path):
@@ -91,3 +98,14 @@ def test_summary_values_are_namespaced_keys():
         scores.metric_key("val", "model", "ssim") == "val/ssim"
         and scores.metric_key("val", "lut", "ssim") == "val/lut/ssim"
     )
+
+
+def test_score_files_have_one_rule_infinity_is_a_score_nan_is_not(tmp_path):
+    rows = _rows()
+    rows[0]["psnr_brain"] = float("inf")  # a perfect prediction
+    path = scores.write_rows(tmp_path / "test_scores.csv", rows)
+    assert [r["psnr_brain"] for r in scores.read_rows(path)][0] == "inf"
+    rows[0]["psnr_brain"] = float("nan")
+    scores.write_rows(path, rows)
+    with pytest.raises(UserError, match=r"test_scores.csv, line 2: psnr_brain of sub-002 is not a number"):
+        scores.read_rows(path)

@@ -135,14 +135,24 @@ def segment(image, mask) -> np.ndarray:
     image is clamped to [0, 1] (the scale every score uses), bias-corrected with N4
     and labelled by the mixture.
     """
-    from t7synth.evaluation.sharpness import as_array
+    return segment_corrected(image, mask)[1]
+
+
+def segment_corrected(image, mask) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`segment`'s N4-corrected image (float32, 0 outside the brain) and its labels.
+
+    The no-reference quality scores (:mod:`~t7synth.measures.quality`) read the
+    corrected intensities, as MRIQC reads its INU-corrected image.
+    """
+    from t7synth.measures.sharpness import as_array
 
     image = np.clip(as_array(image), 0.0, 1.0)
     brain = as_array(mask) > 0
     if not brain.any():
         raise ValueError("the brain mask is empty")
     inner = (image > 0) & (image < 1)  # off the normalisation's clip limits
-    return mixture_labels(bias_correct(image, brain), brain, fit_voxels=inner)
+    corrected = bias_correct(image, brain)
+    return corrected, mixture_labels(corrected, brain, fit_voxels=inner)
 
 
 def agreement(labels: np.ndarray, reference: np.ndarray) -> dict[str, float]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from t7synth.config import GeometryConfig
-from t7synth.inference.tiling import hann_window, predict_volume, window_starts
+from t7synth.models.tiling import hann_window, predict_volume, window_starts
 
 
 def _conv_net(dims: int, channels_in: int, channels_out: int, seed: int = 0):

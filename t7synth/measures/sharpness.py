@@ -32,16 +32,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from t7synth.scores import HF_CUTOFF, SPECTRUM_BINS
+
 #: Xue et al.'s constant T = 170 for images in [0, 255], on the [0, 1] scale.
 GMSD_C = 170.0 / 255.0**2
-#: Spatial frequency (cycles per voxel; 0.5 is Nyquist) above which energy counts as
-#: high-frequency: periods shorter than 4 voxels (6 mm at 1.5 mm), the scale the
-#: 3T's blur (sigma 0.6 to 2 voxels on the demo) removes and cortical folds live at.
-HF_CUTOFF = 0.25
-#: Radial shells of the plotted spectrum, from 0 to Nyquist.
-SPECTRUM_BINS = 50
-#: The centre of each shell, in cycles per voxel.
-SPECTRUM_FREQUENCIES = (np.arange(SPECTRUM_BINS) + 0.5) * 0.5 / SPECTRUM_BINS
 
 
 def prewitt_magnitude(volume: np.ndarray) -> np.ndarray:

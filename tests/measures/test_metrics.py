@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from t7synth.evaluation import metrics
+from t7synth.measures import metrics
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 

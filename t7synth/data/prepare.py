@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from t7synth.data import naming
+from t7synth.data import naming, volumes
 from t7synth.errors import UserError
 from t7synth.textfiles import read_json, read_table
 
@@ -395,12 +395,11 @@ def check_inputs(subjects: list[RawSubject], register: bool, progress: bool) -> 
             mask on neither scan's grid; with ``--no-register``, scans that do not
             overlap in scanner coordinates.
     """
-    from t7synth.data.volumes import AFFINE_TOLERANCE, load_volume
 
     grids = {}
     for subject in _bar(subjects, "check inputs", progress):
-        source, source_affine = load_volume(subject.source)
-        target, target_affine = load_volume(subject.target)
+        source, source_affine = volumes.load_volume(subject.source)
+        target, target_affine = volumes.load_volume(subject.target)
         if not register and not _boxes_overlap(source.shape, source_affine, target.shape, target_affine):
             raise UserError(
                 f"{subject.source} and {subject.target} do not overlap in scanner coordinates; "
@@ -408,9 +407,9 @@ def check_inputs(subjects: list[RawSubject], register: bool, progress: bool) -> 
             )
         grids[subject.subject] = None
         if subject.mask is not None:
-            mask, mask_affine = load_volume(subject.mask)
+            mask, mask_affine = volumes.load_volume(subject.mask)
             for name, shape, affine in (("7T", target.shape, target_affine), ("3T", source.shape, source_affine)):
-                if mask.shape == shape and np.allclose(mask_affine, affine, atol=AFFINE_TOLERANCE):
+                if mask.shape == shape and np.allclose(mask_affine, affine, atol=volumes.AFFINE_TOLERANCE):
                     grids[subject.subject] = name
                     break
             else:
@@ -477,14 +476,13 @@ def prepare_subject(job: PairJob) -> dict:
         resample_onto,
         to_sitk,
     )
-    from t7synth.data.volumes import load_volume, write_nifti
     from t7synth.files import atomic_dir, atomic_path
 
     if job.threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(job.threads)
     started = time.perf_counter()
-    source, source_affine = load_volume(job.source)
-    target, target_affine = load_volume(job.target)
+    source, source_affine = volumes.load_volume(job.source)
+    target, target_affine = volumes.load_volume(job.target)
     fixed, moving = to_sitk(target, target_affine), to_sitk(source, source_affine)
     identity = sitk.Euler3DTransform()
     transform, init = (
@@ -498,7 +496,7 @@ def prepare_subject(job: PairJob) -> dict:
     before = after if not job.register else resample_onto(moving, fixed, identity, interpolator)
     mask = None
     if job.mask is not None:
-        mask_array, mask_affine = load_volume(job.mask)
+        mask_array, mask_affine = volumes.load_volume(job.mask)
         mask = (mask_array > 0).astype(np.uint8)
         if job.mask_grid == "3T":
             mask = resample_onto(to_sitk(mask, mask_affine), fixed, transform, sitk.sitkNearestNeighbor).astype(
@@ -533,7 +531,7 @@ def prepare_subject(job: PairJob) -> dict:
             if array is not None:
                 # Spell the file names through naming, rooted in the temporary folder.
                 relative = name_of(job.out, job.subject).relative_to(job.out / job.subject)
-                write_nifti(folder / relative, array, target_affine)
+                volumes.write_nifti(folder / relative, array, target_affine)
     row["seconds"] = round(time.perf_counter() - started, 1)
     with atomic_path(qc / f"{job.subject}.json") as tmp:
         tmp.write_text(json.dumps({"qc": row, "made_from": job.made_from}, indent=2) + "\n", encoding="utf-8")

@@ -24,6 +24,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from t7synth import registry
 from t7synth.errors import UserError
 from t7synth.models.buffers import LATER_BUFFERS
 
@@ -114,23 +115,6 @@ def checkpoint_config(path: str | Path, checkpoint: dict[str, Any] | None = None
     return config
 
 
-def _build_on_meta(path, config):
-    import torch
-
-    from t7synth import registry
-
-    module_class = registry.get(config.model.name)
-    try:
-        with torch.device("meta"):
-            return module_class(config.to_dict())
-    except UserError as error:
-        raise UserError(f"checkpoint {path}: {error}") from None
-    except (TypeError, ValueError, RuntimeError, AssertionError) as error:
-        raise UserError(
-            f"checkpoint {path}: its config does not build model {config.model.name!r}: {_first_line(error)}"
-        ) from None
-
-
 def check_fits(path: str | Path, config, state_dict: dict[str, Any]):
     """Build ``config``'s model on the meta device and compare it with ``state_dict``.
 
@@ -143,8 +127,9 @@ def check_fits(path: str | Path, config, state_dict: dict[str, Any]):
         UserError: naming the checkpoint, the model and the first tensors that are
             missing, unexpected or of another shape.
     """
-    model = _build_on_meta(path, config)
+    model = registry.build_on_meta(config, f"checkpoint {path}")
     expected = model.state_dict()
+    state_dict = type(model).complete_state_dict(state_dict)
     problems = []
     for key, tensor in expected.items():
         if key not in state_dict:
@@ -179,7 +164,7 @@ def load_model(path: str | Path, device: str = "cpu"):
     config = checkpoint_config(path, checkpoint)
     model = check_fits(path, config, checkpoint["state_dict"]).to_empty(device="cpu")
     try:
-        model.load_state_dict(checkpoint["state_dict"], strict=True)
+        model.load_state_dict(type(model).complete_state_dict(checkpoint["state_dict"]), strict=True)
     except RuntimeError as error:
         raise UserError(f"checkpoint {path} does not fit model {config.model.name!r}: {_first_line(error)}") from None
     return model.eval().to(device)

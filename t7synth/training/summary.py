@@ -12,11 +12,12 @@ def model_summary(config, world: int | None = None) -> str:
         world: the GPUs the run would use (``--gpus`` x ``--nodes``), or ``None`` to plan
             for 1, 2, 4 and 8.
     """
-    from t7synth.training.memory import build_meta_model, summary_lines
+    from t7synth import registry
+    from t7synth.training.memory import summary_lines
 
     # On the meta device nothing is allocated: the 259M-parameter paper net counts in
     # milliseconds and without a gigabyte of memory.
-    model = build_meta_model(config)
+    model = registry.build_on_meta(config)
     count = sum(p.numel() for p in model.generator().parameters() if p.requires_grad)
     geometry = config.geometry
     if geometry.mode == "slab":

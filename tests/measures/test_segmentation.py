@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from t7synth.errors import UserError
-from t7synth.evaluation import segmentation
+from t7synth.measures import segmentation
 
 
 def _phantom(shape=(28, 30, 26), seed=0, noise=0.03):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from t7synth.evaluation import metrics
-from t7synth.evaluation.scores import COLUMNS
+from t7synth.measures import metrics
+from t7synth.scores import COLUMNS
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 

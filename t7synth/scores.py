@@ -9,7 +9,9 @@ from per-subject *rows*::
 ``model`` is the row's kind: the model's synthetic 7T, or one of the two references
 scored beside it on the same subjects (the 3T input itself, and the intensity LUT
 fitted on the training subjects). Columns are described once in :data:`COLUMNS` (heading,
-direction, decimals), so a new measure added there shows up in every table.
+direction, decimals), so a new measure added there shows up in every table. Gains of the
+model over a reference are paired by subject, with a bootstrap interval and a Wilcoxon
+p-value (:func:`gain_line`, :mod:`~t7synth.statistics`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from t7synth.errors import UserError
+from t7synth.files import atomic_path
+from t7synth.statistics import PairedDifference, paired_by_subject, paired_difference
+from t7synth.textfiles import parse_number, read_table
+
 #: Row kinds, in table order: the model, then the references.
+#: Spatial frequency (cycles per voxel; 0.5 is Nyquist) above which energy counts as
+#: high-frequency: periods shorter than 4 voxels (6 mm at 1.5 mm), the scale the
+#: 3T's blur (sigma 0.6 to 2 voxels on the demo) removes and cortical folds live at.
+HF_CUTOFF = 0.25
+#: Radial shells of the plotted spectrum, from 0 to Nyquist.
+SPECTRUM_BINS = 50
+#: The centre of each shell, in cycles per voxel.
+SPECTRUM_FREQUENCIES = (np.arange(SPECTRUM_BINS) + 0.5) * 0.5 / SPECTRUM_BINS
+#: Row entries that are not score columns: the radially averaged power spectra of the
+#: guess and of the 7T (lists of :data:`SPECTRUM_BINS`
+#: floats) that the spectra plot is drawn from. Tables and CSV files ignore them.
+SPECTRUM = "spectrum"
+TARGET_SPECTRUM = "target_spectrum"
+
 MODEL = "model"
 REFERENCES = ("identity", "lut")
 ROW_KINDS = (MODEL, *REFERENCES)
@@ -51,6 +74,23 @@ class Column:
         return max(values) if self.higher_is_better else min(values)
 
 
+#: The structures ``evaluate --segmenter`` scores, named after FreeSurfer's colour table
+#: (``evaluation/data/FreeSurferColorLUT_subset.tsv`` maps label numbers to these).
+STRUCTURES = tuple(
+    f"{side}_{name}"
+    for name in (
+        "amygdala",
+        "hippocampus",
+        "thalamus",
+        "caudate",
+        "putamen",
+        "pallidum",
+        "lateral_ventricle",
+        "cortex",
+        "white_matter",
+    )
+    for side in ("left", "right")
+)
 #: Every score column t7synth knows, in file order (the order of per-subject CSV files).
 COLUMNS: dict[str, Column] = {
     column.name: column
@@ -64,12 +104,23 @@ COLUMNS: dict[str, Column] = {
         # evaluate --ssim authors: the authors' two SSIM forms (metrics.authors_ssim_scores).
         Column("ssim_skimage", "SSIM (skimage)", True, 4),
         Column("ssim_brain_flat", "SSIM brain (flat)", True, 4),
-        # Test-time structure scores (evaluation/structure.py); docs/metrics.md.
+        # Test-time structure scores (measures/structure.py); docs/metrics.md.
         *(Column(f"dice_{t}", f"Dice {t.upper()} vs 7T seg.", True, 3) for t in ("csf", "gm", "wm")),
         *(Column(f"vol_err_{t}", f"{t.upper()} volume error (%)", False, 1) for t in ("csf", "gm", "wm")),
         *(Column(f"dice_true_{t}", f"Dice {t.upper()} vs true labels", True, 3) for t in ("csf", "gm", "wm")),
         Column("gmsd", "GMSD", False, 4),
         Column("hf_ratio", "HF energy / 7T", False, 3, ideal=1.0),
+        # No-reference quality, MRIQC's definitions (measures/quality.py); docs/metrics.md.
+        Column("cnr", "CNR (GM/WM)", True, 2),
+        Column("cjv", "CJV", False, 3),
+        Column("snr_wm", "SNR (WM)", True, 1),
+        # evaluate --segmenter: per-structure agreement (evaluation/segmenter.py).
+        *(Column(f"seg_dice_{s}", f"Dice {s.replace('_', ' ')} vs 7T seg.", True, 3) for s in STRUCTURES),
+        *(
+            Column(f"seg_voldiff_{s}", f"{s.replace('_', ' ')} volume diff. (%)", False, 1, ideal=0.0)
+            for s in STRUCTURES
+        ),
+        *(Column(f"seg_true_dice_{s}", f"Dice {s.replace('_', ' ')} vs manual", True, 3) for s in STRUCTURES),
     )
 }
 #: The order tables show columns in: in-brain scores first (the paper's), then the rest.
@@ -91,8 +142,19 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "Tissue segmentation against the true tissue labels (dseg):": ("dice_true_csf", "dice_true_gm", "dice_true_wm"),
     "Sharpness against the 7T:": ("gmsd", "hf_ratio"),
+    "No-reference quality (MRIQC's CNR, CJV, SNR in WM; no 7T needed):": ("cnr", "cjv", "snr_wm"),
 }
-SECTION_COLUMNS = tuple(name for names in SECTIONS.values() for name in names)
+#: ``evaluate --segmenter``'s per-structure scores, printed as one table per group with
+#: a row per structure (18 structures would not fit across): ``{heading: column prefix}``.
+STRUCTURE_SECTIONS: dict[str, str] = {
+    "Segmenter (--segmenter), Dice against the 7T's segmentation, per structure:": "seg_dice_",
+    "Segmenter (--segmenter), volume difference against the 7T's segmentation (%), per structure:": "seg_voldiff_",
+    "Segmenter (--segmenter), Dice against the manual labels (dseg), per structure:": "seg_true_dice_",
+}
+SECTION_COLUMNS = (
+    *(name for names in SECTIONS.values() for name in names),
+    *(f"{prefix}{s}" for prefix in STRUCTURE_SECTIONS.values() for s in STRUCTURES),
+)
 
 Summary = dict[str, dict[str, tuple[float, float]]]
 
@@ -157,16 +219,38 @@ def summarise(rows: Iterable[Mapping[str, Any]], names: Sequence[str] | None = N
     return table
 
 
-def gain_line(table: Summary) -> str | None:
-    """``In-brain PSNR gain: +x dB over identity (3T input), +y dB over intensity LUT``."""
+def gain_line(table: Summary, rows: Sequence[Mapping[str, Any]] | None = None) -> str | None:
+    """``In-brain PSNR gain: +x dB over identity (3T input), +y dB over intensity LUT``.
+
+    With the per-subject ``rows`` the gains are paired: one line per reference with the
+    mean per-subject difference, its 95 % bootstrap interval, the Wilcoxon p-value and
+    n (:func:`~t7synth.statistics.paired_difference`), since a mean gain on
+    two subjects says nothing about its noise.
+    """
     if MODEL not in table:
         return None
+    if rows is not None:
+        lines = [
+            f"In-brain PSNR gain over {LABELS[kind]}: {paired_gain(rows, kind).format('dB')}"
+            for kind in REFERENCES
+            if kind in table
+        ]
+        return "\n".join(lines) if lines else None
     gains = [
         f"{table[MODEL][HEADLINE][0] - table[kind][HEADLINE][0]:+.2f} dB over {LABELS[kind]}"
         for kind in REFERENCES
         if kind in table
     ]
     return "In-brain PSNR gain: " + ", ".join(gains) if gains else None
+
+
+def paired_gain(rows: Sequence[Mapping[str, Any]], reference: str, name: str = HEADLINE) -> PairedDifference:
+    """The model's per-subject ``name`` minus ``reference``'s, paired by subject
+    (:class:`~t7synth.statistics.PairedDifference`)."""
+    model = {r["subject"]: float(r[name]) for r in rows if r["model"] == MODEL}
+    other = {r["subject"]: float(r[name]) for r in rows if r["model"] == reference}
+    _, first, second = paired_by_subject(model, other)
+    return paired_difference(first, second)
 
 
 def format_table(table: Summary, model_label: str, columns: Sequence[str], width: int = 24) -> list[str]:
@@ -187,31 +271,29 @@ def format_report(rows: Sequence[Mapping[str, Any]], model_label: str, columns: 
         heading,
         *format_table(table, model_label, [c for c in columns if c in present and c not in SECTION_COLUMNS]),
     ]
-    gain = gain_line(table)
+    gain = gain_line(table, rows)
     if gain:
         lines.append(gain)
     for section, names in SECTIONS.items():
         shown = [name for name in names if name in present]
         if shown:
             lines += ["", section, *format_table(table, model_label, shown)]
+    for section, prefix in STRUCTURE_SECTIONS.items():
+        if any(f"{prefix}{s}" in present for s in STRUCTURES):
+            lines += ["", section, *format_structures(table, model_label, prefix)]
     return "\n".join(lines)
 
 
-#: Where ``fit`` draws the test subjects' power spectra, relative to the run folder.
-TEST_SPECTRA = "samples/test_spectra.png"
-
-
-def format_test_report(
-    rows: Sequence[Mapping[str, Any]], model_name: str, checkpoint: str | None, run_dir: Path
-) -> str:
-    """The table ``fit`` prints: the model's test scores next to both references."""
-    subjects = sorted({r["subject"] for r in rows})
-    heading = f"Test split: {len(subjects)} held-out subjects, checkpoint {checkpoint or 'final weights'}"
-    report = format_report(rows, f"{model_name} (synthetic 7T)", REPORT_COLUMNS, heading)
-    report += f"\nPer-subject scores: {run_dir / 'test_scores.csv'}\nMontages: {run_dir / 'samples'}/test_<subject>.png"
-    if (run_dir / TEST_SPECTRA).is_file():
-        report += f"\nPower spectra: {run_dir / TEST_SPECTRA}"
-    return report
+def format_structures(table: Summary, model_label: str, prefix: str, width: int = 24) -> list[str]:
+    """A per-structure block: a row per structure, a ``mean ± SD`` column per row kind."""
+    kinds = list(table)
+    lines = [f"{'':{width}}" + "".join(f"{row_label(kind, model_label)[:22]:>24}" for kind in kinds)]
+    for structure in STRUCTURES:
+        name = f"{prefix}{structure}"
+        if name in table[kinds[0]]:
+            cells = "".join(f"{format_cell(name, *table[kind][name]):>24}" for kind in kinds)
+            lines.append(f"{structure.replace('_', ' '):{width}}{cells}")
+    return lines
 
 
 def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
@@ -220,8 +302,6 @@ def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     This is the one per-subject format: ``fit``'s ``test_scores.csv`` and ``evaluate``'s
     ``scores.csv``, and what ``compare`` reads.
     """
-    from t7synth.files import atomic_path
-
     names = score_names(rows)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["model", "subject", *names], extrasaction="ignore")
@@ -229,6 +309,29 @@ def write_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
         for row in rows:
             writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
     return path
+
+
+def read_rows(scores: Path) -> list[dict[str, str]]:
+    """Per-subject rows of a score file (:func:`write_rows`' format), checked: the
+    columns, a model row, complete rows of numbers. The one reader of score files
+    (``compare``, ``export``), with one rule: infinity is a score (a perfect
+    prediction's PSNR); NaN is not, and would make every mean and "best" of its column
+    meaningless.
+
+    Raises:
+        UserError: naming the file, the line and the cell.
+    """
+    table = read_table(scores)  # size, encoding, binary content, malformed or ragged rows: one line
+    needed = {"model", "subject", *DISPLAY_ORDER}
+    if not needed <= set(table.fieldnames):
+        raise UserError(f"{scores} lacks columns {sorted(needed - set(table.fieldnames))}")
+    rows = table.rows
+    for line, row in zip(table.lines, rows):
+        for name in DISPLAY_ORDER:
+            parse_number(row[name], f"{scores}, line {line}: {name} of {row['subject']}", finite=False)
+    if not any(r["model"] == MODEL for r in rows):
+        raise UserError(f"{scores} has no rows of the model")
+    return rows
 
 
 def summary_values(rows: Sequence[Mapping[str, Any]], stage: str = "test") -> dict[str, float]:

@@ -7,7 +7,7 @@ Examples::
     python -m t7synth.compare runs/*/version_0 --out comparison/ --wandb offline
 
 Any *scored folder* can be compared, all read in the one per-subject format of
-:func:`t7synth.evaluation.scores.write_rows` (``model, subject, <scores>``, a row per
+:func:`t7synth.scores.write_rows` (``model, subject, <scores>``, a row per
 subject for the model and each reference):
 
 * a ``fit`` run folder: ``test_scores.csv``, ``config.yaml``, ``metrics.csv``;
@@ -19,8 +19,10 @@ It writes into ``--out`` (default ``comparison/``):
 
 * ``comparison.md``: one Markdown table, a row per run (mean ± SD over its test
   subjects) plus the identity and intensity-LUT references once, the best value of
-  each column in bold; then the config keys whose values differ between the runs
-  (both printed too);
+  each column in bold; each run's in-brain PSNR against the first run's, paired by
+  subject (mean difference, 95 % bootstrap interval, Wilcoxon p, n:
+  :mod:`~t7synth.statistics`); then the config keys whose values differ
+  between the runs (all printed too);
 * ``comparison.csv``: the same numbers, with a ``best`` column naming the columns in
   which the row is best, and each run's folder and W&B run id;
 * ``comparison.png``: in-brain PSNR and SSIM per run with SD error bars, the
@@ -45,27 +47,37 @@ from pathlib import Path
 from typing import Any
 
 from t7synth.errors import UserError
-from t7synth.evaluation.scores import (
+from t7synth.run_files import (
+    CONFIG_FILE,
+    EVALUATE_SCORES_FILE,
+    METRICS_FILE,
+    STUDY_TABLE_FILE,
+    TEST_SCORES_FILE,
+    WANDB_ID_FILE,
+    checkpoint_dir,
+    read_config,
+    read_trial_record,
+)
+from t7synth.scores import (
     COLUMNS,
     DISPLAY_ORDER,
+    HEADLINE,
     LABELS,
     MODEL,
     REFERENCES,
     SECTION_COLUMNS,
     format_cell,
     mean_sd,
+    read_rows,
 )
-from t7synth.textfiles import parse_int, parse_number, read_table, read_text
+from t7synth.statistics import CONFIDENCE, paired_by_subject, paired_difference
+from t7synth.textfiles import parse_int, read_table, read_text
 
 #: The columns a comparison shows, in order (every per-subject score file has them).
 COMPARED = DISPLAY_ORDER
 #: Shown too when every row of every compared folder has them (test-time structure
 #: scores: score files written before they existed lack them).
 OPTIONAL = SECTION_COLUMNS
-#: The per-subject score file of a ``fit`` run, of an ``evaluate`` output (same format).
-FIT_SCORES, EVALUATE_SCORES = "test_scores.csv", "scores.csv"
-#: A sweep study folder's table of trials (:func:`t7synth.tuning.study.trials_table`).
-STUDY_TABLE = "trials.csv"
 #: Config keys left out of the differences: where a run's files went and how it was
 #: labelled, not what ran (``data.root`` stays: another dataset is another experiment).
 IGNORED_KEYS = ("name", "runs_dir", "wandb.")
@@ -118,18 +130,18 @@ def read_runs(path: str | Path, trials: int = 3) -> list[Run]:
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"run folder not found: {path}")
-    if (path / FIT_SCORES).is_file() or (path / EVALUATE_SCORES).is_file():
+    if (path / TEST_SCORES_FILE).is_file() or (path / EVALUATE_SCORES_FILE).is_file():
         return [read_run(path)]
-    if (path / STUDY_TABLE).is_file():
+    if (path / STUDY_TABLE_FILE).is_file():
         return read_study(path, trials)
-    if (path / "config.yaml").is_file() or (path / "checkpoints").is_dir():
+    if (path / CONFIG_FILE).is_file() or checkpoint_dir(path).is_dir():
         raise UserError(
-            f"{path} has no {FIT_SCORES} (the run did not reach its test, or its dataset has no test split; "
+            f"{path} has no {TEST_SCORES_FILE} (the run did not reach its test, or its dataset has no test split; "
             "pick another run, finish it, or score its predictions with evaluate)"
         )
     raise UserError(
-        f"{path} holds no scores: expected {FIT_SCORES} (a fit run), {EVALUATE_SCORES} (an evaluate output) "
-        f"or {STUDY_TABLE} (a sweep study)"
+        f"{path} holds no scores: expected {TEST_SCORES_FILE} (a fit run), {EVALUATE_SCORES_FILE} (an evaluate output) "
+        f"or {STUDY_TABLE_FILE} (a sweep study)"
     )
 
 
@@ -142,34 +154,28 @@ def read_run(path: str | Path) -> Run:
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"run folder not found: {path}")
-    scores = path / FIT_SCORES if (path / FIT_SCORES).is_file() else path / EVALUATE_SCORES
+    scores = path / TEST_SCORES_FILE if (path / TEST_SCORES_FILE).is_file() else path / EVALUATE_SCORES_FILE
     if not scores.is_file():
-        raise UserError(f"{path} has no {FIT_SCORES} (the run did not reach its test; pick another run or finish it)")
-    rows = read_scores(scores)
-    config: dict[str, Any] = {}
-    if (path / "config.yaml").is_file():
-        from t7synth.config import load_yaml
-
-        config = load_yaml(path / "config.yaml")
+        raise UserError(
+            f"{path} has no {TEST_SCORES_FILE} (the run did not reach its test; pick another run or finish it)"
+        )
+    rows = read_rows(scores)
+    config: dict[str, Any] = read_config(path) or {}
     # Older config formats wrote plain values where sections are now: take what reads.
     wandb = config.get("wandb") if isinstance(config.get("wandb"), dict) else {}
     section = config.get("model")
     model = str(section.get("name") or "?") if isinstance(section, dict) else str(section or "?")
-    if scores.name == EVALUATE_SCORES:
+    if scores.name == EVALUATE_SCORES_FILE:
         # evaluate without --ckpt/--config records the built-in defaults (name: null),
         # which say nothing about the model that made the predictions.
         source, model = "evaluate", model if config.get("name") else "?"
         label = f"{path.resolve().parent.name}/{path.name}"
     else:
-        from t7synth.tuning.trial import read_trial_record
-
         trial = read_trial_record(path)
         # The folder names stand in for a missing config; resolve so "." and "run" have a parent.
         experiment = config.get("name") or path.resolve().parent.name
         source = "trial" if trial else "fit"
         label = f"{trial.get('study') or wandb.get('group')}/{experiment}" if trial else f"{experiment}/{path.name}"
-    from t7synth.training.loggers import WANDB_ID_FILE
-
     id_file = path / WANDB_ID_FILE
     return Run(
         path,
@@ -178,32 +184,11 @@ def read_run(path: str | Path) -> Run:
         rows,
         source,
         config,
-        metrics=path / "metrics.csv" if source != "evaluate" and (path / "metrics.csv").is_file() else None,
+        metrics=path / METRICS_FILE if source != "evaluate" and (path / METRICS_FILE).is_file() else None,
         wandb_run=read_text(id_file).strip() if id_file.is_file() else "",
         wandb_project=wandb.get("project") or "t7synth",
         wandb_entity=wandb.get("entity"),
     )
-
-
-def read_scores(scores: Path) -> list[dict[str, str]]:
-    """Per-subject rows of a score file, checked: the columns, a model row, complete
-    rows of numbers. Infinity is a score (a perfect prediction's PSNR); NaN is not,
-    and would make every mean and "best" of its column meaningless.
-
-    Raises:
-        UserError: naming the file, the line and the cell.
-    """
-    table = read_table(scores)  # size, encoding, binary content, malformed or ragged rows: one line
-    needed = {"model", "subject", *COMPARED}
-    if not needed <= set(table.fieldnames):
-        raise UserError(f"{scores} lacks columns {sorted(needed - set(table.fieldnames))}")
-    rows = table.rows
-    for line, row in zip(table.lines, rows):
-        for name in COMPARED:
-            parse_number(row[name], f"{scores}, line {line}: {name} of {row['subject']}", finite=False)
-    if not any(r["model"] == MODEL for r in rows):
-        raise UserError(f"{scores} has no rows of the model")
-    return rows
 
 
 def read_study(path: Path, trials: int) -> list[Run]:
@@ -213,7 +198,7 @@ def read_study(path: Path, trials: int) -> list[Run]:
     since (or the sweep ran with a relative ``runs_dir`` from another folder), found
     inside the study folder by its last two parts (``trial-NNNN/version_0``).
     """
-    table = path / STUDY_TABLE
+    table = path / STUDY_TABLE_FILE
     study = read_table(table)
     if not {"rank", "run_dir"} <= set(study.fieldnames):
         raise UserError(
@@ -278,7 +263,7 @@ def shown_columns(entries: Sequence[Entry]) -> list[str]:
 
 def best_rows(entries: Sequence[Entry]) -> dict[str, set[int]]:
     """``{column: indices of the best entries}`` (highest, lowest or closest to the
-    column's ideal, see :meth:`~t7synth.evaluation.scores.Column.best`); ties (equal
+    column's ideal, see :meth:`~t7synth.scores.Column.best`); ties (equal
     means, e.g. two runs of the same checkpoint) are all best."""
     best = {}
     for name in shown_columns(entries):
@@ -306,6 +291,33 @@ def markdown_table(entries: Sequence[Entry]) -> str:
             lines.append("| " + " | ".join([entry.label, entry.model or "—", str(entry.n), *cells]) + " |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables)
+
+
+def paired_markdown(runs: Sequence[Run], entries: Sequence[Entry]) -> str:
+    """Each run's in-brain PSNR against the first run's, paired by subject: the mean
+    difference, its 95 % bootstrap interval, the Wilcoxon p and n
+    (:func:`~t7synth.statistics.paired_difference`); runs scored on other
+    subjects than the first are listed as not paired. Empty for a single run."""
+    if len(runs) < 2:
+        return ""
+
+    def headline(run: Run) -> dict[str, float]:
+        return {r["subject"]: float(r[HEADLINE]) for r in run.rows if r["model"] == MODEL}
+
+    first = headline(runs[0])
+    lines = [
+        f"Paired in-brain PSNR difference against {entries[0].label} (mean per-subject difference, "
+        f"{CONFIDENCE:.0%} bootstrap CI, Wilcoxon signed-rank p):",
+        "",
+    ]
+    for run, entry in zip(runs[1:], entries[1:]):
+        other = headline(run)
+        if set(other) != set(first):
+            lines.append(f"- {entry.label}: not paired (scored on other subjects than {entries[0].label})")
+            continue
+        _, mine, theirs = paired_by_subject(other, first)
+        lines.append(f"- {entry.label}: {paired_difference(mine, theirs).format('dB')}")
+    return "\n".join(lines)
 
 
 def config_differences(runs: Sequence[Run]) -> dict[str, list[Any]]:
@@ -337,9 +349,9 @@ def differences_markdown(runs: Sequence[Run], differences: dict[str, list[Any]])
     lines = ["## Config differences", ""]
     without = [run.label for run in runs if not run.config]
     if without:
-        lines += [f"No config.yaml (left out): {', '.join(without)}.", ""]
+        lines += [f"No {CONFIG_FILE} (left out): {', '.join(without)}.", ""]
     if len(with_config) < 2:
-        return "\n".join(lines + ["Fewer than two runs have a config.yaml: nothing to compare."])
+        return "\n".join(lines + [f"Fewer than two runs have a {CONFIG_FILE}: nothing to compare."])
     if not differences:
         return "\n".join(lines + ["The runs' configs are the same (name, runs_dir and wandb.* aside)."])
     lines.append("| key | " + " | ".join(run.label for run in with_config) + " |")
@@ -539,9 +551,13 @@ def compare(
     differences = config_differences(runs)
     out = Path(out).expanduser()
     table = markdown_table(entries)
+    paired = paired_markdown(runs, entries)
+    if paired:
+        table += "\n\n" + paired
     section = differences_markdown(runs, differences)
     from t7synth.files import atomic_paths, check_writable, remove_stale_temporaries
-    from t7synth.plotting import read_metrics, save_curves
+    from t7synth.plotting import save_curves
+    from t7synth.run_files import read_metrics
 
     for run in runs:  # a damaged metrics.csv is refused now, before anything is written
         if run.metrics is not None:
@@ -565,6 +581,6 @@ def compare(
     if wandb_mode != "disabled":
         log_to_wandb(entries, runs, differences, images, wandb_mode, out)
     pictures = f"Chart: {images['chart']}" + (
-        f"\nCurves: {curves}" if curves else "\nCurves: none (no run has a metrics.csv)"
+        f"\nCurves: {curves}" if curves else f"\nCurves: none (no run has a {METRICS_FILE})"
     )
     return f"{table}\n\n{section}\n\nTable: {out / 'comparison.md'}, {out / 'comparison.csv'}\n{pictures}"

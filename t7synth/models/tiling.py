@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from t7synth.config import GeometryConfig
+from t7synth.config import GeometryConfig, slab_patch_size
 from t7synth.data import batches
 
 #: ``predict(source_batch, location_batch) -> output``: the source is (B, 1, *patch) and
@@ -149,7 +149,7 @@ def _predict_slabs(
         windows *= within.reshape(size, k, 1, 1)  # zero slices beyond the ends
         location = torch.zeros(size, 6, dtype=torch.long)
         location[:, axis] = centres - half
-        location[:, 3:] = location[:, :3] + torch.tensor(batches.slab_patch_size(volume.shape, k, axis))
+        location[:, 3:] = location[:, :3] + torch.tensor(slab_patch_size(volume.shape, k, axis))
         prediction = predict(batches.channels_to_slab(windows, axis), location).float().cpu()
         if not average:
             out_along[centres] = prediction[:, 0]

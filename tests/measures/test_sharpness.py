@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage, signal
 
-from t7synth.evaluation import sharpness
+from t7synth import scores
+from t7synth.measures import sharpness
 
 
 def _texture(shape=(24, 26, 22), seed=0) -> np.ndarray:
@@ -90,7 +91,7 @@ def test_high_frequency_ratio_of_a_known_blur():
     # function rings slightly below 0 (a constant changes only the removed mean).
     point, blurred = 0.5 + 0.4 * point, 0.5 + 0.4 * blurred
     mask = np.ones(shape, bool)
-    cutoff = sharpness.HF_CUTOFF
+    cutoff = scores.HF_CUTOFF
     expected = float(np.mean(transfer[radius > cutoff] ** 2))
     # To float32 precision: scored volumes are float32, as every volume t7synth reads.
     assert sharpness.high_frequency_ratio(blurred, point, mask) == pytest.approx(expected, rel=1e-5)
@@ -105,7 +106,7 @@ def test_high_frequency_ratio_of_blurred_noise():
     noise = 0.5 + 0.1 * rng.standard_normal(shape)
     blurred = ndimage.gaussian_filter(noise, sigma, mode="wrap")
     transfer, radius = _transfer(shape, sigma)
-    expected = float(np.mean(transfer[radius > sharpness.HF_CUTOFF] ** 2))
+    expected = float(np.mean(transfer[radius > scores.HF_CUTOFF] ** 2))
     ratio = sharpness.high_frequency_ratio(blurred, noise, np.ones(shape, bool))
     assert ratio == pytest.approx(expected, rel=0.1)
     assert sharpness.high_frequency_ratio(noise, noise, np.ones(shape, bool)) == 1.0
@@ -121,7 +122,5 @@ def test_spectrum_is_the_brains_and_keeps_parseval():
     # |F|^2 / N sums to the centred brain's energy (Parseval).
     assert spectrum.power.sum() == pytest.approx(float(np.sum((inside - inside.mean()) ** 2)), rel=1e-9)
     radial = spectrum.radial()
-    assert radial.shape == (sharpness.SPECTRUM_BINS,) and radial[0] == pytest.approx(
-        0.0, abs=1e-20
-    )  # the mean is removed
+    assert radial.shape == (scores.SPECTRUM_BINS,) and radial[0] == pytest.approx(0.0, abs=1e-20)  # the mean is removed
     assert radial[5] > radial[-1]  # a smooth texture: power falls with frequency

@@ -7,10 +7,9 @@ import pytest
 from helpers import make_pair
 from scipy import ndimage
 
-from t7synth import plotting
-from t7synth.evaluation import scores
-from t7synth.evaluation.sharpness import SPECTRUM_BINS
-from t7synth.evaluation.structure import SPECTRUM, TARGET_SPECTRUM, StructureScorer
+from t7synth import plotting, scores
+from t7synth.measures.structure import StructureScorer
+from t7synth.scores import SPECTRUM, SPECTRUM_BINS, TARGET_SPECTRUM
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +30,9 @@ def test_the_target_scores_perfectly_and_a_blur_does_not(volumes):
     assert blurred["gmsd"] > 0.02 and blurred["hf_ratio"] < 0.5 and blurred["dice_gm"] < 1.0
     assert {f"dice_true_{t}" for t in ("csf", "gm", "wm")} <= set(blurred)
     assert "dice_true_gm" not in StructureScorer(target, mask)(target)  # no truth, no truth columns
+    # No-reference quality comes from the same segmentation: the 7T scores its own.
+    assert {name: perfect[name] for name in ("cnr", "cjv", "snr_wm")} == scorer.target_quality
+    assert perfect["cnr"] > 0 and perfect["cjv"] > 0
 
 
 def test_structure_columns_print_as_their_own_blocks():
@@ -95,7 +97,7 @@ def test_zoom_montage_needs_volumes_on_one_grid(volumes, tmp_path):
 
 
 def test_compare_shows_structure_columns_only_when_every_run_has_them():
-    from t7synth.evaluation import runs
+    from t7synth.evaluation import compare as runs
 
     base = {"psnr": "30", "ssim": "0.9", "psnr_brain": "25", "ssim_brain": "0.8", "mae": "0.01"}
     entries = [
