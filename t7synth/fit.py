@@ -71,10 +71,8 @@ def resolve_config(args: argparse.Namespace):
         extra["runs_dir"] = str(Path(args.out).expanduser())
     if args.precision:
         extra.setdefault("trainer", {})["precision"] = args.precision
-    if args.tags:
-        extra.setdefault("wandb", {})["tags"] = list(args.tags)
-    if args.notes is not None:
-        extra.setdefault("wandb", {})["notes"] = args.notes
+    wandb = {"tags": list(args.tags or []), "notes": args.notes}
+    extra.setdefault("wandb", {}).update({k: v for k, v in wandb.items() if v})
     return resolve(args.model, args.config, args.set, extra)
 
 
