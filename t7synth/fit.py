@@ -71,8 +71,7 @@ def resolve_config(args: argparse.Namespace):
         extra["runs_dir"] = str(Path(args.out).expanduser())
     if args.precision:
         extra.setdefault("trainer", {})["precision"] = args.precision
-    wandb = {"tags": list(args.tags or []), "notes": args.notes}
-    extra.setdefault("wandb", {}).update({k: v for k, v in wandb.items() if v})
+    extra.setdefault("wandb", {}).update({k: v for k, v in (("tags", args.tags), ("notes", args.notes)) if v})
     return resolve(args.model, args.config, args.set, extra)
 
 
