@@ -65,20 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--split", choices=["train", "val", "test"], help="dataset input: only this split (as in training)"
     )
-    parser.add_argument(
-        "--age",
-        type=float,
-        help="file input: age in years. Conditioned models (unet, gan_unet with model.conditioning; the model card "
-        "says) need age and sex: from --age/--sex, the scan's JSON sidecar or the participants.tsv of the BIDS "
-        "dataset it sits in; otherwise predict refuses",
-    )
-    parser.add_argument("--sex", choices=["F", "M"], help="file input: sex, for conditioned models (see --age)")
-    parser.add_argument(
-        "--unconditioned",
-        action="store_true",
-        help="conditioned models: give scans without age/sex the training set's median age and sex 0.5 (unknown), "
-        "instead of refusing",
-    )
+    from t7synth.inference.conditioning import add_arguments as add_conditioning
+
+    add_conditioning(parser)  # --age, --sex, --unconditioned
     parser.add_argument("--gpus", type=int, default=0, help="0 = CPU (default), 1 = the first CUDA GPU")
     parser.add_argument("--batch-size", type=int, help="windows/patches per forward pass (default: the config's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -50,6 +50,25 @@ class Found:
     where: str = ""
 
 
+def add_arguments(parser) -> None:
+    """``predict``'s ``--age``, ``--sex`` and ``--unconditioned``, with the help that says which
+    models need them (here, beside the rules they follow, so the command stays thin)."""
+    parser.add_argument(
+        "--age",
+        type=float,
+        help="file input: age in years. Conditioned models (unet, gan_unet with model.conditioning; the model card "
+        "says) need age and sex: from --age/--sex, the scan's JSON sidecar or the participants.tsv of the BIDS "
+        "dataset it sits in; otherwise predict refuses",
+    )
+    parser.add_argument("--sex", choices=["F", "M"], help="file input: sex, for conditioned models (see --age)")
+    parser.add_argument(
+        "--unconditioned",
+        action="store_true",
+        help="conditioned models: give scans without age/sex the training set's median age and sex 0.5 (unknown), "
+        "instead of refusing",
+    )
+
+
 def lookup(source: Path) -> Found:
     """Age and sex of ``source`` from its JSON sidecar, else its dataset's ``participants.tsv``.
 
