@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from helpers import TINY_UNET, make_dataset
@@ -61,7 +63,11 @@ def test_a_resumed_offline_run_continues_its_steps_in_one_run_id(tmp_path, monke
     files = sorted(run.glob("wandb/offline-run-*/run-*.wandb"), key=lambda p: p.parent.name)
     assert len(files) == 2  # one per process, as W&B writes offline runs
     assert len({path.name for path in files}) == 1  # one run id
-    first, second = (read_run(path) for path in files)
+    # W&B's service process may still be writing the last file when fit returns: wait for it.
+    deadline = time.monotonic() + 30
+    while not (second := read_run(files[1])).exit_code == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    first = read_run(files[0])
     steps = [row["_step"] for row in first.history + second.history]
     assert steps == sorted(set(steps)) and steps[0] == 0  # strictly increasing across the resume
     resumed_at = second.history[0]["_step"]
