@@ -206,7 +206,7 @@ def test_card_has_test_scores_only_for_the_tested_checkpoint(tmp_path, capsys):
     content = members(run / "model.zip")
     card = content[package.CARD].decode()
     assert "21.00 ± 1.41" in card and "2 held-out subjects" in card  # psnr_brain mean ± SD
-    assert "+6.00 dB over identity (3T input)" in card
+    assert "In-brain PSNR gain over identity (3T input): +6.00 dB" in card
     assert content[package.SCORES] == (run / "test_scores.csv").read_bytes()
 
     out = tmp_path / "last.zip"
