@@ -63,8 +63,13 @@ def save_progress(metrics_csv: str | Path, path: str | Path, title: str = "") ->
     axis = axes[0][1]
     rates = [k for k in keys if k.startswith("lr-")]
     for key in rates:
-        epochs, values = per_epoch(rows, key)
-        axis.step(epochs, values, where="post", label=key.removeprefix("lr-"))
+        positions, values = within_epochs(rows, key)
+        if len(positions) > len({int(x) for x in positions}):
+            # Logged per step (a schedule stepped per batch, one-cycle): drawn as the curve it is.
+            axis.plot(positions, values, linewidth=1.2, label=key.removeprefix("lr-"))
+        else:
+            # Once per epoch (StepLR steps per epoch): the staircase it is.
+            axis.step(positions, values, where="post", label=key.removeprefix("lr-"))
     _finish(axis, "learning rate", "learning rate", bool(rates), log=_all_positive(rows, rates), legend=len(rates) > 1)
 
     best_epochs, best_values = per_epoch(rows, metric_key("val", "model", HEADLINE))
@@ -91,6 +96,48 @@ def save_progress(metrics_csv: str | Path, path: str | Path, title: str = "") ->
     return plotting.save_figure(figure, path, dpi=90)
 
 
+def within_epochs(rows: Sequence[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
+    """``(positions, values)`` of ``key`` against the epoch, each logged value kept.
+
+    An epoch's ``n`` values sit at ``epoch + i / n`` (in logging order), so a value
+    logged every step draws as a curve on the epoch axis, and one logged once per epoch
+    sits on the epoch itself.
+    """
+    by_epoch: dict[int, list[float]] = {}
+    for row in rows:
+        value = row.get(key, math.nan)
+        if not math.isnan(value):
+            by_epoch.setdefault(int(row["epoch"]), []).append(value)
+    positions, values = [], []
+    for epoch in sorted(by_epoch):
+        logged = by_epoch[epoch]
+        positions += [epoch + index / len(logged) for index in range(len(logged))]
+        values += logged
+    return positions, values
+
+
+def keep_lines_in_range(axis) -> None:
+    """Extend the y-range to every labelled horizontal line (a baseline), so that no
+    line listed in the legend lies outside the picture."""
+    low, high = axis.get_ylim()
+    levels = [
+        float(line.get_ydata()[0])
+        for line in axis.get_lines()
+        if not str(line.get_label()).startswith("_")
+        and len(set(map(float, line.get_ydata()))) == 1
+        and math.isfinite(float(line.get_ydata()[0]))
+    ]
+    if not levels:
+        return
+    new_low, new_high = min(low, *levels), max(high, *levels)
+    if (new_low, new_high) != (low, high):
+        if axis.get_yscale() == "log":
+            axis.set_ylim(new_low / 1.2, new_high * 1.2)
+        else:
+            margin = 0.05 * (new_high - new_low or 1.0)
+            axis.set_ylim(new_low - margin, new_high + margin)
+
+
 def _all_positive(rows, keys) -> bool:
     values = [row[k] for row in rows for k in keys if not math.isnan(row.get(k, math.nan))]
     return bool(values) and min(values) > 0 and max(values) / min(values) > 20
@@ -111,6 +158,7 @@ def _finish(axis, title: str, ylabel: str, has_data: bool, log: bool = False, le
     if not has_data:
         axis.text(0.5, 0.5, "not logged yet", ha="center", va="center", transform=axis.transAxes, color="gray")
     elif legend:
+        keep_lines_in_range(axis)
         axis.legend(fontsize=7, loc="best", framealpha=0.8)
 
 

@@ -231,6 +231,9 @@ class TrainerConfig:
     accumulate_grad_batches: int | None = None
     nonfinite_patience: int = 10
     join_timeout: float = 300.0
+    #: Stop after this many validations without a better ``val/psnr_brain`` (Lightning's
+    #: ``EarlyStopping``); ``null``: train all ``max_epochs``.
+    early_stopping_patience: int | None = None
 
     def __post_init__(self) -> None:
         # One spelling of "follow the hardware", so that a checkpoint written with
@@ -255,6 +258,9 @@ class WandbConfig:
     group: str | None = None
     job_type: str = "train"
     log_checkpoint: bool = False
+    #: ``fit --tags``/``--notes``: W&B's run tags (beside the model name) and notes.
+    tags: list[str] = field(default_factory=list)
+    notes: str | None = None
 
 
 @dataclass
@@ -483,6 +489,8 @@ def validate(config: Config) -> None:
         at_least_one["trainer.accumulate_grad_batches"] = trainer.accumulate_grad_batches
     if trainer.limit_val_subjects is not None:
         at_least_one["trainer.limit_val_subjects"] = trainer.limit_val_subjects
+    if trainer.early_stopping_patience is not None:
+        at_least_one["trainer.early_stopping_patience"] = trainer.early_stopping_patience
     if config.model.position_divisor is not None:
         at_least_one["model.position_divisor"] = config.model.position_divisor
     for key, value in at_least_one.items():

@@ -4,8 +4,10 @@
 
     python -m t7synth.demo [--out DIR] [--subjects N] [--seed S] [--voxel-size MM]
 
-prints the dataset folder on the first line (for scripts) and a one-line summary on
-the second. The dataset itself: :mod:`t7synth.data.demo`.
+prints the dataset folder on the first line (for scripts), a one-line summary on
+the second, and on the third the ``fit`` command that trains on this very dataset
+(``--data`` names it: ``fit`` without ``--data`` makes its own from ``data.demo_*``).
+The dataset itself: :mod:`t7synth.data.demo`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(folder)
     print(describe_demo(folder))
+    print(f"train on it: python -m t7synth.fit --config experiments/demo_unet.yaml --data {folder}")
     return 0
 
 

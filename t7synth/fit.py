@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--fold", metavar="I|all", help="cross-validation (data.folds): run fold I, or all folds not yet finished")
     add("--init", metavar="FILE", help="start from the weights of a checkpoint, package or official file")
     add("--wandb", choices=["online", "offline", "disabled"], help="W&B mode (default: online with credentials)")
+    add("--tags", nargs="+", metavar="TAG", help="W&B run tags, beside the model name (config key wandb.tags)")
+    add("--notes", help="W&B run notes: a sentence on what this run tries (config key wandb.notes)")
     add("--fast-dev-run", action="store_true", help="one training and one validation batch, then exit")
     add("--summary", action="store_true", help="print the parameter count, geometry and GPU memory plan, then exit")
     add("--print-config", action="store_true", help="print the resolved config (YAML), then exit")
@@ -69,6 +71,7 @@ def resolve_config(args: argparse.Namespace):
         extra["runs_dir"] = str(Path(args.out).expanduser())
     if args.precision:
         extra.setdefault("trainer", {})["precision"] = args.precision
+    extra.setdefault("wandb", {}).update({k: v for k, v in (("tags", args.tags), ("notes", args.notes)) if v})
     return resolve(args.model, args.config, args.set, extra)
 
 

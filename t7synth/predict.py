@@ -65,12 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--split", choices=["train", "val", "test"], help="dataset input: only this split (as in training)"
     )
-    parser.add_argument(
-        "--age",
-        type=float,
-        help="file input: age in years for conditioned models (dataset inputs use participants.tsv)",
-    )
-    parser.add_argument("--sex", choices=["F", "M"], help="file input: sex for conditioned models (default: unknown)")
+    from t7synth.inference.conditioning import add_arguments as add_conditioning
+
+    add_conditioning(parser)  # --age, --sex, --unconditioned
     parser.add_argument("--gpus", type=int, default=0, help="0 = CPU (default), 1 = the first CUDA GPU")
     parser.add_argument("--batch-size", type=int, help="windows/patches per forward pass (default: the config's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -94,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
         model=args.model,
+        unconditioned=args.unconditioned,
         skull_strip=args.skull_strip,
         n4=args.n4,
         preprocess=args.preprocess,

@@ -54,6 +54,8 @@ LAST, BEST = "last", "best"
 LAST_CHECKPOINT = LAST + CHECKPOINT_SUFFIX
 BEST_CHECKPOINT = BEST + CHECKPOINT_SUFFIX
 WANDB_ID_FILE = "wandb_id.txt"
+#: The highest W&B step a run wrote (t7synth.training.wandb_steps): a resumed run continues after it.
+WANDB_STEP_FILE = "wandb_step.txt"
 WANDB_DIR = "wandb"
 #: A trial's record in its run folder, written by the sweep: the study, the trial's
 #: number, its state (Optuna's, lower case: ``complete``, ``pruned``, ``fail``), its

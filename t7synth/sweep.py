@@ -4,6 +4,7 @@ Examples::
 
     python -m t7synth.sweep sweeps/demo_unet.yaml                  # demo data, CPU
     python -m t7synth.sweep sweeps/unet.yaml --n-trials 50 --gpus 4 --data /data/paired
+    python -m t7synth.sweep sweeps/demo_unet.yaml --workers 2      # two worker processes, one study
     # more workers on the same study: the same command, elsewhere, with one storage
     python -m t7synth.sweep sweeps/unet.yaml --storage postgresql://db/optuna --gpus 1
 
@@ -48,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="database storages: a running trial's heartbeat interval; a trial silent for twice as long "
         "(its worker died) is marked failed by the other workers (default %(default)s, 0 = off)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on this machine, each running trials of the one study (default 1); workers never "
+        "run the same parameters, and the study keeps one summary",
+    )
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)  # set by --workers
     parser.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)  # seconds between metrics.csv reads
     return parser
 
@@ -56,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, then run trials until the study holds ``n_trials`` finished ones."""
     from t7synth.tuning.study import SweepOptions, run_sweep
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     options = SweepOptions(
         n_trials=args.n_trials,
@@ -69,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         poll=args.poll,
         heartbeat=args.heartbeat,
+        workers=args.workers,
+        worker_index=args.worker_index,
+        argv=tuple(argv),
     )
     run_sweep(args.sweep, options)
     return 0

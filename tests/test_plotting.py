@@ -115,3 +115,29 @@ def test_nothing_logged_yet_draws_nothing(tmp_path):
     _metrics(tmp_path / "metrics.csv", [{"epoch": 0, "step": 0, "train/loss": 0.5}])
     assert charts.save_curves([("run", tmp_path / "metrics.csv")], tmp_path / "curves.png") is None  # no validation
     assert not (tmp_path / "progress.png").exists() and not (tmp_path / "curves.png").exists()
+
+
+def test_a_learning_rate_logged_per_step_is_drawn_per_step(tmp_path, monkeypatch):
+    figures = _capture(monkeypatch)
+    rows = []
+    for epoch in range(2):
+        for index in range(4):  # one-cycle: the LR monitor logs every step, without an epoch
+            rows.append({"step": epoch * 4 + index, "lr-Adam": 1e-4 * (1 + epoch * 4 + index)})
+        rows.append({"epoch": epoch, "step": epoch * 4 + 3, "train/loss": 0.5})
+    charts.save_progress(_metrics(tmp_path / "metrics.csv", rows), tmp_path / "progress.png")
+    axes = {axis.get_title(): axis for axis in figures[0].axes}
+    (line,) = axes["learning rate"].get_lines()
+    assert list(line.get_xdata()) == [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75]  # a point per step, not a stair
+    assert line.get_drawstyle() == "default"
+
+
+def test_a_baseline_outside_the_data_is_inside_the_picture():
+    plt = plotting.pyplot()
+    figure, axis = plt.subplots()
+    axis.plot([0, 1], [20.0, 21.0], label="model")
+    axis.set_ylim(19.5, 21.5)  # as a log scale or a fixed range would leave it
+    axis.axhline(12.0, linestyle="--", label="identity (3T input)")
+    charts.keep_lines_in_range(axis)
+    low, high = axis.get_ylim()
+    assert low < 12.0 and high >= 21.5
+    plt.close(figure)

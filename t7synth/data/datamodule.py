@@ -26,6 +26,7 @@ Under DDP, subjects (not patches) are sharded:
 from __future__ import annotations
 
 import random
+import statistics
 from functools import partial
 from pathlib import Path
 
@@ -106,6 +107,8 @@ class PairedDataModule(pl.LightningDataModule):
         lut: the intensity-mapping baseline fitted on the training subjects (after
             :meth:`setup`).
         voxel_size: the training subjects' voxel size in mm (after :meth:`setup`).
+        median_age: the training subjects' median age in years, 0 when none is known
+            (after :meth:`setup`; stored in checkpoints for ``predict --unconditioned``).
         input_profile, intensity_histogram: what the training inputs looked like
             (:func:`~t7synth.data.profile.training_profile`, after :meth:`setup`).
         subjects: ``{"train"|"val"|"test": [tio.Subject]}`` after :meth:`setup`.
@@ -127,6 +130,7 @@ class PairedDataModule(pl.LightningDataModule):
         self.split_records: dict[str, list[SubjectRecord]] = {}
         self.lut: torch.Tensor | None = None
         self.voxel_size: tuple[float, float, float] | None = None
+        self.median_age = 0.0
         #: What the training inputs looked like (data/profile.py), after :meth:`setup`.
         self.input_profile: torch.Tensor | None = None
         self.intensity_histogram: torch.Tensor | None = None
@@ -163,6 +167,9 @@ class PairedDataModule(pl.LightningDataModule):
         self.check_training_subjects()
         self.lut = fit_lut((s["source"].data, s["target"].data, s["mask"].data) for s in self.subjects["train"])
         self.voxel_size = tuple(float(v) for v in self.subjects["train"][0]["source"].spacing)
+        # Ages of 0 are unknown (participants.tsv left them out): not part of the median.
+        ages = [float(s["age"]) for s in self.subjects["train"] if float(s["age"]) > 0]
+        self.median_age = float(statistics.median(ages)) if ages else 0.0
         self.input_profile, self.intensity_histogram = training_profile(
             {
                 "normalised": s["source"].data[0].numpy(),

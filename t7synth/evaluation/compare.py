@@ -401,7 +401,13 @@ def write_csv(entries: Sequence[Entry], path: Path) -> Path:
 
 
 def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
-    """In-brain PSNR and SSIM per run (SD error bars), references as horizontal lines."""
+    """In-brain PSNR and SSIM per run (SD error bars), references as horizontal lines.
+
+    The bars are the mean over the test subjects and the error bars their SD, which the
+    titles say. The y-axis is zoomed on the data (bars from 0 would hide differences of
+    a fraction of a dB); when it does not start at 0, break marks on the axis and a
+    note below it say so.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -439,10 +445,12 @@ def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
             if math.isfinite(reference.scores[name][0]):
                 axis.axhline(reference.scores[name][0], color="gray", linestyle=style, label=reference.label)
         axis.set_xticks(list(positions), [e.label for e in runs], rotation=20, ha="right", fontsize=8)
-        axis.set_title(f"test {COLUMNS[name].heading}")
+        axis.set_title(f"test {COLUMNS[name].heading}\nbars: mean over subjects, error bars: ±1 SD", fontsize=10)
         axis.set_ylabel(COLUMNS[name].heading)
         # Bars from 0 would hide differences of a fraction of a dB: zoom on the data.
         axis.set_ylim(low - margin, high + margin)
+        if low - margin > 0:
+            _mark_cut_axis(axis, low - margin)
         if references:
             axis.legend(fontsize=8, loc="best", framealpha=0.8)
     figure.tight_layout()
@@ -450,6 +458,22 @@ def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
         figure.savefig(tmp, dpi=100)
     plt.close(figure)
     return path
+
+
+def _mark_cut_axis(axis, bottom: float) -> None:
+    """Break marks (//) at the bottom of the y-axis and a note: the bars do not start at 0."""
+    marks = {"transform": axis.transAxes, "color": "black", "clip_on": False, "linewidth": 1}
+    for offset in (0.0, 0.025):
+        axis.plot([-0.02, 0.02], [offset - 0.01, offset + 0.01], **marks)
+    axis.annotate(
+        f"y-axis cut: starts at {bottom:.3g}, not 0",
+        (0.0, 0.0),
+        xycoords="axes fraction",
+        xytext=(0, -48),
+        textcoords="offset points",
+        fontsize=7,
+        color="dimgray",
+    )
 
 
 def log_to_wandb(

@@ -248,6 +248,8 @@ def _manifest(
         "geometry": config.to_dict()["geometry"],
         # Whether the network takes (age, sex, slice position) tokens beside its input.
         "context_tokens": bool(context),
+        # The training subjects' median age (0: unknown), what predict --unconditioned uses.
+        "train_median_age": round(float(state["train_age"]), 3) if "train_age" in state else None,
     }
 
 
@@ -323,6 +325,7 @@ def model_card(manifest: dict, rows: list[dict[str, str]], provenance: str) -> s
         f"{pre['percentiles'][0]:g} and "
         f"{pre['percentiles'][1]:g} inside the brain mask (the given mask, else the voxels above 0).",
         f"- Geometry: {shape}.",
+        conditioning_line(manifest),
         "- `predict` undoes every step on the way out.",
         "",
         "## Files",
@@ -351,3 +354,21 @@ def model_card(manifest: dict, rows: list[dict[str, str]], provenance: str) -> s
             + "the tiling and the pre- and post-processing above are not part of it."
         )
     return "\n".join(lines) + "\n"
+
+
+def conditioning_line(manifest: dict) -> str:
+    """The model card's line on the inputs beside the scan: age and sex, or none."""
+    if not manifest.get("context_tokens"):
+        return "- Inputs beside the scan: none (the model is not conditioned on age or sex)."
+    median = manifest.get("train_median_age")
+    fallback = (
+        f"the training set's median age ({median:g} years) and sex 0.5"
+        if median
+        else "age 0 and sex 0.5 (the training ages are not recorded)"
+    )
+    return (
+        "- Inputs beside the scan: **age and sex** (the net is conditioned on them). Give `--age YEARS --sex F|M` "
+        "for a file, or let `predict` read them from the scan's JSON sidecar or the `participants.tsv` of the BIDS "
+        "dataset it sits in (a dataset input uses its table); without them `predict` refuses, unless "
+        f"`--unconditioned`, which uses {fallback}."
+    )

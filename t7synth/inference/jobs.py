@@ -14,6 +14,7 @@ from t7synth.data.layout import assign_splits, discover
 from t7synth.data.naming import PLAIN_SUFFIX, QC_TABLE, is_nifti, nifti_stem, subject_label, synthetic_path
 from t7synth.errors import UserError
 from t7synth.files import check_writable, remove_stale_temporaries
+from t7synth.inference import conditioning
 from t7synth.inference.preprocess_raw import PREPROCESS_MODES, RawPipeline
 from t7synth.inference.qc import write_table
 from t7synth.inference.synthesiser import Synthesiser, device_for
@@ -24,7 +25,9 @@ class Job:
     """One volume to synthesise.
 
     ``age`` (years) and ``sex`` (1 female, 0 male, 0.5 unknown) feed the conditioning
-    tokens of models that use them; unknown values are what training used for them.
+    tokens of models that use them. :func:`plan_jobs` leaves them ``None`` where the
+    command line did not give them; :func:`t7synth.inference.conditioning.resolve`
+    finds them (or refuses) before anything runs.
     ``uncertainty`` is where a prediction fused from several models writes its SD map.
     ``brain_mask_output`` is where the brain mask used is written (extracted brains,
     BIDS derivatives); ``sidecar`` the JSON sidecar of a BIDS derivative
@@ -34,8 +37,8 @@ class Job:
     source: Path
     output: Path
     mask: Path | None = None
-    age: float = 0.0
-    sex: float = 0.5
+    age: float | None = 0.0
+    sex: float | None = 0.5
     uncertainty: Path | None = None
     brain_mask_output: Path | None = None
     sidecar: Path | None = None
@@ -70,9 +73,10 @@ def plan_jobs(
         split: ``train``/``val``/``test``: only that split of a dataset folder, split
             as the model's training did (``participants.tsv`` or the config's seed).
         config: the model's :class:`~t7synth.config.Config` (for ``split``).
-        age, sex: conditioning values of a file input (years; 1 female, 0 male).
-            Folders of files get the unknown values; a dataset folder's come from
-            its ``participants.tsv``.
+        age, sex: conditioning values of a file input (years; 1 female, 0 male);
+            ``None`` where not given (folders of files too), for
+            :func:`t7synth.inference.conditioning.resolve`; a dataset folder's come
+            from its ``participants.tsv``.
         uncertainty: give each job an SD map beside its output
             (:func:`~t7synth.data.naming.uncertainty_path`; several models fused).
 
@@ -96,8 +100,8 @@ def plan_jobs(
                 source=input,
                 output=target,
                 mask=mask,
-                age=0.0 if age is None else float(age),
-                sex=0.5 if sex is None else float(sex),
+                age=None if age is None else float(age),
+                sex=None if sex is None else float(sex),
             )
         ]
     elif input.is_dir():
@@ -180,6 +184,8 @@ def _folder_jobs(folder: Path, output: Path, mask_dir: Path | None, split: str |
             source=path,
             output=output / f"{nifti_stem(path)}{PLAIN_SUFFIX}",
             mask=_match_mask(path, mask_dir) if mask_dir else None,
+            age=None,
+            sex=None,
         )
         for path in files
     ]
@@ -255,6 +261,8 @@ def predict(
     batch_size: int | None = None,
     progress: bool = True,
     model: str | Path | Sequence[str | Path] | None = None,
+    unconditioned: bool = False,
+    notify: Callable[[str], None] | None = None,
     skull_strip: bool = False,
     n4: bool = False,
     preprocess: str = "auto",
@@ -280,6 +288,10 @@ def predict(
 
     A single file's error is the command's error (one line, exit 2); a folder keeps
     going past volumes that fail, and their messages come back in ``failures``.
+    A conditioned model's scans get their age and sex from the command line, a JSON
+    sidecar or their dataset's ``participants.tsv``, else are refused, unless
+    ``unconditioned`` (:mod:`t7synth.inference.conditioning`); ``notify`` gets the
+    note that says so (default: stderr).
     """
 
     if age is not None and not (0.0 <= age <= 150.0):
@@ -349,6 +361,15 @@ def predict(
     else:
         jobs = plan_jobs(input, output, mask, split, synthesiser.config, age=age, sex=sex, uncertainty=fused)
         pipeline = RawPipeline(synthesiser, skull_strip, n4, preprocess, device=device, quality=quality)
+    models = [s.model for s in synthesisers]
+    jobs, note = conditioning.resolve(
+        jobs,
+        conditioned=any(m.uses_context() for m in models),
+        unconditioned=unconditioned,
+        median_age=float(models[0].train_age),
+    )
+    if note:
+        (notify or (lambda text: print(text, file=sys.stderr)))(note)
 
     output_root = Path(output).expanduser()
     for folder in sorted({job.output.parent for job in jobs} | ({output_root} if bids is not None else set())):

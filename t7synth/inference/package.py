@@ -48,6 +48,7 @@ import torch
 from t7synth import registry
 from t7synth.config import Config, validate
 from t7synth.errors import UserError
+from t7synth.models.buffers import LATER_BUFFERS
 from t7synth.run_files import CONFIG_FILE, TEST_SCORES_FILE
 from t7synth.textfiles import decode_text, loads_json, loads_yaml
 from t7synth.training.checkpoint import _weights_only_is_honoured
@@ -261,7 +262,7 @@ def load_package(path: str | Path, device: str = "cpu"):
     package.state_dict = type(model).complete_state_dict(package.state_dict)
     keys = prediction_keys(model)
     expected = {key: tensor for key, tensor in model.state_dict().items() if key in keys}
-    problems = [f"{key} is missing" for key in expected if key not in package.state_dict]
+    problems = [f"{key} is missing" for key in expected if key not in package.state_dict and key not in LATER_BUFFERS]
     problems += [
         f"{key} has shape {tuple(package.state_dict[key].shape)}, the model's is {tuple(tensor.shape)}"
         for key, tensor in expected.items()

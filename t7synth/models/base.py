@@ -33,6 +33,7 @@ from t7synth.data.profile import empty_profile, uniform_histogram
 from t7synth.errors import UserError
 from t7synth.measures.structure import StructureScorer
 from t7synth.measures.subject import subject_rows
+from t7synth.models.buffers import LATER_BUFFERS
 from t7synth.models.tiling import predict_volume
 from t7synth.scores import (
     HEADLINE,
@@ -88,6 +89,12 @@ def one_cycle(total: int, warmup: float = 0.3, start: float = 1 / 25, end: float
     return factor
 
 
+def _fill_later_buffers(state_dict, prefix, *_args) -> None:
+    """``load_state_dict`` pre-hook: give a state dict without a :data:`LATER_BUFFERS` entry its default."""
+    for name, value in LATER_BUFFERS.items():
+        state_dict.setdefault(prefix + name, torch.tensor(value))
+
+
 class SynthesisModule(pl.LightningModule):
     """Base LightningModule for 3T → 7T synthesis.
 
@@ -100,6 +107,9 @@ class SynthesisModule(pl.LightningModule):
             subjects; copied from the data module when training starts and saved in
             checkpoints so ``predict`` and ``evaluate`` can report it.
         voxel_size: (3,) buffer, the training data's voxel size in mm (0 until fitted).
+        train_age: () buffer, the training subjects' median age in years (0 when
+            unknown); ``predict --unconditioned`` feeds it to a conditioned net for a
+            scan whose age is not known, instead of guessing.
         input_profile, intensity_histogram: buffers, what the training inputs looked
             like (:mod:`t7synth.data.profile`; ``fitted`` 0 until fitted). Checkpoints
             written before they existed load with the "not fitted" values
@@ -120,6 +130,9 @@ class SynthesisModule(pl.LightningModule):
         self.register_buffer("lut", torch.linspace(0, 1, DEFAULT_BINS))
         # Voxel size (mm) of the training data, so predict can resample new scans to it.
         self.register_buffer("voxel_size", torch.zeros(3))
+        self.register_buffer("train_age", torch.zeros(()))
+        # Checkpoints and packages written before train_age existed still load (as 0).
+        self._register_load_state_dict_pre_hook(_fill_later_buffers)
         # What the training inputs looked like (preprocessing, brain volumes, intensity
         # histogram: data/profile.py), so predict can warn about and QC a new scan.
         self.register_buffer("input_profile", empty_profile())
@@ -201,6 +214,7 @@ class SynthesisModule(pl.LightningModule):
         if datamodule is not None and getattr(datamodule, "lut", None) is not None:
             self.lut.copy_(datamodule.lut.to(self.lut.device))
             self.voxel_size.copy_(torch.as_tensor(datamodule.voxel_size, dtype=torch.float32))
+            self.train_age.fill_(float(getattr(datamodule, "median_age", 0.0) or 0.0))
             if getattr(datamodule, "input_profile", None) is not None:
                 self.input_profile.copy_(datamodule.input_profile.to(self.input_profile.device))
                 self.intensity_histogram.copy_(datamodule.intensity_histogram.to(self.intensity_histogram.device))

@@ -29,6 +29,7 @@ import torch
 from t7synth import registry
 from t7synth.config import Config, validate
 from t7synth.errors import UserError
+from t7synth.models.buffers import LATER_BUFFERS
 
 #: How many mismatching tensors a "does not fit" message names before "and N more".
 SHOWN_MISMATCHES = 3
@@ -132,7 +133,8 @@ def check_fits(path: str | Path, config, state_dict: dict[str, Any]):
     problems = []
     for key, tensor in expected.items():
         if key not in state_dict:
-            problems.append(f"{key} is missing")
+            if key not in LATER_BUFFERS:
+                problems.append(f"{key} is missing")
         elif tuple(state_dict[key].shape) != tuple(tensor.shape):
             problems.append(f"{key} has shape {tuple(state_dict[key].shape)}, the model's is {tuple(tensor.shape)}")
     problems += [f"{key} is not in the model" for key in state_dict if key not in expected]

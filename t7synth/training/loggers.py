@@ -3,7 +3,9 @@
 ``metrics.csv`` is written whatever happens to W&B, so a run can always be compared
 offline. W&B defaults to online when credentials exist and offline otherwise, so a
 run never stops to ask for a key or waits on a network it cannot reach. The run id is
-kept in the run directory, so ``--resume`` continues the same W&B run.
+kept in the run directory, so ``--resume`` continues the same W&B run, and every row's
+step is t7synth's own, continued from where the run left off
+(:mod:`t7synth.training.wandb_steps`), so a resumed offline run syncs whole.
 
 What a W&B run holds (:class:`t7synth.training.wandb_logger.RunWandbLogger`,
 :func:`log_run_files`, :func:`log_test_results`):
@@ -44,6 +46,7 @@ from t7synth.run_files import PROGRESS_FILE, RUN_FILES, WANDB_ID_FILE, montage_p
 from t7synth.scores import score_names, summary_values
 from t7synth.textfiles import read_text
 from t7synth.training.history import RunCSVLogger
+from t7synth.training.wandb_links import run_link  # noqa: F401  (the sweep's summary links trials)
 
 
 def has_wandb_credentials() -> bool:
@@ -132,7 +135,8 @@ def build_loggers(config: Config, run_dir: Path, mode: str, resume=None) -> list
                 entity=config.wandb.entity,
                 name=f"{config.name}/{run_dir.name}",
                 group=config.wandb.group or config.name,
-                tags=[config.model.name],
+                tags=list(dict.fromkeys([config.model.name, *config.wandb.tags])),
+                notes=config.wandb.notes,
                 job_type=config.wandb.job_type,
                 save_dir=str(run_dir),
                 id=wandb_run_id(run_dir),
@@ -227,18 +231,6 @@ def log_run_files(
             )
             model.add_file(str(checkpoint), name=checkpoint.name, policy="immutable")
             run.log_artifact(model, aliases=["latest", checkpoint.stem])
-
-
-def run_link(run, run_id: str, mode: str) -> str:
-    """A link to the W&B run ``run_id`` of ``run``'s project, for tables of other runs.
-
-    Online, the run's URL. Offline there is none; the run's path
-    (``entity/project/id``, the entity left out when unknown) names it, and stays
-    valid once ``wandb sync`` uploads the run under the same id.
-    """
-    if mode == "online" and getattr(run, "project_url", None):
-        return f"{run.project_url}/runs/{run_id}"
-    return "/".join(part for part in (getattr(run, "entity", "") or "", run.project, run_id) if part)
 
 
 def wandb_rows(frame) -> list[list]:

@@ -47,8 +47,10 @@ from t7synth.training.loggers import (
 from t7synth.training.memory import batch_plan
 from t7synth.training.nonfinite import NonFiniteGuard
 from t7synth.training.precision import resolve_precision
+from t7synth.training.preflight import check_trains_something
 from t7synth.training.record import environment_record, write_environment
 from t7synth.training.run_dir import check_resume, discard_if_empty, existing_ancestor, resolve_run_dir
+from t7synth.training.wandb_steps import WandbStepState
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,7 @@ def _fit(config, options: FitOptions, callbacks: Sequence, init_weights: dict | 
             datamodule.prepare_data()
             datamodule.setup("fit")
             datamodule.check_shardable(world)
+            check_trains_something(config, datamodule.subjects, world, plan.accumulate)
             write_config(run_dir, config.to_dict())
             write_split_table(run_dir, datamodule.split_records)
             write_environment(
@@ -206,19 +209,24 @@ def _fit(config, options: FitOptions, callbacks: Sequence, init_weights: dict | 
         # Fine-tuning: the given weights, a fresh optimiser, schedule and epoch counter.
         model.generator().load_state_dict(init_weights, strict=True)
     best, last = checkpoint_callbacks(run_dir)
+    loggers = build_loggers(config, run_dir, mode, resume)
     guard = NonFiniteGuard(config.trainer.nonfinite_patience)
     result = FitResult(run_dir)
     with _quiet_known_warnings():
         trainer = pl.Trainer(
             **hardware,
             max_epochs=config.trainer.max_epochs,
-            logger=build_loggers(config, run_dir, mode, resume),
+            logger=loggers,
             callbacks=[
                 best,
                 last,
                 DataStreamCheck(config.seed),
                 guard,
-                pl.callbacks.LearningRateMonitor("epoch"),
+                WandbStepState.of(loggers),
+                *early_stopping(config),
+                # One-cycle steps per batch: its LR is logged per step, so progress.png
+                # draws the schedule, not an epoch staircase; StepLR changes per epoch.
+                pl.callbacks.LearningRateMonitor("step" if config.optim.schedule == "onecycle" else "epoch"),
                 ProgressPlot(run_dir, f"{config.name}/{run_dir.name} ({config.model.name})"),
                 Montages(),
                 TestScores(),
@@ -276,6 +284,25 @@ def _fit(config, options: FitOptions, callbacks: Sequence, init_weights: dict | 
             getattr(model, "_checkpoint_epoch", None),
         )
         return result
+
+
+def early_stopping(config) -> list:
+    """Lightning's ``EarlyStopping`` on ``val/psnr_brain`` with ``trainer.early_stopping_patience``, or none.
+
+    Checked after each validation only (not at a training epoch's end, where the
+    metric may not exist yet); the patience counts validations, so with
+    ``trainer.val_every: k`` it spans ``k * patience`` epochs.
+    """
+    patience = config.trainer.early_stopping_patience
+    if patience is None:
+        return []
+    import pytorch_lightning as pl
+
+    return [
+        pl.callbacks.EarlyStopping(
+            monitor="val/psnr_brain", mode="max", patience=patience, check_on_train_epoch_end=False, verbose=False
+        )
+    ]
 
 
 def join_watchdog(trainer, nodes: int, rank_zero: bool, timeout: float):

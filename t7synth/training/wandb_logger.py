@@ -15,6 +15,8 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from t7synth.scores import COLUMNS, REFERENCES
+from t7synth.training.wandb_links import run_link
+from t7synth.training.wandb_steps import StepCounter
 
 #: The W&B step metric of every ``val/*`` and ``test/*`` series (Lightning logs it with each).
 EPOCH = "epoch"
@@ -57,8 +59,11 @@ class RunWandbLogger(WandbLogger):
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
         self._run_dir = Path(run_dir)
+        #: Every row's W&B step, continued across resumes (t7synth.training.wandb_steps).
+        self.steps = StepCounter(self._run_dir)
         self._defined: set[str] = set()
         self._epoch: Any = None
+        self._trial_linked = False
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
@@ -72,6 +77,9 @@ class RunWandbLogger(WandbLogger):
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Baselines to the summary; other keys to the history, ``val/*`` and ``test/*`` by epoch."""
         metrics = dict(metrics)
+        if not self._trial_linked:
+            self._trial_linked = True
+            self._link_trial()
         references = {key: metrics.pop(key) for key in list(metrics) if is_reference_key(key)}
         if references:
             self.experiment.summary.update({key: float(value) for key, value in references.items()})
@@ -85,7 +93,33 @@ class RunWandbLogger(WandbLogger):
         for key in metrics:
             if key not in self._defined:
                 self._define(key)
-        super().log_metrics(metrics, step)
+        # Lightning's WandbLogger.log_metrics, with the row's step given explicitly.
+        if step is not None:
+            metrics["trainer/global_step"] = step
+        self.experiment.log(metrics, step=self.steps.take(self.experiment))
+
+    def _link_trial(self) -> None:
+        """A sweep trial's run: its number as a numeric key, and a link to its study's summary run.
+
+        The sweep writes the trial record (``trial.json``) before it starts the trial's
+        ``fit``; a run outside a sweep has none. ``trial/number`` goes to the config
+        and the summary (a number, so the runs table sorts and plots by it), and
+        ``trial/study_run`` is the summary run's URL online, its path offline
+        (:func:`t7synth.training.loggers.run_link`).
+        """
+        from t7synth.run_files import read_trial_record
+
+        record = read_trial_record(self._run_dir)
+        if not isinstance(record.get("number"), int):
+            return
+        run = self.experiment
+        trial = {"trial/number": record["number"], "trial/study": str(record.get("study", ""))}
+        if record.get("summary_run"):
+            trial["trial/study_run"] = run_link(
+                run, str(record["summary_run"]), "offline" if self._offline else "online"
+            )
+        run.config.update(trial, allow_val_change=True)
+        run.summary.update(trial)
 
     def _define(self, key: str) -> None:
         """``define_metric`` for a new ``val/*`` or ``test/*`` key: epoch as its x-axis.

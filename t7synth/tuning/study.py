@@ -43,6 +43,8 @@ MAX_CONSECUTIVE_FAILURES = 3
 #: A trial whose heartbeat is older than twice this (Optuna's default grace period)
 #: is marked failed by the next sweep worker that looks: its worker died.
 DEFAULT_HEARTBEAT = 60
+#: Tries to open a database storage: workers starting together race to create its tables.
+SCHEMA_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,12 @@ class SweepOptions:
     seed: int | None = None
     poll: float = 5.0
     heartbeat: int = DEFAULT_HEARTBEAT
+    #: ``--workers N``: worker processes on the study (this one and N - 1 it starts).
+    workers: int = 1
+    #: This worker's index (``--worker-index``, set for the workers ``--workers`` starts).
+    worker_index: int = 0
+    #: The command line's arguments, for the workers ``--workers`` starts.
+    argv: tuple[str, ...] = ()
 
 
 def run_sweep(
@@ -84,12 +92,25 @@ def run_sweep(
 
     check_wandb_mode(wandb_mode(options.wandb or base.wandb.mode))  # once, not in every trial
     root = Path(base.runs_dir) / sweep.study
-    study = open_study(
-        sweep, options.storage, root, options.seed if options.seed is not None else base.seed, options.heartbeat
-    )
+    if options.workers < 1:
+        raise UserError(f"--workers {options.workers}: must be at least 1")
+    # Each worker its own sampler seed: workers sharing a study must not draw alike
+    # (t7synth.tuning.distinct).
+    seed = (options.seed if options.seed is not None else base.seed) + options.worker_index
+    study = open_study(sweep, options.storage, root, seed, options.heartbeat)
+    from t7synth.tuning.distinct import duplicate_of, skip_duplicate
+    from t7synth.tuning.summary_run import summary_run_id
+    from t7synth.tuning.workers import start_workers, wait_workers, without_workers
+
+    # The study exists now: the other workers load it rather than race to create it.
+    extra_workers = start_workers(without_workers(options.argv), options.workers - 1, root)
+    if extra_workers:
+        report(f"started {len(extra_workers)} more worker(s): logs {root / 'worker-*.log'}")
+    summary_id = summary_run_id(sweep.study, base.wandb.project)
 
     import optuna
 
+    from t7synth.run_files import write_trial_record
     from t7synth.tuning.trial import owner_tag
 
     for line in fail_orphaned_trials(study) + fail_stale_trials(study):
@@ -99,7 +120,7 @@ def run_sweep(
     report(f"study {sweep.study}: {done} of {n_trials} trials finished; runs in {root}")
     from tqdm.auto import tqdm
 
-    failures = 0
+    failures = duplicates = 0
     with tqdm(
         total=n_trials, initial=min(done, n_trials), desc=f"sweep {sweep.study}", unit="trial", dynamic_ncols=True
     ) as bar:
@@ -112,11 +133,24 @@ def run_sweep(
                 # records them itself (heartbeat below).
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")
                 trial = study.ask(sweep.distributions())
+            original = duplicate_of(study, trial)
+            if original is not None:
+                duplicates += 1
+                bar.write(skip_duplicate(study, trial, original, duplicates))
+                continue
+            duplicates = 0
             with heartbeat(study, trial):
                 values = dict(trial.params)
                 run_dir = root / f"trial-{trial.number:04d}" / "version_0"
                 trial.set_user_attr("run_dir", str(run_dir))
+                trial.set_user_attr("summary_run", summary_id)
                 trial.set_user_attr("owner", owner_tag())
+                # The trial's W&B run reads this before its first row: its number (a
+                # numeric key) and its study's summary run, which it links to.
+                write_trial_record(
+                    run_dir,
+                    {"study": sweep.study, "number": trial.number, "state": "running", "summary_run": summary_id},
+                )
                 overrides = {
                     **values,
                     "runs_dir": str(root),
@@ -139,6 +173,7 @@ def run_sweep(
             else:
                 failures = 0
                 bar.update(1)
+    wait_workers(extra_workers)
     write_summary(study, sweep, root, options.wandb or base.wandb.mode, base, report)
 
 
@@ -225,10 +260,19 @@ def database_storage(url: str, heartbeat_interval: int = DEFAULT_HEARTBEAT):
     if heartbeat_interval < 0:
         raise UserError(f"--heartbeat {heartbeat_interval}: must be 0 (no heartbeat) or a number of seconds")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # grace_period None: Optuna's default, twice the interval.
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval or None)
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    # grace_period None: Optuna's default, twice the interval.
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval or None)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+                # Workers started together on a new database race to create Optuna's
+                # tables ("duplicate key ... pg_type", "database is locked"): the loser
+                # finds them made when it tries again.
+                if attempt == SCHEMA_ATTEMPTS - 1:
+                    raise
+                time.sleep(1.0 + attempt)
     except ImportError:
         # SQLAlchemy >= 2.1 reads postgresql:// URLs with psycopg (3); 2.0 with psycopg2.
         driver = "; for PostgreSQL: pip install 'psycopg[binary]'" if url.startswith("postgres") else ""
@@ -398,6 +442,7 @@ def run_trial(
                 "value": value,
                 "epoch": max(reported) if reported else None,
                 "params": dict(trial.params),
+                "summary_run": trial.user_attrs.get("summary_run"),
             },
         )
 
@@ -464,27 +509,35 @@ def write_summary(
     import optuna
 
     from t7synth.files import atomic_path
+    from t7synth.tuning.baselines import label, study_baselines
 
-    table = trials_table(study)
+    table = trials_table(study, sweep.metric)
     with atomic_path(root / STUDY_TABLE_FILE) as tmp:
         table.to_csv(tmp, index=False)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    images = plot_study(study, root, sweep.metric, report)
+    baselines = study_baselines(
+        {kind: (None if value != value else value) for kind, value in row.items()}
+        for row in table[["identity", "lut"]].to_dict("records")
+    )
+    images = plot_study(study, root, sweep.metric, report, baselines)
     if not complete:
         report(f"no trial completed; see {root / STUDY_TABLE_FILE}")
         return
     best = study.best_trial
-    report(f"best: trial {best.number}, {sweep.metric} {best.value:.3f}")
+    report(
+        f"best: trial {best.number}, {sweep.metric} {best.value:.3f}"
+        + "".join(f"; {label(kind)} {value:.3f}" for kind, value in baselines.items())
+    )
     for key, value in best.params.items():
         report(f"  {key}: {value}")
     report(f"  run: {best.user_attrs.get('run_dir')}")
     # Only complete trials reached their test; compare refuses runs without one.
     ranked = table[table["rank"].notna()].sort_values("rank").head(5)
     report(f"compare the best {len(ranked)}: python -m t7synth.compare " + " ".join(ranked["run_dir"]))
-    log_summary_to_wandb(table, images, sweep, root, wandb_mode_setting, base)
+    log_summary_to_wandb(table, images, sweep, root, wandb_mode_setting, base, baselines, len(study.trials))
 
 
-def trials_table(study):
+def trials_table(study, metric: str | None = None):
     """Every trial of the study as a table with numeric columns (``trials.csv``, W&B).
 
     Columns: ``number``; ``state`` (Optuna's, lower case: ``complete``, ``pruned``,
@@ -492,12 +545,18 @@ def trials_table(study):
     unless complete); ``rank`` (1 = best complete trial, in the study's direction;
     ``compare`` reads it to pick a study's best trials); ``epochs`` (validations
     reported); one ``params_<key>`` column per sampled config key; ``duration_s``;
-    ``run_dir``; ``wandb_run`` (the trial's W&B run id, from its run folder).
+    ``run_dir``; ``wandb_run`` (the trial's W&B run id, from its run folder); with
+    ``metric``, ``identity`` and ``lut``: the trial's baselines of that metric
+    (:mod:`t7synth.tuning.baselines`), so a trial below the 3T input shows. Repeats
+    of an earlier trial's parameters (:mod:`t7synth.tuning.distinct`) have the state
+    ``duplicate``.
     """
     import optuna
     import pandas as pd
 
     from t7synth.run_files import WANDB_ID_FILE
+    from t7synth.tuning.baselines import trial_baselines
+    from t7synth.tuning.distinct import DUPLICATE_ATTR
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -509,14 +568,16 @@ def trials_table(study):
         run_dir = trial.user_attrs.get("run_dir", "")
         id_file = Path(run_dir) / WANDB_ID_FILE if run_dir else None
         duration = trial.duration.total_seconds() if trial.duration is not None else None
+        references = trial_baselines(run_dir, metric) if metric else {}
         rows.append(
             {
                 "number": trial.number,
-                "state": trial.state.name.lower(),
+                "state": "duplicate" if DUPLICATE_ATTR in trial.user_attrs else trial.state.name.lower(),
                 "value": trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None,
                 "rank": ranks.get(trial.number),
                 "epochs": len(trial.intermediate_values),
                 **{f"params_{key}": trial.params.get(key) for key in params},
+                **references,
                 "duration_s": round(duration, 1) if duration is not None else None,
                 "run_dir": run_dir,
                 "wandb_run": read_text(id_file).strip() if id_file is not None and id_file.is_file() else "",
@@ -529,13 +590,14 @@ def trials_table(study):
         "rank",
         "epochs",
         *(f"params_{key}" for key in params),
+        *(("identity", "lut") if metric else ()),
         "duration_s",
         "run_dir",
         "wandb_run",
     ]
     frame = pd.DataFrame(rows, columns=columns)
     frame["rank"] = frame["rank"].astype("Int64")  # integers, empty for trials without a rank
-    for column in ("value", "duration_s"):
+    for column in ("value", "duration_s", *(("identity", "lut") if metric else ())):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 
@@ -551,13 +613,17 @@ def metric_label(metric: str) -> str:
     return metric
 
 
-def plot_study(study, root: Path, metric: str, report: Callable[[str], None] = print) -> list[Path]:
+def plot_study(
+    study, root: Path, metric: str, report: Callable[[str], None] = print, baselines: dict | None = None
+) -> list[Path]:
     """Optuna's optimisation history, validation curves and parameter importances as PNGs.
 
     Axes name the metric and its unit (:func:`metric_label`) and the curves' steps are
     epochs (0-based, as in ``metrics.csv``). Importances are drawn only from
     :data:`MIN_TRIALS_FOR_IMPORTANCES` complete trials; with fewer, ``report`` says so
     and a stale ``importances.png`` is removed, so the files always describe the study.
+    The history and the curves draw the identity and LUT ``baselines`` of the metric
+    (:func:`t7synth.tuning.baselines.draw_baselines`).
     """
     import matplotlib
 
@@ -568,6 +634,7 @@ def plot_study(study, root: Path, metric: str, report: Callable[[str], None] = p
     from optuna.visualization import matplotlib as plots
 
     from t7synth.files import atomic_path
+    from t7synth.tuning.baselines import draw_baselines
 
     label = metric_label(metric)
     complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
@@ -605,6 +672,9 @@ def plot_study(study, root: Path, metric: str, report: Callable[[str], None] = p
                 axes.xaxis.set_major_locator(MaxNLocator(integer=True))
             else:
                 axes.set_title(axes.get_title(), fontsize=10)
+            if name in ("curves", "history") and baselines:
+                draw_baselines(axes, baselines)
+                axes.legend()
             if axes.get_legend() is not None:  # Optuna's sits outside on the right, in a large font
                 axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
             figure = axes.figure
@@ -617,7 +687,16 @@ def plot_study(study, root: Path, metric: str, report: Callable[[str], None] = p
     return written
 
 
-def log_summary_to_wandb(table, images: list[Path], sweep, root: Path, mode_setting: str | None, base) -> None:
+def log_summary_to_wandb(
+    table,
+    images: list[Path],
+    sweep,
+    root: Path,
+    mode_setting: str | None,
+    base,
+    baselines: dict | None = None,
+    step: int | None = None,
+) -> None:
     """A W&B run of job type ``sweep`` in the study's group: the trials table, plots, links.
 
     The table is :func:`trials_table` with its numbers as numbers (it sorts and plots
@@ -625,7 +704,9 @@ def log_summary_to_wandb(table, images: list[Path], sweep, root: Path, mode_sett
     tagged too, see :class:`t7synth.training.wandb_logger.RunWandbLogger`) and a
     ``wandb_link`` to the trial's run: its URL online, its ``entity/project/id`` path
     offline (``wandb sync`` keeps ids, so the path stays valid after syncing). The
-    summary holds the best trial and the count of trials per state.
+    summary holds the best trial, the count of trials per state and the identity and
+    LUT baselines (``baseline/identity``, ``baseline/lut``). There is one summary run per
+    study (:mod:`t7synth.tuning.summary_run`): every worker and rerun updates it.
     """
     from t7synth.training.loggers import run_link, wandb_mode, wandb_rows
 
@@ -634,9 +715,13 @@ def log_summary_to_wandb(table, images: list[Path], sweep, root: Path, mode_sett
         return
     import wandb
 
+    from t7synth.tuning.summary_run import summary_run_id
+
     run = wandb.init(
         project=base.wandb.project,
         entity=base.wandb.entity,
+        id=summary_run_id(sweep.study, base.wandb.project),
+        resume="allow",
         group=sweep.study,
         job_type="sweep",
         name=f"{sweep.study}/summary",
@@ -651,9 +736,11 @@ def log_summary_to_wandb(table, images: list[Path], sweep, root: Path, mode_sett
             {
                 "sweep/trials": wandb.Table(columns=list(frame.columns), data=wandb_rows(frame)),
                 **{f"sweep/{path.stem}": wandb.Image(str(path)) for path in images},
-            }
+            },
+            step=step,
         )
         summary = {f"trials/{state}": int(count) for state, count in frame["state"].value_counts().items()}
+        summary.update({f"baseline/{kind}": float(value) for kind, value in (baselines or {}).items()})
         ranked = frame[frame["rank"] == 1]
         if len(ranked):
             best = ranked.iloc[0]

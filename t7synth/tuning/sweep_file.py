@@ -130,13 +130,17 @@ class SweepConfig:
         # extremes, and building their model on the meta device (no memory, no
         # time), catches unknown keys and impossible values before any trial runs.
         from t7synth.training.summary import model_summary as summary
+        from t7synth.tuning.effect import check_params_have_effect
 
+        corners = []
         for values in self._corners():
             config = self.resolve(values)
             try:
                 summary(config)
             except UserError as error:
                 raise UserError(f"{self.path}: {error}") from None
+            corners.append(config)
+        check_params_have_effect(where, list(self.params), corners)
 
     def resolve(self, values: dict[str, Any], extra: dict[str, Any] | None = None):
         """The experiment config of one trial: the base, ``set``, then ``values``."""

@@ -322,3 +322,23 @@ def test_wandb_run_links_the_compared_runs(runs, tmp_path, monkeypatch):
     link = table["columns"].index("wandb_link")
     assert table["data"][0][link] == "t7synth/abc123"  # offline: the run's path (entity unknown)
     assert list(out.glob("wandb/offline-run-*/files/media/images/comparison/chart_*.png"))
+
+
+def test_comparison_chart_says_its_error_bars_are_sds_and_marks_a_cut_axis(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda figure=None: figures.append(figure) or close(figure))
+    entries = [
+        runs_module.Entry("a", "unet", "run", 2, {"psnr_brain": (24.0, 0.5), "ssim_brain": (0.86, 0.01)}),
+        runs_module.Entry("b", "vnet", "run", 2, {"psnr_brain": (23.2, 0.4), "ssim_brain": (0.84, 0.01)}),
+        runs_module.Entry(
+            "identity (3T input)", "identity", "reference", 2, {"psnr_brain": (20.0, 0.1), "ssim_brain": (0.6, 0.01)}
+        ),
+    ]
+    runs_module.bar_chart(entries, tmp_path / "comparison.png")
+    for axis in figures[0].axes:
+        assert "error bars: ±1 SD" in axis.get_title()
+        notes = [text.get_text() for text in axis.texts]
+        assert any(note.startswith("y-axis cut: starts at") for note in notes)  # bars do not start at 0

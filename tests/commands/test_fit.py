@@ -61,6 +61,8 @@ def test_run_directory_and_resume(dataset, tmp_path, capsys):
 
     first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert first["epoch"] == 0
+    # The training subjects' median age (sub-001 60, sub-002 61), for predict --unconditioned.
+    assert float(first["state_dict"]["train_age"]) == 60.5
     # The training inputs' record (data/profile.py): the tiny dataset's 3T is zero outside its masks.
     from t7synth.data import profile
 

@@ -68,6 +68,15 @@ def write_sweep(path: Path, body: str) -> Path:
             "params.model.net.channels.high",
         ),
         ("model: unet\nparams:\n  model.net.chanels: {type: int, low: 8, high: 16}\n", "model.net.chanels"),
+        (
+            "model: unet\nset:\n  optim.schedule: onecycle\nparams:\n  optim.step_gamma: {type: float, low: 0.3, "
+            "high: 0.9}\n",
+            "optim.step_gamma has no effect: optim.schedule is onecycle",
+        ),
+        (
+            "model: unet\nparams:\n  optim.d_lr: {type: float, low: 1.0e-4, high: 1.0e-3}\n",
+            "optim.d_lr has no effect: model unet has no discriminator",
+        ),
     ],
     ids=[
         "unknown-config-key",
@@ -79,6 +88,8 @@ def write_sweep(path: Path, body: str) -> Path:
         "missing-config",
         "int-bound",
         "unknown-net-key",
+        "steplr-key-under-onecycle",
+        "gan-key-for-a-unet",
     ],
 )
 def test_bad_sweep_file_is_one_line(tmp_path, capsys, body, named):
@@ -265,6 +276,32 @@ def test_trials_table_is_numeric_and_ranks_complete_trials(tmp_path):
     table.to_csv(tmp_path / "trials.csv", index=False)
     back = pd.read_csv(tmp_path / "trials.csv")
     assert back["value"].tolist()[::2] == [21.0, 23.5] and back["rank"].tolist()[2] == 1
+
+
+def test_the_study_table_and_plots_show_the_identity_and_lut_baselines(tmp_path, monkeypatch):
+    """A trial below the 3T input must show as such: both baselines in trials.csv and
+    as lines in the plots' legends, inside their y-range."""
+    import matplotlib.pyplot as plt
+
+    study = _study_with_trials(tmp_path)
+    for number in range(3):
+        (tmp_path / "lr" / f"trial-{number:04d}" / "version_0" / "metrics.csv").write_text(
+            "epoch,step,val/psnr_brain,val/identity/psnr_brain,val/lut/psnr_brain\n0,9,20.0,30.0,25.0\n"
+        )
+    table = study_module.trials_table(study, "val/psnr_brain")
+    assert table["identity"].tolist()[:3] == [30.0, 30.0, 30.0] and table["lut"].tolist()[:3] == [25.0] * 3
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda figure=None: figures.append(figure) or close(figure))
+    study_module.plot_study(
+        study, tmp_path / "lr", "val/psnr_brain", lambda line: None, {"identity": 30.0, "lut": 25.0}
+    )
+    for figure in figures:
+        axes = figure.axes[0]
+        labels = [text.get_text() for text in axes.get_legend().get_texts()]
+        assert "identity (3T input)" in labels and "intensity LUT" in labels
+        low, high = axes.get_ylim()
+        assert low < 25.0 and high > 30.0  # the lines are drawn where the legend says
 
 
 def test_study_plots_name_the_metric_and_skip_unstable_importances(tmp_path, monkeypatch):

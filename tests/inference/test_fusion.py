@@ -27,6 +27,10 @@ TINY_NET = {
 }
 
 
+#: The scan's age and sex: the models are conditioned, and predict never guesses them.
+CONDITIONS = ["--age", "60", "--sex", "F"]
+
+
 def _checkpoint(path, axis: int, seed: int):
     """A tiny residual U-Net slicing along ``axis`` with random weights (the zero-initialised
     output layers would otherwise make it the identity)."""
@@ -55,7 +59,10 @@ def test_fused_volume_is_the_mean_and_the_sd_map_the_sd(tmp_path):
     for index, ckpt in enumerate(ckpts):
         out = tmp_path / f"single{index}.nii.gz"
         assert (
-            run_main(predict.main, ["--ckpt", str(ckpt), "--input", str(scan), "--output", str(out), "--no-progress"])
+            run_main(
+                predict.main,
+                ["--ckpt", str(ckpt), "--input", str(scan), "--output", str(out), "--no-progress", *CONDITIONS],
+            )
             == 0
         )
         singles.append(_read(out))
@@ -72,6 +79,7 @@ def test_fused_volume_is_the_mean_and_the_sd_map_the_sd(tmp_path):
         "--output",
         str(fused),
         "--no-progress",
+        *CONDITIONS,
     ]
     assert run_main(predict.main, argv) == 0
     sd_file = tmp_path / "fused_sd.nii.gz"

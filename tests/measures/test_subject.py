@@ -39,6 +39,7 @@ def scored(tmp_path, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr("t7synth.models.base.subject_rows", spy)
+    monkeypatch.setattr("t7synth.evaluation.evaluator.subject_rows", spy)
     monkeypatch.setattr(subject, "subject_rows", spy)
     module._score_batch(batch, "test")
     prediction = module.predict_subject(data["source"], {k: 0.0 for k in batches.SUBJECT_KEYS}, data["mask"])

@@ -111,10 +111,17 @@ def _tiny_mask(root: Path) -> None:
     write_nifti(naming.mask_path(root, "sub-001"), mask, np.diag([1.5, 1.5, 1.5, 1.0]))
 
 
+def _no_validation_subject(root: Path) -> None:
+    table = root / naming.PARTICIPANTS
+    table.write_text(table.read_text().replace("\tval\n", "\ttrain\n"))
+
+
 @pytest.mark.parametrize(
     ("damage", "extra", "expected"),
     [
         (_partial_split, [], "the split column is empty for sub-002"),
+        (None, ["--set", "data.batch_size=8"], "an epoch would have no training batch: 2 training subject(s)"),
+        (_no_validation_subject, [], "data.val_fraction 0.15 asks for validation, but the split has no validation"),
         (_unlisted_folder, [], "sub-099 in"),
         (_other_shape, [], "set data.shape"),
         (_tiny_mask, [], "training subject sub-001: its brain mask leaves no place"),
@@ -128,6 +135,8 @@ def _tiny_mask(root: Path) -> None:
     ],
     ids=[
         "partial-split",
+        "no-training-batch",
+        "no-validation-subject",
         "unlisted-folder",
         "different-shapes",
         "tiny-mask",
@@ -206,7 +215,19 @@ def _untrained_checkpoint(path: Path, channels: int | None = None) -> Path:
 
 
 @pytest.mark.parametrize(
-    "case", ["hostile", "huge", "empty", "output-under-a-file", "read-only-output", "full-disk", "bad-age"]
+    "case",
+    [
+        "hostile",
+        "huge",
+        "empty",
+        "output-under-a-file",
+        "read-only-output",
+        "full-disk",
+        "bad-age",
+        "broken-sidecar",
+        "sidecar-age-not-a-number",
+        "loose-file-without-age",
+    ],
 )
 def test_predict_refuses_in_one_line(dataset, tmp_path, capsys, monkeypatch, case):
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
@@ -222,7 +243,12 @@ def test_predict_refuses_in_one_line(dataset, tmp_path, capsys, monkeypatch, cas
         "read-only-output": "Permission denied",
         "full-disk": "No space left on device",
         "bad-age": "--age -4.0",
+        "broken-sidecar": "is not valid JSON",
+        "sidecar-age-not-a-number": "age 'old' is not a number of years",
+        "loose-file-without-age": "give --age and --sex, or --unconditioned",
     }[case]
+    source = naming.source_path(dataset, "sub-001")
+    sidecar = source.with_name(naming.nifti_stem(source) + ".json")
     if case == "hostile":
         ckpt = malicious_checkpoint(tmp_path / "hostile.ckpt", marker)
     elif case == "huge":
@@ -255,7 +281,13 @@ def test_predict_refuses_in_one_line(dataset, tmp_path, capsys, monkeypatch, cas
         monkeypatch.setattr(t7synth.files.tempfile, "mkstemp", refuse)
     elif case == "bad-age":
         extra = ["--age", "-4"]
-    source = naming.source_path(dataset, "sub-001")
+    elif case == "broken-sidecar":
+        sidecar.write_text("{not json")
+    elif case == "sidecar-age-not-a-number":
+        sidecar.write_text('{"Age": "old"}')
+    elif case == "loose-file-without-age":
+        source = tmp_path / "loose.nii.gz"
+        source.write_bytes(naming.source_path(dataset, "sub-001").read_bytes())
     before = snapshot(tmp_path)
     status = run_main(
         predict.main,

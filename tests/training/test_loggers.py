@@ -102,7 +102,9 @@ def test_wandb_logger_offline_records(tmp_path, monkeypatch):
         monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
     run_dir = tmp_path / "study" / "trial-0002" / "version_0"
     run_dir.mkdir(parents=True)
-    write_trial_record(run_dir, {"study": "study", "number": 2, "state": "pruned", "epoch": 1})
+    write_trial_record(
+        run_dir, {"study": "study", "number": 2, "state": "pruned", "epoch": 1, "summary_run": "sweep-0123456789ab"}
+    )
     assert read_trial_record(run_dir)["state"] == "pruned"
     try:
         logger = RunWandbLogger(
@@ -125,7 +127,12 @@ def test_wandb_logger_offline_records(tmp_path, monkeypatch):
     finally:
         wandb.teardown()
     recorded = offline_run(run_dir)
-    assert recorded.config["optim"] == {"lr": 0.01} and "config" not in recorded.config and not recorded.config_updates
+    assert recorded.config["optim"] == {"lr": 0.01} and "config" not in recorded.config
+    # A sweep trial: its number a numeric key, its study's summary run linked (offline: the run path).
+    assert recorded.config_updates == [
+        {"trial/number": 2, "trial/study": "study", "trial/study_run": "t7synth-test/sweep-0123456789ab"}
+    ]
+    assert recorded.summary["trial/number"] == 2
     assert recorded.summary["val/psnr_brain"] == {"max": 22.0, "last": 21.0}
     assert recorded.summary["val/mae"] == {"min": 0.2, "last": 0.25}
     assert recorded.summary["val/identity/psnr_brain"] == 18.0

@@ -59,6 +59,8 @@ study.fit_command = lambda sweep, options, overrides: [
     sys.executable, fake, shared, overrides["name"], overrides["optim.lr"], linger, wait_for]
 if owner != "-":
     trial.owner_tag = lambda: owner
+from t7synth.tuning import workers
+workers.PROGRAM = [sys.argv[0], *sys.argv[1:6]]  # --workers starts this stand-in too
 from t7synth import sweep
 from t7synth.cli import run_main
 sys.exit(run_main(sweep.main, sys.argv[6:]))
@@ -105,7 +107,9 @@ class Sweep:
         (tmp_path / "fake_fit.py").write_text(FAKE_FIT)
         (tmp_path / "worker.py").write_text(WORKER)
 
-    def start(self, owner: str = "-", linger: float = 0.0, wait_for: int = 0, name: str = "worker") -> subprocess.Popen:
+    def start(
+        self, owner: str = "-", linger: float = 0.0, wait_for: int = 0, name: str = "worker", extra=None
+    ) -> subprocess.Popen:
         command = [
             sys.executable,
             str(self.tmp / "worker.py"),
@@ -121,8 +125,7 @@ class Sweep:
             "1",
             "--poll",
             "0.1",
-            "--seed",
-            str(len(name)),
+            *(extra or ["--seed", str(len(name))]),
         ]
         log = open(self.tmp / f"{name}.log", "w")
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp)
@@ -195,11 +198,14 @@ def test_two_workers_share_one_study(tmp_path, postgres_url):
     for index, worker in enumerate(workers):
         assert worker.wait(timeout=240) == 0, sweep.log(f"worker{index}")
 
-    trials = sweep.study().trials
+    every = sweep.study().trials
+    assert [t.number for t in every] == list(range(len(every)))
+    # Both workers have the same seed here (len(name)): repeats of an earlier trial's
+    # parameters are skipped (t7synth.tuning.distinct), not run.
+    trials = [t for t in every if "duplicate_of" not in t.user_attrs]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     # Each worker checks the count before asking, so both may start the last one.
     assert n_trials <= len(trials) <= n_trials + 1
-    assert [t.number for t in trials] == list(range(len(trials)))
     names = [f"trial-{t.number:04d}" for t in trials]
     assert sorted(sweep.ran()) == names  # each trial's fit ran exactly once
     assert len({t.user_attrs["run_dir"] for t in trials}) == len(trials)
@@ -297,3 +303,89 @@ def test_fit_of_a_trial_failed_elsewhere_is_stopped_here(tmp_path):
     finally:
         if fit.poll() is None:
             fit.kill()
+
+
+def _summary_run_ids(root: Path) -> set[str]:
+    """The W&B run ids of a study's summary runs (offline: one folder per process that wrote one)."""
+    return {path.stem.removeprefix("run-") for path in root.glob("wandb/offline-run-*/run-*.wandb")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workers_with_one_seed_never_repeat_parameters_and_keep_one_summary(tmp_path, backend, monkeypatch):
+    """Two workers with the SAME sampler seed on one study: no two trials share their
+    parameters, and the study has exactly one summary (trials.csv, one W&B summary run id)
+    after both end and after a rerun."""
+    import optuna
+
+    if backend == "postgresql":
+        url = os.environ.get(POSTGRES_ENV)
+        if not url:
+            pytest.skip(f"{POSTGRES_ENV} is not set: run under .ci/with-postgres")
+    else:
+        url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
+    n_trials = 4
+    sweep = Sweep(tmp_path, url, n_trials=n_trials)
+    spec = yaml.safe_load(sweep.file.read_text())
+    spec["sampler"] = {"name": "tpe", "n_startup_trials": 10}  # seeded: the same seed draws the same values
+    sweep.file.write_text(yaml.safe_dump(spec))
+    extra = ["--wandb", "offline", "--seed", "5"]
+    workers = [sweep.start(wait_for=2, name=f"worker{i}", extra=extra) for i in range(2)]
+    for index, worker in enumerate(workers):
+        assert worker.wait(timeout=240) == 0, sweep.log(f"worker{index}")
+
+    trials = sweep.study().trials
+    run = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in run)
+    values = [t.params["optim.lr"] for t in run]
+    assert len(values) == len(set(values)) >= n_trials  # nobody evaluated the same parameters twice
+    assert sorted(sweep.ran()) == sorted(f"trial-{t.number:04d}" for t in run)
+    root = tmp_path / "runs" / sweep.name
+    assert len(list(root.glob("trials.csv"))) == 1
+    assert len(_summary_run_ids(root)) == 1
+    # The same seed drew the same first values: the repeat was skipped, not run.
+    assert any("duplicate_of" in t.user_attrs for t in trials)
+
+    rerun = sweep.start(name="rerun", extra=extra)  # the study is finished: it only summarises again
+    assert rerun.wait(timeout=240) == 0, sweep.log("rerun")
+    assert len(_summary_run_ids(root)) == 1
+    assert len(list(root.glob("wandb/offline-run-*"))) == 3  # three summaries written, all to that run
+
+
+@pytest.mark.slow
+def test_sweep_workers_starts_its_own_workers_on_one_journal(tmp_path):
+    """``--workers 2``: one command, two processes on the default journal file; every trial
+    once, distinct parameters, both workers took part, one trials.csv."""
+    import optuna
+
+    sweep = Sweep(tmp_path, "unused", n_trials=4)
+    command = [
+        sys.executable,
+        str(tmp_path / "worker.py"),
+        str(sweep.shared),
+        str(tmp_path / "fake_fit.py"),
+        "-",
+        "0",
+        "2",
+        str(sweep.file),
+        "--poll",
+        "0.1",
+        "--workers",
+        "2",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "started 1 more worker(s)" in done.stdout
+    root = tmp_path / "runs" / sweep.name
+    study = optuna.load_study(
+        study_name=sweep.name,
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(root / "optuna.journal"))
+        ),
+    )
+    run = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    assert len({t.params["optim.lr"] for t in run}) == len(run) >= 4
+    assert len({t.user_attrs["owner"] for t in run}) == 2  # both processes ran trials
+    assert (root / "worker-1.log").is_file() and len(list(root.glob("trials.csv"))) == 1

@@ -419,6 +419,7 @@ def test_cli_generates_and_prints_the_folder(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == str(out)
     assert lines[1].startswith("3 subjects (train 1, val 1, test 1), shape 64x72x72, spacing 3 mm")
+    assert lines[2].endswith(f"python -m t7synth.fit --config experiments/demo_unet.yaml --data {out}")  # fit uses it
     assert cache.demo_is_complete(out, {"n_subjects": 3, "seed": 0, "voxel_size": 3.0})
 
 
