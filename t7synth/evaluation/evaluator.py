@@ -49,15 +49,19 @@ from t7synth.config import Config
 from t7synth.data.intensity_lut import apply_lut
 from t7synth.data.layout import assign_splits, discover
 from t7synth.data.naming import is_nifti, is_uncertainty, subject_label
-from t7synth.data.preprocess import Preprocessing, load_or_preprocess
-from t7synth.data.volumes import check_pair, load_volume
+from t7synth.data.preprocess import Preprocessing, load_or_preprocess, normalise
+from t7synth.data.volumes import brain_mask, check_pair, load_volume
 from t7synth.errors import UserError
-from t7synth.evaluation.segmenter import labels_on_grid, read_structures
+from t7synth.evaluation.perceptual import MedicalNetDistance
+from t7synth.evaluation.segmenter import Segmenter, StructureAgreement, labels_on_grid, read_structures
 from t7synth.files import atomic_path, cache_root, check_writable, remove_stale_temporaries
 from t7synth.inference.grids import shift_to_grid
+from t7synth.inference.package import package_config, read_package
+from t7synth.inference.trained import refuse_package
 from t7synth.measures import metrics, segmentation
 from t7synth.measures.structure import StructureScorer
 from t7synth.measures.subject import subject_rows
+from t7synth.plotting import save_montage
 from t7synth.registry import resolve
 from t7synth.run_files import EVALUATE_SCORES_FILE, EVALUATE_SUBJECTS_FILE, write_config
 from t7synth.scores import (
@@ -72,6 +76,7 @@ from t7synth.scores import (
     summarise,
     write_rows,
 )
+from t7synth.training.checkpoint import checkpoint_config, read_checkpoint
 
 #: ``--pred-scale`` values: the prediction as written (predict's [0, 1] scale), or
 #: normalised exactly like the target (another tool's output in scanner intensities).
@@ -97,12 +102,8 @@ def settings_config(config_file: str | None = None, ckpt: str | None = None, mod
     resolves it, else the dataclass defaults.
     """
     if model:
-        from t7synth.inference.package import package_config
-
         return package_config(model)
     if ckpt:
-        from t7synth.training.checkpoint import checkpoint_config
-
         return checkpoint_config(ckpt)
 
     return resolve(None, config_file) if config_file else Config()
@@ -120,15 +121,10 @@ def settings_and_lut(config_file: str | None = None, ckpt: str | None = None, mo
         ``(config, lut)``; ``lut`` is ``None`` without ``ckpt`` or ``model``.
     """
     if ckpt:
-        from t7synth.inference.trained import refuse_package
-        from t7synth.training.checkpoint import checkpoint_config, read_checkpoint
-
         refuse_package(ckpt, f"--ckpt {ckpt} is a model package; pass it as --model {ckpt}")
         checkpoint = read_checkpoint(ckpt)
         return checkpoint_config(ckpt, checkpoint), _fitted_lut(checkpoint["state_dict"])
     if model:
-        from t7synth.inference.package import read_package
-
         package = read_package(model)
         return package.config, _fitted_lut(package.state_dict)
     return settings_config(config_file), None
@@ -229,8 +225,6 @@ class Evaluator:
         data = config.data
         self.settings = Preprocessing.from_config(data)
         if data.inference == "authors":
-            import dataclasses
-
             # A converted official model's data.shape is inferer3T.py's frame in the scan
             # files' own axes, not a RAS+ crop: score the whole volume instead.
             self.settings = dataclasses.replace(self.settings, shape=None)
@@ -363,9 +357,6 @@ class Evaluator:
         """
 
         if self.pred_scale == "percentile":
-            from t7synth.data.preprocess import normalise
-            from t7synth.data.volumes import brain_mask, load_volume
-
             source, source_affine = load_volume(record.source)
             mask = torch.from_numpy(
                 brain_mask(record.source, source, source_affine, record.mask)[None].astype(np.uint8)
@@ -400,8 +391,6 @@ class Evaluator:
         self.target_quality.append(structure.target_quality)
         structures = None
         if self.segmenter is not None:
-            from t7synth.evaluation.segmenter import StructureAgreement
-
             structures = StructureAgreement(
                 self.segmenter, target, data["affine"].numpy(), self.manual_structures(record, data)
             )
@@ -424,8 +413,6 @@ class Evaluator:
             if structures is not None:
                 structures.close()
         if montage_dir is not None:
-            from t7synth.plotting import save_montage
-
             model_row = rows[0]
             title = (
                 f"{record.subject}  PSNR(brain) {model_row['psnr_brain']:.2f} dB  SSIM(brain) "
@@ -563,15 +550,11 @@ def evaluate(
         remove_stale_temporaries(folder)
     perceptual = None
     if perceptual_weights:
-        from t7synth.evaluation.perceptual import MedicalNetDistance
-
         perceptual = MedicalNetDistance(perceptual_weights)
     if pred_scale not in PRED_SCALES:
         raise UserError(f"--pred-scale must be one of {', '.join(PRED_SCALES)}, got {pred_scale!r}")
     runner = None
     if segmenter is not None:
-        from t7synth.evaluation.segmenter import Segmenter
-
         runner = Segmenter(segmenter)
     evaluator = Evaluator(
         data, config, perceptual=perceptual, ssim=ssim, lut=lut, pred_scale=pred_scale, segmenter=runner
