@@ -57,7 +57,9 @@ def test_skull_strip_refuses_in_one_line(tmp_path, capsys, monkeypatch, case):
     before = snapshot(tmp_path)
     status = run_main(
         predict.main,
-        ["--ckpt", str(ckpt), "--input", str(scan), "--output", str(tmp_path / "out.nii.gz"), "--skull-strip"],
+        # Age and sex given: the conditioning refusal would otherwise come first.
+        ["--ckpt", str(ckpt), "--input", str(scan), "--output", str(tmp_path / "out.nii.gz"), "--skull-strip"]
+        + ["--age", "60", "--sex", "F"],
     )
     assert_refused(status, capsys.readouterr().err, expected, str(scan))
     assert snapshot(tmp_path) == before
