@@ -33,7 +33,7 @@ from t7synth.data.profile import empty_profile, uniform_histogram
 from t7synth.errors import UserError
 from t7synth.measures.structure import StructureScorer
 from t7synth.measures.subject import subject_rows
-from t7synth.models.buffers import LATER_BUFFERS
+from t7synth.models.buffers import LATER_BUFFERS, complete_state_dict
 from t7synth.models.tiling import predict_volume
 from t7synth.scores import (
     HEADLINE,
@@ -91,8 +91,9 @@ def one_cycle(total: int, warmup: float = 0.3, start: float = 1 / 25, end: float
 
 def _fill_later_buffers(state_dict, prefix, *_args) -> None:
     """``load_state_dict`` pre-hook: give a state dict without a :data:`LATER_BUFFERS` entry its default."""
-    for name, value in LATER_BUFFERS.items():
-        state_dict.setdefault(prefix + name, torch.tensor(value))
+    for name, make in LATER_BUFFERS.items():
+        if prefix + name not in state_dict:
+            state_dict[prefix + name] = make()
 
 
 class SynthesisModule(pl.LightningModule):
@@ -142,17 +143,11 @@ class SynthesisModule(pl.LightningModule):
         self._rows: list[dict[str, Any]] = []
         self.test_rows: list[dict[str, Any]] = []
 
-    #: Buffers added after checkpoints were first written: a stored ``state_dict``
-    #: without them gets the built model's values ("unknown"), see :meth:`complete_state_dict`.
-    OPTIONAL_BUFFERS = ("input_profile", "intensity_histogram")
-
     @classmethod
     def complete_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``state_dict`` with the :data:`OPTIONAL_BUFFERS` it lacks set to "not fitted"
-        (a checkpoint or package older than them: its training inputs are unknown)."""
-        defaults = {"input_profile": empty_profile, "intensity_histogram": uniform_histogram}
-        missing = {key: defaults[key]() for key in cls.OPTIONAL_BUFFERS if key not in state_dict}
-        return {**state_dict, **missing} if missing else state_dict
+        """``state_dict`` with the buffers added after it was written set to "unknown"
+        (:data:`~t7synth.models.buffers.LATER_BUFFERS`)."""
+        return complete_state_dict(state_dict)
 
     # -- to override ------------------------------------------------------------
     def build_net(self) -> nn.Module:
