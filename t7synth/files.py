@@ -287,3 +287,27 @@ def cache_root() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "t7synth"
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock named after ``path``: a hidden ``.<name>.lock`` beside it (POSIX ``flock``).
+
+    For work that several processes on one machine may start at once and that must run
+    one at a time (the demo's first generation, a sweep's study summary). Without
+    ``fcntl`` (Windows) this is a no-op: the callers' writes are atomic anyway, so two
+    at once waste time but never mix their outputs.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(path)
+    make_dirs(path.parent)
+    with open(path.parent / f".{path.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t7synth.errors import UserError
+from t7synth.files import exclusive_lock
 from t7synth.run_files import METRICS_FILE, STUDY_TABLE_FILE
 from t7synth.textfiles import read_text
 
@@ -534,7 +535,14 @@ def write_summary(
     # Only complete trials reached their test; compare refuses runs without one.
     ranked = table[table["rank"].notna()].sort_values("rank").head(5)
     report(f"compare the best {len(ranked)}: python -m t7synth.compare " + " ".join(ranked["run_dir"]))
-    log_summary_to_wandb(table, images, sweep, root, wandb_mode_setting, base, baselines, len(study.trials))
+    # One summary run per study, updated by every worker: one worker at a time on this
+    # machine (W&B refuses a second process on a run id that is in use). The trials and
+    # the files above are complete whatever W&B answers, so its failure is a warning.
+    with exclusive_lock(root / STUDY_TABLE_FILE):
+        try:
+            log_summary_to_wandb(table, images, sweep, root, wandb_mode_setting, base, baselines, len(study.trials))
+        except Exception as error:  # noqa: BLE001 - any W&B failure: the sweep's results stand
+            report(f"warning: the study's W&B summary run was not updated: {str(error).splitlines()[0]}")
 
 
 def trials_table(study, metric: str | None = None):

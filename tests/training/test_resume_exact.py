@@ -73,4 +73,5 @@ def test_gan_resume_matches_an_uninterrupted_run(dataset, tmp_path, sampling, wo
     history_b = history(tmp_path / "b" / "gan_unet" / "version_0")
     assert [sorted(row) for row in history_b] == [sorted(row) for row in history_a]
     for row_a, row_b in zip(history_a, history_b):
-        assert row_b == pytest.approx(row_a, rel=1e-5, abs=1e-6)
+        # nan_ok: a tiny untrained model can leave a tissue class empty (its CNR, CJV, SNR: NaN).
+        assert row_b == pytest.approx(row_a, rel=1e-5, abs=1e-6, nan_ok=True)

@@ -9,9 +9,7 @@ moves the cache root); later calls return the cached folder without touching it.
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 from t7synth.data import naming
@@ -25,7 +23,7 @@ from t7synth.data.demo.simulate import (
     subject_labels,
 )
 from t7synth.errors import UserError
-from t7synth.files import cache_root, remove_stale_temporaries
+from t7synth.files import cache_root, exclusive_lock, remove_stale_temporaries
 from t7synth.textfiles import read_table
 
 
@@ -81,7 +79,7 @@ def ensure_demo_dataset(
         return folder
     _check_replaceable(folder)
     try:
-        with _generation_lock(folder):
+        with exclusive_lock(folder):
             # A killed generation leaves its hidden temporary folder beside this one.
             remove_stale_temporaries(folder.parent, folder.name)
             # Another process may have finished it while we waited for the lock.
@@ -145,28 +143,6 @@ def _foreign_files(folder: Path, recorded: dict) -> list[Path]:
         anat = naming.anat_dir(folder, label)
         ours |= {anat.parent, anat} | {p for p in anat.glob(f"{label}_*") if p.is_file()}
     return sorted(p for p in folder.rglob("*") if p not in ours)
-
-
-@contextlib.contextmanager
-def _generation_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on a hidden file beside ``folder`` (POSIX ``flock``).
-
-    Without ``fcntl`` (Windows) this is a no-op: concurrent first runs there may
-    generate twice, which wastes time but, thanks to the atomic rename, never
-    produces a mixed folder.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def describe_demo(folder: Path) -> str:
