@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from t7synth import plotting
-from t7synth.run_files import BEST_CHECKPOINT, last_value, per_epoch, read_metrics
+from t7synth.run_files import BEST_CHECKPOINT, EPOCH_TIME, SKIPPED_STEPS, last_value, per_epoch, read_metrics
 from t7synth.scores import (
     COLUMNS,
     HEADLINE,
@@ -31,6 +31,8 @@ from t7synth.scores import (
 )
 
 _REFERENCE_STYLES = (("identity", "identity (3T input)", "--"), ("lut", "intensity LUT", ":"))
+#: ``train/*`` series that are not losses, kept out of the losses panel.
+_NOT_LOSSES = (EPOCH_TIME, SKIPPED_STEPS)
 
 
 def save_progress(metrics_csv: str | Path, path: str | Path, title: str = "") -> Path | None:
@@ -42,7 +44,11 @@ def save_progress(metrics_csv: str | Path, path: str | Path, title: str = "") ->
     with both baselines as horizontal lines (identity: the 3T input scored as the
     prediction; intensity LUT), and the wall time of each epoch (training and
     validation). The epoch of ``best.ckpt`` (highest validation in-brain PSNR) is
-    marked on the validation panels.
+    marked on the validation panels. Every panel spans the epochs trained so far, so a
+    run validated once (the demo validates at its last epoch) shows that point at the
+    end of training rather than alone on a zoomed axis. Optimiser steps skipped for a
+    non-finite loss (``train/skipped_steps``, a count, not a loss) are named in the
+    losses panel's title when there are any.
     """
 
     rows = read_metrics(metrics_csv)
@@ -53,12 +59,14 @@ def save_progress(metrics_csv: str | Path, path: str | Path, title: str = "") ->
     figure, axes = plt.subplots(3, 2, figsize=(11, 9.5), layout="constrained")
     figure.suptitle(title or str(Path(metrics_csv).parent), fontsize=10)
 
-    losses = [k for k in keys if k.startswith("train/") and k != "train/epoch_time"]
+    losses = [k for k in keys if k.startswith("train/") and k not in _NOT_LOSSES]
     axis = axes[0][0]
     for key in losses:
         epochs, values = per_epoch(rows, key, "mean")
         axis.plot(epochs, values, marker="o", markersize=3, label=key.removeprefix("train/"))
-    _finish(axis, "training losses (epoch mean)", "loss", bool(losses), log=_all_positive(rows, losses))
+    skipped = int(sum(per_epoch(rows, SKIPPED_STEPS)[1]))
+    title = "training losses (epoch mean)" + (f"; {skipped} non-finite steps skipped" if skipped else "")
+    _finish(axis, title, "loss", bool(losses), log=_all_positive(rows, losses))
 
     axis = axes[0][1]
     rates = [k for k in keys if k.startswith("lr-")]
@@ -89,10 +97,14 @@ def save_progress(metrics_csv: str | Path, path: str | Path, title: str = "") ->
         _finish(axis, f"validation {COLUMNS[name].heading}", COLUMNS[name].heading, bool(values))
 
     axis = axes[2][1]
-    epochs, values = per_epoch(rows, "train/epoch_time")
+    epochs, values = per_epoch(rows, EPOCH_TIME)
     if values:
         axis.bar(epochs, values, color="tab:gray", width=0.8)
     _finish(axis, "epoch time (training + validation)", "seconds", bool(values), legend=False)
+    trained = [int(row["epoch"]) for row in rows if not math.isnan(row.get("epoch", math.nan))]
+    if trained:
+        for axis in axes.flat:  # the learning rate's last step sits just before max + 1
+            axis.set_xlim(min(trained) - 0.6, max(trained) + 1.1)
     return plotting.save_figure(figure, path, dpi=90)
 
 

@@ -42,6 +42,10 @@ from t7synth.textfiles import parse_int, read_json, read_table
 CONFIG_FILE = "config.yaml"
 ENVIRONMENT_FILE = "environment.yaml"
 METRICS_FILE = "metrics.csv"
+#: Series of ``metrics.csv`` that are neither losses nor scores: each epoch's wall time
+#: (training and validation) and the optimiser steps skipped for a non-finite loss.
+EPOCH_TIME = "train/epoch_time"
+SKIPPED_STEPS = "train/skipped_steps"
 PROGRESS_FILE = "progress.png"
 TEST_SCORES_FILE = "test_scores.csv"
 SAMPLES_DIR = "samples"

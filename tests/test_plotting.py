@@ -110,6 +110,22 @@ def test_progress_marks_the_best_epoch_and_draws_both_baselines(tmp_path, monkey
     assert [patch.get_height() for patch in times.patches] == [30.0, 31.0, 32.0]
 
 
+def test_one_validation_sits_at_its_epoch_and_counts_are_not_losses(tmp_path, monkeypatch):
+    # The demo validates once, at its last epoch: the point belongs at the end of the
+    # epochs trained, not alone on a zoomed axis; skipped steps are a count, not a loss.
+    figures = _capture(monkeypatch)
+    rows = [
+        {"epoch": e, "step": e, "train/loss": 0.5 - 0.1 * e, run_files.SKIPPED_STEPS: float(e == 1)} for e in range(4)
+    ]
+    rows.append({"epoch": 3, "step": 3, "val/model/psnr_brain": 22.0, "val/identity/psnr_brain": 16.0})
+    charts.save_progress(_metrics(tmp_path / "metrics.csv", rows), tmp_path / "progress.png")
+    axes = {axis.get_title(): axis for axis in figures[0].axes}
+    low, high = axes["validation PSNR brain (dB)"].get_xlim()
+    assert low < 0 and 3 < high < 4.5
+    losses = axes["training losses (epoch mean); 1 non-finite steps skipped"]
+    assert [line.get_label() for line in losses.get_lines()] == ["loss"]
+
+
 def test_nothing_logged_yet_draws_nothing(tmp_path):
     assert charts.save_progress(tmp_path / "missing.csv", tmp_path / "progress.png") is None
     _metrics(tmp_path / "metrics.csv", [{"epoch": 0, "step": 0, "train/loss": 0.5}])

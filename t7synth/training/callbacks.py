@@ -13,7 +13,14 @@ from pytorch_lightning.utilities import rank_zero_warn
 from t7synth import charts, plotting
 from t7synth.charts import save_progress
 from t7synth.files import atomic_path
-from t7synth.run_files import METRICS_FILE, PROGRESS_FILE, TEST_SCORES_FILE, TEST_SPECTRA_FILE, montage_path
+from t7synth.run_files import (
+    EPOCH_TIME,
+    METRICS_FILE,
+    PROGRESS_FILE,
+    TEST_SCORES_FILE,
+    TEST_SPECTRA_FILE,
+    montage_path,
+)
 from t7synth.scores import write_rows
 from t7synth.training.history import RunCSVLogger
 from t7synth.training.loggers import wandb_loggers
@@ -122,7 +129,7 @@ class ProgressPlot(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._started is not None:
-            pl_module.log("train/epoch_time", time.perf_counter() - self._started, on_step=False, on_epoch=True)
+            pl_module.log(EPOCH_TIME, time.perf_counter() - self._started, on_step=False, on_epoch=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._draw(trainer)

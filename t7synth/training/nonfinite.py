@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 
 from t7synth.errors import UserError
-from t7synth.run_files import CHECKPOINTS_DIR, LAST_CHECKPOINT
+from t7synth.run_files import CHECKPOINTS_DIR, LAST_CHECKPOINT, SKIPPED_STEPS
 
 
 class NonFiniteGuard(pl.Callback):
@@ -72,7 +72,7 @@ class NonFiniteGuard(pl.Callback):
             trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        pl_module.log("train/skipped_steps", float(self.epoch_skipped), on_step=False, on_epoch=True, reduce_fx="max")
+        pl_module.log(SKIPPED_STEPS, float(self.epoch_skipped), on_step=False, on_epoch=True, reduce_fx="max")
 
     def check(self) -> None:
         """Raise the run's one-line error if the guard stopped it.
