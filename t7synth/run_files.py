@@ -72,7 +72,7 @@ RUN_FILES = (CONFIG_FILE, ENVIRONMENT_FILE, METRICS_FILE, TEST_SCORES_FILE, PROG
 #: table of the predictions (not ``metrics.csv``: that name is a run's history).
 EVALUATE_SCORES_FILE = "scores.csv"
 EVALUATE_SUBJECTS_FILE = "subject_scores.csv"
-#: A sweep study folder's table of trials (:func:`t7synth.tuning.study.trials_table`).
+#: A sweep study folder's table of trials (:func:`t7synth.tuning.report.trials_table`).
 STUDY_TABLE_FILE = "trials.csv"
 
 
