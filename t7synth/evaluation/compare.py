@@ -46,6 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+import wandb
+
 from t7synth.charts import save_curves
 from t7synth.config import flatten
 from t7synth.errors import UserError
@@ -167,7 +171,7 @@ def read_run(path: str | Path) -> Run:
     rows = read_rows(scores)
     config: dict[str, Any] = read_config(path) or {}
     # Older config formats wrote plain values where sections are now: take what reads.
-    wandb = config.get("wandb") if isinstance(config.get("wandb"), dict) else {}
+    wandb_config = config.get("wandb") if isinstance(config.get("wandb"), dict) else {}
     section = config.get("model")
     model = str(section.get("name") or "?") if isinstance(section, dict) else str(section or "?")
     if scores.name == EVALUATE_SCORES_FILE:
@@ -180,7 +184,9 @@ def read_run(path: str | Path) -> Run:
         # The folder names stand in for a missing config; resolve so "." and "run" have a parent.
         experiment = config.get("name") or path.resolve().parent.name
         source = "trial" if trial else "fit"
-        label = f"{trial.get('study') or wandb.get('group')}/{experiment}" if trial else f"{experiment}/{path.name}"
+        label = (
+            f"{trial.get('study') or wandb_config.get('group')}/{experiment}" if trial else f"{experiment}/{path.name}"
+        )
     id_file = path / WANDB_ID_FILE
     return Run(
         path,
@@ -191,8 +197,8 @@ def read_run(path: str | Path) -> Run:
         config,
         metrics=path / METRICS_FILE if source != "evaluate" and (path / METRICS_FILE).is_file() else None,
         wandb_run=read_text(id_file).strip() if id_file.is_file() else "",
-        wandb_project=wandb.get("project") or "t7synth",
-        wandb_entity=wandb.get("entity"),
+        wandb_project=wandb_config.get("project") or "t7synth",
+        wandb_entity=wandb_config.get("entity"),
     )
 
 
@@ -392,7 +398,6 @@ def table_rows(entries: Sequence[Entry]) -> list[list]:
 
 
 def write_csv(entries: Sequence[Entry], path: Path) -> Path:
-
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(table_columns(entries))
@@ -408,11 +413,9 @@ def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
     a fraction of a dB); when it does not start at 0, break marks on the axis and a
     note below it say so.
     """
-    import matplotlib
-
+    # A call, not an import: the backend is chosen when something is drawn, so importing
+    # this module leaves an interactive session's backend alone.
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     runs = [e for e in entries if e.kind == "run"]
     references = [e for e in entries if e.kind == "reference"]
     styles = ["--", ":"]
@@ -490,7 +493,6 @@ def log_to_wandb(
     ids) and from the table's ``wandb_link`` column (URL online, run path offline; see
     :func:`t7synth.training.loggers.run_link`).
     """
-    import wandb
 
     first = runs[0]
     run = wandb.init(

@@ -40,6 +40,7 @@ sample); ``null`` means one on the CPU and, on GPUs, the fewest that fit.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from t7synth import registry
 from t7synth.config import sample_size
 from t7synth.data.batches import SUBJECT_KEYS, BatchPlan, batch_share, micro_batch, plan_batches
+from t7synth.data.demo.cache import default_demo_dir, ensure_demo_dataset
 from t7synth.data.layout import discover
 from t7synth.data.volumes import canonical_shape
 from t7synth.errors import UserError
@@ -424,13 +426,11 @@ def refusal(config, footprint: Footprint, plan: Plan, checkpointed: Footprint | 
 
 
 def _with_accumulation(config, value):
-
     return dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, accumulate_grad_batches=value))
 
 
 def checkpointing_variant(config):
     """``config`` with ``model.net.checkpointing`` on, or ``None`` if its net has no such switch."""
-    import inspect
 
     model = registry.build_on_meta(config)
     net = model.generator()
@@ -470,8 +470,6 @@ def volume_shape(config, create: bool = False) -> tuple[int, int, int] | None:
     if config.data.root:
         root = Path(config.data.root).expanduser()
     else:
-        from t7synth.data.demo.cache import default_demo_dir, ensure_demo_dataset
-
         data = config.data
         if create:
             root = ensure_demo_dataset(
