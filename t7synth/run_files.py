@@ -43,7 +43,12 @@ CONFIG_FILE = "config.yaml"
 ENVIRONMENT_FILE = "environment.yaml"
 METRICS_FILE = "metrics.csv"
 PROGRESS_FILE = "progress.png"
+#: The test's per-subject scores (``training.callbacks.TestScores`` writes it at the end
+#: of ``fit``'s test); a run folder that holds it is finished (``fit --fold all`` skips it).
 TEST_SCORES_FILE = "test_scores.csv"
+#: Who was in which split (``subject, site, split``), written by
+#: :func:`t7synth.data.folds.write_split_table`.
+SPLIT_FILE = "split.tsv"
 SAMPLES_DIR = "samples"
 #: The test subjects' power spectra, beside the test montages.
 TEST_SPECTRA_FILE = f"{SAMPLES_DIR}/test_spectra.png"
