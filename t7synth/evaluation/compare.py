@@ -46,14 +46,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import matplotlib.pyplot as plt
 import wandb
 
 from t7synth.charts import save_curves
 from t7synth.config import flatten
 from t7synth.errors import UserError
 from t7synth.files import atomic_path, atomic_paths, check_writable, remove_stale_temporaries
+from t7synth.plotting import pyplot, save_figure
 from t7synth.run_files import (
     CONFIG_FILE,
     EVALUATE_SCORES_FILE,
@@ -413,9 +412,7 @@ def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
     a fraction of a dB); when it does not start at 0, break marks on the axis and a
     note below it say so.
     """
-    # A call, not an import: the backend is chosen when something is drawn, so importing
-    # this module leaves an interactive session's backend alone.
-    matplotlib.use("Agg", force=False)
+    plt = pyplot()
     runs = [e for e in entries if e.kind == "run"]
     references = [e for e in entries if e.kind == "reference"]
     styles = ["--", ":"]
@@ -457,10 +454,7 @@ def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
         if references:
             axis.legend(fontsize=8, loc="best", framealpha=0.8)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=100)
 
 
 def _mark_cut_axis(axis, bottom: float) -> None:

@@ -10,8 +10,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
-import matplotlib.pyplot as plt
 import optuna
 import pandas as pd
 import wandb
@@ -19,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from optuna.visualization import matplotlib as plots
 
 from t7synth.files import atomic_path, exclusive_lock
+from t7synth.plotting import pyplot, save_figure
 from t7synth.run_files import STUDY_TABLE_FILE, WANDB_ID_FILE
 from t7synth.scores import COLUMNS
 from t7synth.textfiles import read_text
@@ -157,9 +156,7 @@ def plot_study(
     The history and the curves draw the identity and LUT ``baselines`` of the metric
     (:func:`t7synth.tuning.baselines.draw_baselines`).
     """
-    # A call, not an import: the backend is chosen when something is drawn, so importing
-    # this module leaves an interactive session's backend alone.
-    matplotlib.use("Agg")
+    pyplot()  # Optuna draws through pyplot: a non-interactive backend first
     axis_label = metric_label(metric)
     complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     written = []
@@ -204,10 +201,7 @@ def plot_study(
             figure = axes.figure
             figure.set_size_inches(8, 4.5)
             figure.tight_layout()
-            with atomic_path(path) as tmp:
-                figure.savefig(tmp, format="png", dpi=120)
-            plt.close(figure)
-            written.append(path)
+            written.append(save_figure(figure, path, dpi=120))
     return written
 
 

@@ -118,6 +118,25 @@ def test_gradient_penalty_is_fp32_under_bf16_autocast():
     assert kernels and all(p.grad is not None and torch.isfinite(p.grad).all() for p in kernels)
 
 
+def test_generator_loss_rewards_fooling_the_discriminator():
+    # A perfect reconstruction (no L1), judged by a discriminator whose last bias says
+    # "real" everywhere, then "fake" everywhere: only the adversarial term differs.
+    config = resolve("gan_unet", None, TINY_GAN)
+    module = GANUNetModule(config.to_dict())
+    target = torch.rand(2, 1, 16, 16)
+    last = [layer for layer in module.discriminator.modules() if isinstance(layer, torch.nn.Conv2d)][-1]
+    losses = {}
+    for verdict, bias in (("real", 10.0), ("fake", -10.0)):
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(bias)
+        losses[verdict] = module.generator_losses(target.clone(), target, torch.ones_like(target))
+    fooled, caught = losses["real"], losses["fake"]
+    assert fooled["l1"] == caught["l1"] == 0
+    assert fooled["adversarial"] < 1e-3 < 9 < caught["adversarial"]
+    assert fooled["g_loss"] < caught["g_loss"]
+
+
 def test_gradient_penalty_runs_on_the_meta_device():
     # The memory plan runs the model's own losses on the meta device, where torch.autocast
     # does not exist: the penalty skips its autocast-off context there.
