@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from t7synth import plotting
 from t7synth.run_files import BEST_CHECKPOINT, EPOCH_TIME, SKIPPED_STEPS, last_value, per_epoch, read_metrics
@@ -157,7 +158,6 @@ def _all_positive(rows, keys) -> bool:
 
 def _finish(axis, title: str, ylabel: str, has_data: bool, log: bool = False, legend: bool = True) -> None:
     """Title, labels, integer epoch ticks and a legend; or a 'nothing yet' note."""
-    from matplotlib.ticker import MaxNLocator
 
     axis.set_title(title, fontsize=10)
     axis.set_xlabel("epoch", fontsize=9)

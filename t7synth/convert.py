@@ -25,8 +25,8 @@ from t7synth.cli import ArgumentParser, console_entry, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # The released models' settings (their params files); official.py imports no torch.
-    from t7synth.inference.official import OFFICIAL_FRAME, OFFICIAL_SLICE_DIM
+    # The released models' settings (their params files); framing.py imports no torch.
+    from t7synth.inference.framing import OFFICIAL_FRAME, OFFICIAL_SLICE_DIM
 
     parser = ArgumentParser(prog="python -m t7synth.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument(

@@ -31,6 +31,11 @@ from pathlib import Path
 
 from t7synth.errors import UserError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock, exclusive_lock is a no-op there
+    fcntl = None
+
 #: Hidden temporaries are ``.<name>.t7tmp-<host>-<pid>-<random><suffix>``: the host
 #: (a CRC of its name) and the process id tell whether the writer can still be alive.
 TEMPORARY_PATTERN = re.compile(r"^\.(?P<name>.+)\.t7tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-")
@@ -298,9 +303,7 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
     ``fcntl`` (Windows) this is a no-op: the callers' writes are atomic anyway, so two
     at once waste time but never mix their outputs.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
+    if fcntl is None:  # pragma: no cover - Windows
         yield
         return
     path = Path(path)

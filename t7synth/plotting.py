@@ -20,7 +20,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import Rectangle
 
 from t7synth.files import atomic_path
 
@@ -69,16 +72,13 @@ def _as_array(x) -> np.ndarray | None:
 
 
 def pyplot():
-    import matplotlib
-
+    """pyplot with a non-interactive backend: chosen when something is drawn, not at
+    import, so importing this module leaves an interactive session's backend alone."""
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     return plt
 
 
 def save_figure(figure, path: str | Path, dpi: int) -> Path:
-
     path = Path(path)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=dpi, format="png")
@@ -245,7 +245,6 @@ def save_zoom(
     Raises:
         ValueError: no columns, or volumes on different grids.
     """
-    from matplotlib.patches import Rectangle
 
     columns = [(label, _as_array(volume)) for label, volume in columns]
     if not columns:

@@ -47,7 +47,12 @@ METRICS_FILE = "metrics.csv"
 EPOCH_TIME = "train/epoch_time"
 SKIPPED_STEPS = "train/skipped_steps"
 PROGRESS_FILE = "progress.png"
+#: The test's per-subject scores (``training.callbacks.TestScores`` writes it at the end
+#: of ``fit``'s test); a run folder that holds it is finished (``fit --fold all`` skips it).
 TEST_SCORES_FILE = "test_scores.csv"
+#: Who was in which split (``subject, site, split``), written by
+#: :func:`t7synth.data.folds.write_split_table`.
+SPLIT_FILE = "split.tsv"
 SAMPLES_DIR = "samples"
 #: The test subjects' power spectra, beside the test montages.
 TEST_SPECTRA_FILE = f"{SAMPLES_DIR}/test_spectra.png"
@@ -76,7 +81,7 @@ RUN_FILES = (CONFIG_FILE, ENVIRONMENT_FILE, METRICS_FILE, TEST_SCORES_FILE, PROG
 #: table of the predictions (not ``metrics.csv``: that name is a run's history).
 EVALUATE_SCORES_FILE = "scores.csv"
 EVALUATE_SUBJECTS_FILE = "subject_scores.csv"
-#: A sweep study folder's table of trials (:func:`t7synth.tuning.study.trials_table`).
+#: A sweep study folder's table of trials (:func:`t7synth.tuning.report.trials_table`).
 STUDY_TABLE_FILE = "trials.csv"
 
 

@@ -8,7 +8,8 @@ Examples::
     # more workers on the same study: the same command, elsewhere, with one storage
     python -m t7synth.sweep sweeps/unet.yaml --storage postgresql://db/optuna --gpus 1
 
-How trials run, are pruned and are stored: :mod:`t7synth.tuning.study`.
+How trials run and are pruned: :mod:`t7synth.tuning.study`; where the study is stored:
+:mod:`t7synth.tuning.storage`; what it leaves behind: :mod:`t7synth.tuning.report`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", help="override the precision of every trial")
     parser.add_argument("--wandb", choices=["online", "offline", "disabled"], help="W&B mode of the trials")
     parser.add_argument("--seed", type=int, help="sampler seed (default: the experiment's seed)")
-    from t7synth.tuning.study import DEFAULT_HEARTBEAT  # light: the module imports Optuna lazily
+    from t7synth.tuning.options import DEFAULT_HEARTBEAT  # light: no Optuna
 
     parser.add_argument(
         "--heartbeat",
@@ -63,10 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, then run trials until the study holds ``n_trials`` finished ones."""
-    from t7synth.tuning.study import SweepOptions, run_sweep
+    from t7synth.tuning.options import SweepOptions
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    from t7synth.tuning.study import run_sweep  # after parsing: --help answers without Optuna or torch
+
     options = SweepOptions(
         n_trials=args.n_trials,
         storage=args.storage,

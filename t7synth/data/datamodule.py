@@ -36,6 +36,7 @@ import torch
 import torchio as tio
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
+from tqdm.auto import tqdm
 
 from t7synth.config import Config, check_sample_fits, slab_patch_size
 from t7synth.data import batches
@@ -46,10 +47,11 @@ from t7synth.data.layout import SubjectRecord, assign_splits, discover
 from t7synth.data.prefetch import EpochPrefetcher, PrefetchedEpoch
 from t7synth.data.preprocess import Preprocessing, load_or_preprocess
 from t7synth.data.profile import training_profile
-from t7synth.data.sampling import EpochQueue, slab_sampler
+from t7synth.data.sampling import EpochQueue, brain_slices, slab_sampler
 from t7synth.data.seeds import seed_all, training_seed
 from t7synth.data.transforms import build_augmentation
 from t7synth.errors import UserError
+from t7synth.files import cache_root
 
 #: Training batches made ahead when ``data.num_workers > 0``: they must cover a Queue
 #: fill (about 9 s at the paper geometry) at the GPU's pace (about 2 s per batch of 56),
@@ -122,8 +124,6 @@ class PairedDataModule(pl.LightningDataModule):
         self.batch_plan = batch_plan
         self.settings = Preprocessing.from_config(config.data)
         if cache_dir is None:
-            from t7synth.files import cache_root
-
             cache_dir = cache_root() / "preprocessed"
         self.cache_dir = Path(cache_dir)
         self.subjects: dict[str, list] = {}
@@ -147,7 +147,6 @@ class PairedDataModule(pl.LightningDataModule):
         if self.subjects:
             return
         records = discover(resolve_root(self.config))
-        from tqdm.auto import tqdm
 
         for record in tqdm(records, desc="preprocess", unit="subject", leave=False, disable=len(records) < 2):
             load_or_preprocess(record, self.settings, self.cache_dir)
@@ -244,15 +243,12 @@ class PairedDataModule(pl.LightningDataModule):
             np.random.set_state(state[1])
 
     def _subject(self, record: SubjectRecord):
-
         data = load_or_preprocess(record, self.settings, self.cache_dir)
         affine = data["affine"].numpy()
         geometry = self.config.geometry
         axis = geometry.axis if geometry.mode == "slab" else 0
         extra = {}
         if geometry.mode == "slab" and self.config.data.slab_sampling == "every":
-            from t7synth.data.sampling import brain_slices
-
             # TorchIO's Queue takes a subject's ``num_samples`` over samples_per_volume.
             extra["num_samples"] = len(brain_slices(data["mask"], axis, geometry.slices))
         return tio.Subject(

@@ -27,10 +27,9 @@ from pathlib import Path
 from t7synth.data.layout import SubjectRecord
 from t7synth.errors import UserError
 from t7synth.files import atomic_path
+from t7synth.run_files import SPLIT_FILE
 from t7synth.textfiles import read_table
 
-#: The run folder's table of who was in which split (``subject, site, split``).
-SPLIT_FILE = "split.tsv"
 #: A run folder of one fold: ``runs/<name>/fold_<I>/version_N``.
 FOLD_PREFIX = "fold_"
 #: The site of a subject whose dataset has no ``site`` column (by-subject folds only).

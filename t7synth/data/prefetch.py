@@ -25,7 +25,9 @@ module's ``teardown``), at interpreter exit, or when it notices that its parent 
 from __future__ import annotations
 
 import os
+import pickle
 import queue as queue_module
+import signal
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -131,7 +133,6 @@ def _stop(process) -> None:
     """
     if process is None or not process.is_alive():
         return
-    import signal
 
     try:
         os.killpg(process.pid, signal.SIGTERM)
@@ -172,8 +173,6 @@ def _produce(make_loader, epoch: int, out, parent: int) -> None:
             epoch += 1
     except BaseException as error:  # noqa: BLE001 - any failure is handed to the training process, which raises it
         try:
-            import pickle
-
             pickle.dumps(error)
         except Exception:  # noqa: BLE001 - an unpicklable exception travels as its text
             error = RuntimeError(f"the training data process failed: {type(error).__name__}: {error}")

@@ -49,12 +49,16 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
+from tqdm.auto import tqdm
 
 from t7synth.data import naming, volumes
 from t7synth.data.bids import find_scans, parse_field_map, write_description
@@ -443,8 +447,6 @@ def prepare_subjects(jobs: list[PairJob], workers: int, progress: bool) -> None:
         for job in _bar(jobs, "prepare", progress):
             prepare_subject(job)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
@@ -465,7 +467,6 @@ def prepare_subject(job: PairJob) -> dict:
     interruption anywhere leaves either the previous state or a subject that the next
     run prepares again.
     """
-    import SimpleITK as sitk
 
     if job.threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(job.threads)
@@ -618,7 +619,5 @@ def _read_record(out: Path, subject: str) -> dict | None:
 
 
 def _bar(items, desc: str, progress: bool, total: int | None = None):
-    from tqdm.auto import tqdm
-
     # disable=None shows the bar only on a terminal, so logs stay clean.
     return tqdm(items, desc=desc, unit="subject", total=total, disable=None if progress else True, dynamic_ncols=True)

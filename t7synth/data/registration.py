@@ -7,6 +7,7 @@ Arrays here are nibabel-style (I, J, K) with RAS affines; :func:`to_sitk` and
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 
 from t7synth.errors import UserError
 
@@ -27,7 +28,6 @@ def to_sitk(array: np.ndarray, affine: np.ndarray):
     ITK indexes arrays the other way round (K, J, I) and measures in LPS, so the first
     two world axes change sign; spacing is the column norm and direction the rest.
     """
-    import SimpleITK as sitk
 
     affine = np.asarray(affine, dtype=np.float64)
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(2, 1, 0)))
@@ -41,7 +41,6 @@ def to_sitk(array: np.ndarray, affine: np.ndarray):
 
 def from_sitk(image) -> np.ndarray:
     """The (I, J, K) float32 array of a SimpleITK image made by :func:`to_sitk`."""
-    import SimpleITK as sitk
 
     return np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0), dtype=np.float32)
 
@@ -80,7 +79,6 @@ def register_rigid(fixed, moving, what: str):
     Raises:
         UserError: when ITK gives up (e.g. the scans share too little).
     """
-    import SimpleITK as sitk
 
     size = np.asarray(fixed.GetSize())
     factors = [f for f in SHRINK_FACTORS if f == 1 or size.min() / f >= MIN_LEVEL_VOXELS]
@@ -119,7 +117,6 @@ def _initial_transform(fixed, moving, shrink: int):
     """The better of two starts by the registration metric on the coarsest level
     (both images block-averaged by ``shrink``): scanner coordinates, or the centres of
     mass aligned. Both rotate about the 7T's centre of mass."""
-    import SimpleITK as sitk
 
     moments = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
@@ -151,7 +148,6 @@ def resample_onto(moving, fixed, transform, interpolator) -> np.ndarray:
     B-spline interpolation overshoots at edges; negative values are clipped because
     magnitude images have none.
     """
-    import SimpleITK as sitk
 
     image = sitk.Resample(moving, fixed, transform, interpolator, 0.0, sitk.sitkFloat32)
     return np.maximum(from_sitk(image), 0.0)

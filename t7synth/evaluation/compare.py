@@ -46,10 +46,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import wandb
+
 from t7synth.charts import save_curves
 from t7synth.config import flatten
 from t7synth.errors import UserError
 from t7synth.files import atomic_path, atomic_paths, check_writable, remove_stale_temporaries
+from t7synth.plotting import pyplot, save_figure
 from t7synth.run_files import (
     CONFIG_FILE,
     EVALUATE_SCORES_FILE,
@@ -167,7 +170,7 @@ def read_run(path: str | Path) -> Run:
     rows = read_rows(scores)
     config: dict[str, Any] = read_config(path) or {}
     # Older config formats wrote plain values where sections are now: take what reads.
-    wandb = config.get("wandb") if isinstance(config.get("wandb"), dict) else {}
+    wandb_config = config.get("wandb") if isinstance(config.get("wandb"), dict) else {}
     section = config.get("model")
     model = str(section.get("name") or "?") if isinstance(section, dict) else str(section or "?")
     if scores.name == EVALUATE_SCORES_FILE:
@@ -180,7 +183,9 @@ def read_run(path: str | Path) -> Run:
         # The folder names stand in for a missing config; resolve so "." and "run" have a parent.
         experiment = config.get("name") or path.resolve().parent.name
         source = "trial" if trial else "fit"
-        label = f"{trial.get('study') or wandb.get('group')}/{experiment}" if trial else f"{experiment}/{path.name}"
+        label = (
+            f"{trial.get('study') or wandb_config.get('group')}/{experiment}" if trial else f"{experiment}/{path.name}"
+        )
     id_file = path / WANDB_ID_FILE
     return Run(
         path,
@@ -191,8 +196,8 @@ def read_run(path: str | Path) -> Run:
         config,
         metrics=path / METRICS_FILE if source != "evaluate" and (path / METRICS_FILE).is_file() else None,
         wandb_run=read_text(id_file).strip() if id_file.is_file() else "",
-        wandb_project=wandb.get("project") or "t7synth",
-        wandb_entity=wandb.get("entity"),
+        wandb_project=wandb_config.get("project") or "t7synth",
+        wandb_entity=wandb_config.get("entity"),
     )
 
 
@@ -392,7 +397,6 @@ def table_rows(entries: Sequence[Entry]) -> list[list]:
 
 
 def write_csv(entries: Sequence[Entry], path: Path) -> Path:
-
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(table_columns(entries))
@@ -408,11 +412,7 @@ def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
     a fraction of a dB); when it does not start at 0, break marks on the axis and a
     note below it say so.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     runs = [e for e in entries if e.kind == "run"]
     references = [e for e in entries if e.kind == "reference"]
     styles = ["--", ":"]
@@ -454,10 +454,7 @@ def bar_chart(entries: Sequence[Entry], path: Path) -> Path:
         if references:
             axis.legend(fontsize=8, loc="best", framealpha=0.8)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=100)
 
 
 def _mark_cut_axis(axis, bottom: float) -> None:
@@ -490,7 +487,6 @@ def log_to_wandb(
     ids) and from the table's ``wandb_link`` column (URL online, run path offline; see
     :func:`t7synth.training.loggers.run_link`).
     """
-    import wandb
 
     first = runs[0]
     run = wandb.init(

@@ -43,10 +43,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from t7synth.charts import save_spectra
 from t7synth.config import Config
-from t7synth.data.intensity_lut import apply_lut
+from t7synth.data.intensity_lut import apply_lut, fit_lut
 from t7synth.data.layout import assign_splits, discover
 from t7synth.data.naming import is_nifti, is_uncertainty, subject_label
 from t7synth.data.preprocess import Preprocessing, load_or_preprocess, normalise
@@ -263,8 +264,6 @@ class Evaluator:
         if not self._lut_ready:
             self._lut_ready = True
             if self.splits["train"]:
-                from t7synth.data.intensity_lut import fit_lut
-
                 self._lut = fit_lut(
                     (d["source"], d["target"], d["mask"]) for d in map(self.preprocessed, self.splits["train"])
                 )
@@ -430,7 +429,6 @@ class Evaluator:
         progress: bool = True,
     ) -> list[dict[str, Any]]:
         """Score every selected subject; rows in subject order, models grouped."""
-        from tqdm.auto import tqdm
 
         chosen = select_subjects(self.records, predictions, self.splits, split, pred_dir)
         rows: list[dict[str, Any]] = []

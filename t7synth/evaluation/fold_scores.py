@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from t7synth.charts import save_curves
-from t7synth.data.folds import FOLD_PREFIX, NO_SITE, SPLIT_FILE, read_split_table
+from t7synth.data.folds import FOLD_PREFIX, NO_SITE, read_split_table
 from t7synth.errors import UserError
 from t7synth.evaluation.compare import (
     COMPARED,
@@ -41,7 +41,7 @@ from t7synth.evaluation.compare import (
     write_csv,
 )
 from t7synth.files import atomic_paths, check_writable, remove_stale_temporaries
-from t7synth.run_files import TEST_SCORES_FILE
+from t7synth.run_files import SPLIT_FILE, TEST_SCORES_FILE
 from t7synth.scores import COLUMNS, LABELS, MODEL, ROW_KINDS, format_cell, is_number, mean_sd
 from t7synth.training.cross_validation import finished_runs
 from t7synth.training.loggers import check_wandb_mode

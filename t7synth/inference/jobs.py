@@ -5,19 +5,32 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from t7synth.data import naming
 from t7synth.data.bids import write_description
 from t7synth.data.layout import assign_splits, discover
-from t7synth.data.naming import PLAIN_SUFFIX, QC_TABLE, is_nifti, nifti_stem, subject_label, synthetic_path
+from t7synth.data.naming import (
+    PLAIN_SUFFIX,
+    QC_TABLE,
+    is_nifti,
+    nifti_stem,
+    subject_label,
+    synthetic_path,
+    uncertainty_path,
+)
 from t7synth.errors import UserError
 from t7synth.files import check_writable, remove_stale_temporaries
 from t7synth.inference import conditioning
+from t7synth.inference.bids_app import RAW_LINK, bids_targets, complete, model_entries, write_bidsignore
+from t7synth.inference.package import load_package
 from t7synth.inference.preprocess_raw import PREPROCESS_MODES, RawPipeline
 from t7synth.inference.qc import write_table
-from t7synth.inference.synthesiser import Synthesiser, device_for
+from t7synth.inference.synthesiser import Fusion, Synthesiser, device_for
+from t7synth.inference.trained import load_trained, refuse_package
 
 
 @dataclass(frozen=True)
@@ -121,10 +134,6 @@ def plan_jobs(
     else:
         raise UserError(f"input not found: {input}")
     if uncertainty:
-        from dataclasses import replace
-
-        from t7synth.data.naming import uncertainty_path
-
         jobs = [replace(job, uncertainty=uncertainty_path(job.output)) for job in jobs]
     sources = {job.source.resolve() for job in jobs}
     outputs: dict[Path, Path] = {}
@@ -142,7 +151,6 @@ def plan_jobs(
 
 
 def _dataset_jobs(root: Path, output: Path, mask_dir: Path | None, split: str | None, config) -> list[Job]:
-
     if output.resolve() == root.resolve():
         # The outputs would land among the subjects' own files, as a derivative dataset
         # description over the dataset's.
@@ -223,7 +231,6 @@ def run_jobs(
     Returns:
         The failure messages (each names its file); empty when all succeeded.
     """
-    from tqdm.auto import tqdm
 
     failures: list[str] = []
     bar = tqdm(jobs, desc="predict", unit="volume", disable=None if progress else True)
@@ -309,20 +316,14 @@ def predict(
     synthesisers = []
     for source in sources:
         if model is not None:
-            from t7synth.inference.package import load_package
-
             synthesisers.append(Synthesiser(load_package(source), device=device, batch_size=batch_size))
         else:
-            from t7synth.inference.trained import load_trained, refuse_package
-
             refuse_package(source, f"--ckpt {source} is a model package; pass it as --model {source}")
             synthesisers.append(Synthesiser(load_trained(source)[0], device=device, batch_size=batch_size))
     if not synthesisers:
         raise UserError("predict needs a model: --ckpt or --model")
     fused = len(synthesisers) > 1
     if fused:
-        from t7synth.inference.synthesiser import Fusion
-
         if (
             split
             and len(
@@ -343,8 +344,6 @@ def predict(
     names = [s.config.model.name for s in synthesisers]
     skipped: list[Job] = []
     if bids is not None:
-        from t7synth.inference.bids_app import RAW_LINK, bids_targets, complete, model_entries, write_bidsignore
-
         planned = [Job(**target) for target in bids_targets(bids, output, participant_labels, session_labels, fused)]
         jobs, skipped = [j for j in planned if not complete(j)], [j for j in planned if complete(j)]
         # The mask and N4 choices of --preprocess auto apply; a BIDS T1w is raw, so

@@ -1,5 +1,5 @@
-"""The authors' released checkpoints in t7synth: reading them safely, converting them,
-and framing a scan exactly as their inference script does.
+"""The authors' released checkpoints in t7synth: reading them safely and converting them
+(framing a scan as their inference script does: :mod:`t7synth.inference.framing`).
 
 The official repository (DeMONLab-BioFINDER/SuperResolutionMalo) releases the paper's
 two generators, ``models/my_unet_no_diag.pt`` (U-Net) and ``models/my_unetGanNoDiag.pt``
@@ -32,20 +32,7 @@ authors' conventions, so ``predict`` reproduces ``func/inference/inferer3T.py``:
 ``data.normalisation: authors`` (``pickling.py``'s unclipped percentile scaling),
 ``geometry.axis`` = their ``slice_dim`` counted in the file's own array axes,
 ``data.shape`` = their ``(d1, d2, d3)`` frame, the position token's divisor, fp32, and
-``data.inference: authors`` for the framing below.
-
-**The authors' inference framing** (``inferer3T.py``; :func:`brain_box`,
-:func:`frame_region`, :func:`to_frame`, :func:`from_frame`, :func:`window_middle`):
-the scan is used in its file's array order (no reorientation); it is cropped to the
-bounding box of its voxels above 0 (after normalisation: above the 1st percentile)
-widened by 3 voxels before and 2 after (``[first - 3, last + 3)``); the crop is
-zero-padded *at the end* of each axis to the frame; every 3-slice window lying wholly
-in the frame is predicted, and the frame's first and last slices stay 0; the
-prediction is cropped back and put in place, zero elsewhere, neither masked nor
-clipped. The position token of the window starting at frame slice ``w`` is
-``2 (w - mid) / n`` with ``mid`` the brain's centre in the *uncropped* scan and ``n``
-the frame's slice count: the script measures the two in different coordinates, and
-the conversion reproduces that as written.
+``data.inference: authors`` for their framing (:mod:`t7synth.inference.framing`).
 """
 
 from __future__ import annotations
@@ -58,22 +45,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 
+from t7synth.config import validate
+from t7synth.data.intensity_lut import DEFAULT_BINS
 from t7synth.errors import UserError
-
-#: The released models' ``slice_dim`` (``models/params_no_diag.txt``, ``paramsGanNoDiag.txt``).
-OFFICIAL_SLICE_DIM = 1
-#: Their frame ``(d1, d2, d3)`` in the file's array axes: ``slice_size (288, 222)`` with
-#: ``n_slices 244`` along ``slice_dim`` 1 (the same params files). The repository's
-#: example ``params.json`` uses ``304, 304, 308`` (``convert --frame``).
-OFFICIAL_FRAME = (288, 244, 222)
-#: The released networks read three adjacent slices (``n_in_slices``); ``inferer3T.py``
-#: builds exactly three-slice windows.
-OFFICIAL_SLICES = 3
-#: ``inferer3T.py`` widens the brain's bounding box by this many voxels before it
-#: (and one fewer after, its slice ends being exclusive).
-BOX_MARGIN = 3
+from t7synth.files import atomic_path
+from t7synth.inference.framing import OFFICIAL_FRAME, OFFICIAL_SLICE_DIM, OFFICIAL_SLICES
+from t7synth.registry import resolve
+from t7synth.training.checkpoint import check_fits
 
 #: Globals a ``torch.save`` of tensors, state dicts and optimiser states refers to: the
 #: tensor rebuild function, the typed storages, ``OrderedDict`` and ``_codecs.encode``
@@ -227,7 +207,6 @@ def read_official(path: str | Path) -> OfficialCheckpoint:
             ``model_state_dict`` of tensors, or a torch older than 2.6 (which cannot
             allow-list the stand-ins).
     """
-    import torch
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -277,8 +256,6 @@ def converted_config(
         UserError: a config of another model than ``unet``/``gan_unet``, a bad
             ``slice_dim`` or ``frame``, or what :func:`t7synth.registry.resolve` refuses.
     """
-    from t7synth.config import validate
-    from t7synth.registry import resolve
 
     config = resolve(None, config_file, list(overrides))
     if config.model.name not in ("unet", "gan_unet"):
@@ -327,11 +304,6 @@ def convert(
         UserError: see :func:`read_official` and :func:`converted_config`; weights
             that do not fit the config's network; ``out`` naming the input.
     """
-    import torch
-
-    from t7synth.data.intensity_lut import DEFAULT_BINS
-    from t7synth.files import atomic_path
-    from t7synth.training.checkpoint import check_fits
 
     official, out = Path(official).expanduser(), Path(out).expanduser()
     if out.exists() and official.exists() and out.resolve() == official.resolve():
@@ -364,71 +336,3 @@ def convert(
         + f") as model unet, slices along array axis {config.geometry.axis} of the scan file, frame {frame_text}, "
         "the authors' normalisation and inference (inferer3T.py)"
     )
-
-
-# -- inferer3T.py's framing -----------------------------------------------------------
-def brain_box(volume: np.ndarray) -> list[tuple[int, int]]:
-    """``(first, last)`` index of the voxels above 0 along each axis (``brain_location``).
-
-    Raises:
-        UserError: no voxel above 0.
-    """
-    inside = np.asarray(volume) > 0
-    box = []
-    for axis in range(inside.ndim):
-        present = np.flatnonzero(inside.any(axis=tuple(a for a in range(inside.ndim) if a != axis)))
-        if present.size == 0:
-            raise UserError("no voxel of the normalised scan is above 0: the authors' brain box is empty")
-        box.append((int(present[0]), int(present[-1])))
-    return box
-
-
-def frame_region(box: Sequence[tuple[int, int]], shape: Sequence[int], frame: Sequence[int]) -> tuple[slice, ...]:
-    """The crop ``[first - 3, last + 3)`` of every axis, within the scan.
-
-    Raises:
-        UserError: a crop larger than the frame along some axis (``inferer3T.py``
-            would fail there too).
-    """
-    region = tuple(
-        slice(max(first - BOX_MARGIN, 0), min(last + BOX_MARGIN, size)) for (first, last), size in zip(box, shape)
-    )
-    sizes = tuple(r.stop - r.start for r in region)
-    if any(s > f for s, f in zip(sizes, frame)):
-        raise UserError(
-            f"the brain's box ({'x'.join(map(str, sizes))} voxels with the authors' margin) does not fit the frame "
-            f"data.shape {'x'.join(map(str, frame))} of the converted model (convert --frame)"
-        )
-    return region
-
-
-def to_frame(volume: np.ndarray, region: tuple[slice, ...], frame: Sequence[int]) -> np.ndarray:
-    """Crop ``volume`` to ``region`` and zero-pad each axis at its end to ``frame``."""
-    cropped = np.asarray(volume)[region]
-    return np.pad(cropped, [(0, f - s) for s, f in zip(cropped.shape, frame)])
-
-
-def from_frame(framed: np.ndarray, region: tuple[slice, ...], shape: Sequence[int], axis: int) -> np.ndarray:
-    """Undo :func:`to_frame` for a prediction: the crop's part of ``framed`` in place,
-    zero elsewhere, and zero on the frame's first and last slice along ``axis``
-    (``inferer3T.py`` predicts only the windows wholly inside the frame).
-    """
-    framed = np.array(framed, dtype=np.float32)
-    ends = [slice(None)] * framed.ndim
-    ends[axis] = [0, framed.shape[axis] - 1]
-    framed[tuple(ends)] = 0.0
-    out = np.zeros(tuple(shape), dtype=np.float32)
-    out[region] = framed[tuple(slice(0, r.stop - r.start) for r in region)]
-    return out
-
-
-def window_middle(box: Sequence[tuple[int, int]], axis: int, slices: int = OFFICIAL_SLICES) -> float:
-    """The ``brain_mid`` that makes t7synth's token ``2 (centre - brain_mid) / n`` equal
-    ``inferer3T.py``'s ``2 (w - mid) / n``.
-
-    t7synth indexes a window by its centre slice, ``w + slices // 2`` for the window
-    starting at ``w``; the script uses ``w`` and the brain's centre ``mid`` in the
-    uncropped scan.
-    """
-    first, last = box[axis]
-    return (first + last) / 2 + slices // 2

@@ -36,11 +36,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 import t7synth
 from t7synth.data import profile as training
 from t7synth.data import volumes
-from t7synth.data.naming import nifti_stem
+from t7synth.data.naming import brain_mask_output, nifti_stem
 from t7synth.data.preprocess import normalise
 from t7synth.data.skullstrip import extract_brain, n4_correct
 from t7synth.errors import UserError
@@ -53,8 +54,6 @@ PREPROCESS_MODES = ("auto", "none")
 
 
 def _warn(message: str) -> None:
-    from tqdm.auto import tqdm
-
     tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
@@ -146,8 +145,6 @@ class RawPipeline:
         )
         mask_file = job.brain_mask_output if (strip or job.brain_mask_output is not None) else None
         if mask_file is None and strip:
-            from t7synth.data.naming import brain_mask_output
-
             mask_file = brain_mask_output(job.output)
         if mask_file is not None:
             write_mask(inside, affine, original, mask_file)
@@ -168,7 +165,6 @@ class RawPipeline:
             row.update(self.measure_quality(written, prepared, inside))
         if job.uncertainty is not None and Path(job.uncertainty).is_file():
             # Not load_volume: an SD map of identical models is all zeros, which it refuses.
-            import nibabel as nib
 
             sd = np.asarray(nib.as_closest_canonical(volumes.load_image(job.uncertainty)).dataobj, dtype=np.float64)
             row["fused_sd_mean"] = float(sd[inside].mean())

@@ -37,7 +37,7 @@ import torchio as tio
 from t7synth.data import batches, volumes
 from t7synth.data.preprocess import crop_or_pad, normalise
 from t7synth.errors import UserError
-from t7synth.inference import official
+from t7synth.inference import framing
 from t7synth.inference.grids import resample, resampled_grid, shift_to_grid, spacing
 from t7synth.training.precision import resolve_precision
 
@@ -154,7 +154,7 @@ class Synthesiser:
 
     def _synthesise_authors(self, source: Path, mask: str | Path | None, age: float, sex: float):
         """``data.inference: authors``: ``inferer3T.py`` exactly (converted official
-        checkpoints; the steps are :mod:`t7synth.inference.official`'s).
+        checkpoints; the steps are :mod:`t7synth.inference.framing`'s).
 
         The scan is read and checked as always, then used in its file's own array axes,
         normalised with the checkpoint's ``data.normalisation`` (``authors``: the brain's
@@ -174,15 +174,15 @@ class Synthesiser:
             0
         ].numpy()
         try:
-            box = official.brain_box(normalised)
-            region = official.frame_region(box, normalised.shape, self.shape)
+            box = framing.brain_box(normalised)
+            region = framing.frame_region(box, normalised.shape, self.shape)
         except UserError as error:
             raise UserError(f"{source}: {error}") from None
-        framed = torch.from_numpy(official.to_frame(normalised, region, self.shape).astype(np.float32)[None])
+        framed = torch.from_numpy(framing.to_frame(normalised, region, self.shape).astype(np.float32)[None])
         axis = self.config.geometry.axis
-        tokens = {"brain_mid": official.window_middle(box, axis), "n_slices": float(self.shape[axis])}
+        tokens = {"brain_mid": framing.window_middle(box, axis), "n_slices": float(self.shape[axis])}
         prediction = self._predict(framed, None, age, sex, tokens=tokens)[0].numpy()
-        out = official.from_frame(prediction, region, normalised.shape, axis)
+        out = framing.from_frame(prediction, region, normalised.shape, axis)
         return volumes.image_on_file_grid(out, original)
 
     # -- steps ------------------------------------------------------------------

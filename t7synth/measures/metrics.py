@@ -35,6 +35,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 SSIM_SIGMA = 1.5
 SSIM_KERNEL = 11
@@ -89,7 +90,6 @@ def ssim_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def psnr(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """PSNR in dB with peak 1, over all voxels or those inside ``mask``."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
 
     if mask is None:
         return float(peak_signal_noise_ratio(prediction.float(), target.float(), data_range=1.0))

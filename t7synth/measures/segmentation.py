@@ -42,6 +42,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
+from sklearn.mixture import GaussianMixture
 
 from t7synth.data import naming
 from t7synth.errors import UserError
@@ -79,7 +81,6 @@ def volume_error(first: np.ndarray, second: np.ndarray) -> float:
 
 def bias_correct(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """N4 bias correction of ``image`` inside ``mask`` (float32, 0 outside the mask)."""
-    import SimpleITK as sitk
 
     brain = np.asarray(mask, dtype=bool)
     values = np.where(brain, np.maximum(image, N4_FLOOR), 0.0).astype(np.float32)
@@ -109,7 +110,6 @@ def mixture_labels(image: np.ndarray, mask: np.ndarray, fit_voxels: np.ndarray |
         uint8 labels of ``image.shape``: 1, 2, 3 by increasing class mean (CSF, GM,
         WM on a T1-weighted image), 0 outside ``mask``.
     """
-    from sklearn.mixture import GaussianMixture
 
     brain = np.asarray(mask, dtype=bool)
     values = image[brain].astype(np.float64)

@@ -34,6 +34,7 @@ from t7synth.errors import UserError
 from t7synth.measures.structure import StructureScorer
 from t7synth.measures.subject import subject_rows
 from t7synth.models.buffers import LATER_BUFFERS, complete_state_dict
+from t7synth.models.losses import build_perceptual
 from t7synth.models.tiling import predict_volume
 from t7synth.scores import (
     HEADLINE,
@@ -194,8 +195,6 @@ class SynthesisModule(pl.LightningModule):
     # -- training ---------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if stage == "fit" and self._perceptual is None:
-            from t7synth.models.losses import build_perceptual
-
             # Kept out of the module tree: assigning an nn.Module attribute registers a
             # submodule, which would put the frozen feature weights in every checkpoint
             # (and make them unloadable by predict, which builds no loss). Writing

@@ -8,6 +8,7 @@ manual optimisation (two optimisers stepped at different rates).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -19,6 +20,18 @@ from t7synth.config import deep_merge
 from t7synth.errors import UserError
 from t7synth.models.unet import UNetModule
 from t7synth.nets.layers import NORMS, norm_spec
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device``; nothing to switch off where autocast does not exist.
+
+    ``torch.autocast`` raises for device types it has no autocast for, such as the meta
+    device on which ``training.memory`` runs the training losses for its shapes-only
+    estimate; there the context is skipped (on the CPU and CUDA it is entered as before).
+    """
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class GANUNetModule(UNetModule):
@@ -127,7 +140,7 @@ class GANUNetModule(UNetModule):
         discriminator twice (``create_graph=True``), and bf16 gradients of gradients
         are too coarse to hold a norm near 1.
         """
-        with torch.autocast(device_type=real.device.type, enabled=False):
+        with autocast_off(real.device):
             real, fake = real.detach().float(), fake.detach().float()
             alpha = torch.rand(real.shape[0], *([1] * (real.ndim - 1)), device=real.device)
             mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
@@ -137,8 +150,22 @@ class GANUNetModule(UNetModule):
             norm = torch.sqrt(grad.flatten(1).square().sum(dim=1) + 1e-12)
             return ((norm - 1) ** 2).mean()
 
+    def generator_losses(self, fake: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The generator's loss (``g_loss``) and its parts, scored by the discriminator as it is.
+
+        ``loss`` is the reconstruction part alone (L1 + perceptual); the caller freezes the
+        discriminator (``toggled_optimizer``) so that ``g_loss``'s backward reaches the
+        generator only. ``training.memory`` runs this same method for its estimate.
+        """
+        losses = self.reconstruction_losses(fake, target, mask)
+        adversarial = self.bce(self.logits(fake.float()), real=True)
+        losses["g_loss"] = losses["loss"] + self.adversarial_weight() * adversarial
+        losses["adversarial"] = adversarial
+        return losses
+
     def discriminator_losses(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The discriminator's loss (``d_loss``) and its parts, for detached fakes."""
+        """The discriminator's loss (``d_loss``) and its parts, for detached fakes
+        (``training.memory`` runs this same method for its estimate)."""
         loss_config = self.config.loss
         real_logits, fake_logits = self.logits(real), self.logits(fake.detach())
         bce = (self.bce(fake_logits, real=False) + self.bce(real_logits, real=True)) / 2
@@ -189,13 +216,10 @@ class GANUNetModule(UNetModule):
             # term's backward reaches the generator only.
             with self.toggled_optimizer(opt_g):
                 fake = self(x, context)
-                losses = self.reconstruction_losses(fake, target, mask)
-                adversarial = self.bce(self.logits(fake.float()), real=True)
-                g_loss = losses["loss"] + self.adversarial_weight() * adversarial
-                self._step(opt_g, g_loss)
+                losses = self.generator_losses(fake, target, mask)
+                self._step(opt_g, losses["g_loss"])
             self.generator_steps += 1
             logged.update({name: value.detach() for name, value in losses.items() if name != "loss"})
-            logged.update({"g_loss": g_loss.detach(), "adversarial": adversarial.detach()})
         else:
             logged["l1"] = self.reconstruction_losses(fake, target, mask, perceptual=False)["l1"]
 

@@ -29,10 +29,6 @@ from t7synth.run_files import TEST_SCORES_FILE
 from t7synth.training.run_dir import resumable_runs, versions
 from t7synth.training.trainer import FitOptions, FitResult, fit
 
-#: A run is finished once its test scores are written (``SynthesisModule`` writes this
-#: file in the run folder at the end of ``fit``'s test).
-FINISHED_FILE = TEST_SCORES_FILE
-
 
 def folds_of(config) -> int:
     """K of ``config``'s cross-validation (``folds: 0`` by site: the number of sites).
@@ -59,7 +55,8 @@ def finished_runs(folder: Path) -> list[Path]:
     in order of N, then launcher-named ones (``slurm_<job>``, a multi-task job's) by name."""
     folder = Path(folder)
     named = sorted(p for p in folder.glob("*") if p.is_dir() and p not in versions(folder))
-    return [run for run in [*versions(folder), *named] if (run / FINISHED_FILE).is_file()]
+    # Finished: its test scores are written (run_files.TEST_SCORES_FILE).
+    return [run for run in [*versions(folder), *named] if (run / TEST_SCORES_FILE).is_file()]
 
 
 def finished_run(config) -> Path | None:

@@ -36,17 +36,21 @@ from __future__ import annotations
 import math
 import netrc
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
+import wandb
 from pytorch_lightning.utilities import rank_zero_only
 
 from t7synth.config import Config
+from t7synth.errors import UserError
 from t7synth.run_files import PROGRESS_FILE, RUN_FILES, WANDB_ID_FILE, montage_path
 from t7synth.scores import score_names, summary_values
 from t7synth.textfiles import read_text
 from t7synth.training.history import RunCSVLogger
 from t7synth.training.wandb_links import run_link  # noqa: F401  (the sweep's summary links trials)
+from t7synth.training.wandb_logger import RunWandbLogger
 
 
 def has_wandb_credentials() -> bool:
@@ -82,8 +86,6 @@ def check_wandb_mode(mode: str) -> None:
         UserError: naming the two ways out (log in, or run offline and sync later).
     """
     if mode == "online" and not has_wandb_credentials():
-        from t7synth.errors import UserError
-
         raise UserError(
             "W&B mode online needs credentials (WANDB_API_KEY, or `wandb login`); "
             "or use --wandb offline and `wandb sync` the run folder's wandb/ later"
@@ -95,7 +97,6 @@ def wandb_run_id(run_dir: Path) -> str:
     path = run_dir / WANDB_ID_FILE
     if path.is_file():
         return read_text(path).strip()
-    import secrets
 
     run_id = secrets.token_hex(4)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -126,8 +127,6 @@ def build_loggers(config: Config, run_dir: Path, mode: str, resume=None) -> list
 
     loggers: list = [RunCSVLogger(run_dir, resume)]
     if mode != "disabled":
-        from t7synth.training.wandb_logger import RunWandbLogger
-
         loggers.append(
             RunWandbLogger(
                 run_dir,
@@ -212,7 +211,6 @@ def log_run_files(
     targets = wandb_loggers(loggers)
     if rank_zero_only.rank != 0 or not targets:
         return
-    import wandb
 
     run_dir = Path(run_dir)
     files = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]

@@ -40,6 +40,7 @@ sample); ``null`` means one on the CPU and, on GPUs, the fewest that fit.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from t7synth import registry
 from t7synth.config import sample_size
 from t7synth.data.batches import SUBJECT_KEYS, BatchPlan, batch_share, micro_batch, plan_batches
+from t7synth.data.demo.cache import default_demo_dir, ensure_demo_dataset
 from t7synth.data.layout import discover
 from t7synth.data.volumes import canonical_shape
 from t7synth.errors import UserError
@@ -247,35 +249,38 @@ def _training_phases(model, batch: dict) -> list:
     """A training step's backward passes, in order: callables that run a forward pass
     and return the loss to differentiate (one per optimiser).
 
-    The generator's pass holds its activations and, for the GAN, the critic's on its
-    output (the critic frozen, as ``toggled_optimizer`` does); the GAN critic's own
-    pass holds its activations on real and fake slices and the gradient penalty's
-    double backward, which runs in fp32 with autocast off (``GANUNetModule.gradient_penalty``).
+    The GAN's passes are the model's own losses (``GANUNetModule.generator_losses`` and
+    ``discriminator_losses``, gradient penalty included), so the step is written once:
+    the generator's pass holds its activations and the critic's on its output (the
+    critic frozen, as ``toggled_optimizer`` does); the critic's own pass holds its
+    activations on real and fake slices and the gradient penalty's double backward.
+    On the meta device the penalty's autocast-off context is skipped
+    (``gan_unet.autocast_off``), so the estimate counts it under the emulated autocast.
     """
     x, context = model.net_input(batch)
     target = model.net_view(batch["target"]).float()
     critic = getattr(model, "discriminator", None)
+    if critic is None:
+
+        def generator_pass() -> torch.Tensor:
+            return (model(x, context).float() - target).abs().mean()
+
+        return [generator_pass]
+
+    mask = model.net_view(batch["mask"])
     kept = {}
 
-    def generator_pass() -> torch.Tensor:
+    def gan_generator_pass() -> torch.Tensor:
         prediction = model(x, context)
         kept["fake"] = prediction.detach().float()
-        loss = (prediction.float() - target).abs().mean()
-        if critic is not None:
-            critic.requires_grad_(False)
-            loss = loss + critic(prediction.float())[-1].float().mean()
-        return loss
+        critic.requires_grad_(False)
+        return model.generator_losses(prediction, target, mask)["g_loss"]
 
     def critic_pass() -> torch.Tensor:
         critic.requires_grad_(True)
-        fake = kept.pop("fake")
-        loss = critic(target)[-1].float().mean() + critic(fake)[-1].float().mean()
-        with _MetaTraining(None):
-            mixed = (0.5 * target + 0.5 * fake).requires_grad_(True)
-            (gradient,) = torch.autograd.grad(critic(mixed)[-1].float().sum(), mixed, create_graph=True)
-            return loss + gradient.square().sum()
+        return model.discriminator_losses(target, kept.pop("fake"))["d_loss"]
 
-    return [generator_pass] if critic is None else [generator_pass, critic_pass]
+    return [gan_generator_pass, critic_pass]
 
 
 def _backward(loss: torch.Tensor) -> None:
@@ -421,13 +426,11 @@ def refusal(config, footprint: Footprint, plan: Plan, checkpointed: Footprint | 
 
 
 def _with_accumulation(config, value):
-
     return dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, accumulate_grad_batches=value))
 
 
 def checkpointing_variant(config):
     """``config`` with ``model.net.checkpointing`` on, or ``None`` if its net has no such switch."""
-    import inspect
 
     model = registry.build_on_meta(config)
     net = model.generator()
@@ -467,8 +470,6 @@ def volume_shape(config, create: bool = False) -> tuple[int, int, int] | None:
     if config.data.root:
         root = Path(config.data.root).expanduser()
     else:
-        from t7synth.data.demo.cache import default_demo_dir, ensure_demo_dataset
-
         data = config.data
         if create:
             root = ensure_demo_dataset(

@@ -10,6 +10,7 @@ training starts (``config.yaml``, ``environment.yaml``) and only rank 0 talks to
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import wandb
 
 from t7synth import registry
 from t7synth.data.datamodule import PairedDataModule
@@ -142,7 +144,6 @@ def checkpoint_callbacks(run_dir: Path) -> tuple:
 
 
 def _fit(config, options: FitOptions, callbacks: Sequence, init_weights: dict | None = None) -> FitResult:
-
     module_class = registry.get(config.model.name)
     launch = detect_launch()
     # Not "did not inherit RUN_DIR_ENV": a user may set it on every node, rank 0's
@@ -296,7 +297,6 @@ def early_stopping(config) -> list:
     patience = config.trainer.early_stopping_patience
     if patience is None:
         return []
-    import pytorch_lightning as pl
 
     return [
         pl.callbacks.EarlyStopping(
@@ -361,7 +361,6 @@ def _quiet_known_warnings():
       (Lightning's documented way to change its console output is the standard
       ``logging`` module).
     """
-    import logging
 
     tips = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     advert = _DropAdverts()
@@ -392,6 +391,4 @@ def _finish_wandb(trainer, run_dir: Path, checkpoint: str | None = None, epoch: 
 
     log_run_files(trainer.loggers, run_dir, checkpoint or None, epoch)
     if wandb_loggers(trainer.loggers):
-        import wandb
-
         wandb.finish()

@@ -14,6 +14,7 @@ from typing import Any
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from t7synth.run_files import read_trial_record
 from t7synth.scores import COLUMNS, REFERENCES
 from t7synth.training.wandb_links import run_link
 from t7synth.training.wandb_steps import StepCounter
@@ -107,7 +108,6 @@ class RunWandbLogger(WandbLogger):
         ``trial/study_run`` is the summary run's URL online, its path offline
         (:func:`t7synth.training.loggers.run_link`).
         """
-        from t7synth.run_files import read_trial_record
 
         record = read_trial_record(self._run_dir)
         if not isinstance(record.get("number"), int):
@@ -139,8 +139,6 @@ class RunWandbLogger(WandbLogger):
     def finalize(self, status: str) -> None:
         """On an interrupted run, mark a sweep trial its sweep pruned (tag and summary)."""
         if status == "failed" and self._experiment is not None:
-            from t7synth.run_files import read_trial_record
-
             record = read_trial_record(self._run_dir)
             if record.get("state") == PRUNED:
                 run = self._experiment

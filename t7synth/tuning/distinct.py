@@ -18,6 +18,8 @@ coincidence of both timing and values.)
 
 from __future__ import annotations
 
+import optuna
+
 from t7synth.errors import UserError
 
 #: Duplicates in a row after which the search space counts as exhausted.
@@ -28,7 +30,6 @@ DUPLICATE_ATTR = "duplicate_of"
 
 def duplicate_of(study, trial) -> int | None:
     """The number of an earlier live or finished trial with exactly ``trial``'s parameters, else ``None``."""
-    import optuna
 
     states = (
         optuna.trial.TrialState.COMPLETE,
@@ -49,7 +50,6 @@ def skip_duplicate(study, trial, original: int, streak: int) -> str:
     Raises:
         UserError: after :data:`MAX_CONSECUTIVE_DUPLICATES` repeats in a row.
     """
-    import optuna
 
     trial.set_user_attr(DUPLICATE_ATTR, original)
     study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -36,7 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
+import yaml
+
+from t7synth.config import load_yaml, parse_assignment
 from t7synth.errors import UserError
+from t7synth.registry import resolve
+from t7synth.training.summary import model_summary as summary
+from t7synth.tuning.effect import check_params_have_effect
 
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = ("median", "hyperband", "none")
@@ -85,7 +92,6 @@ class SweepConfig:
         Raises:
             UserError: a missing file, an unknown key, or a bad value (named).
         """
-        from t7synth.config import load_yaml, parse_assignment
 
         path = Path(path)
         data = load_yaml(path)
@@ -129,8 +135,6 @@ class SweepConfig:
         # Every trial is one of these configs with other values: resolving the
         # extremes, and building their model on the meta device (no memory, no
         # time), catches unknown keys and impossible values before any trial runs.
-        from t7synth.training.summary import model_summary as summary
-        from t7synth.tuning.effect import check_params_have_effect
 
         corners = []
         for values in self._corners():
@@ -144,7 +148,6 @@ class SweepConfig:
 
     def resolve(self, values: dict[str, Any], extra: dict[str, Any] | None = None):
         """The experiment config of one trial: the base, ``set``, then ``values``."""
-        from t7synth.registry import resolve
 
         overrides = [f"{key}={format_value(value)}" for key, value in {**self.set, **values}.items()]
         try:
@@ -154,7 +157,6 @@ class SweepConfig:
 
     def distributions(self) -> dict[str, Any]:
         """Optuna distributions of ``params``, keyed by the dotted config key."""
-        import optuna
 
         made = {}
         for key, spec in self.params.items():
@@ -169,7 +171,6 @@ class SweepConfig:
 
     def make_sampler(self, seed: int | None):
         """The Optuna sampler named in ``sampler`` (seeded for reproducible studies)."""
-        import optuna
 
         options = {k: v for k, v in self.sampler.items() if k != "name"}
         classes = {
@@ -184,7 +185,6 @@ class SweepConfig:
 
     def make_pruner(self):
         """The Optuna pruner named in ``pruner``; ``none`` never prunes."""
-        import optuna
 
         options = {k: v for k, v in self.pruner.items() if k != "name"}
         classes = {
@@ -209,7 +209,6 @@ class SweepConfig:
 
 def format_value(value: Any) -> str:
     """A value as ``--set`` reads it back (YAML), e.g. ``1e-05`` -> ``1.0e-05``."""
-    import yaml
 
     text = yaml.safe_dump(value, default_flow_style=True).strip()
     return text.removesuffix("...").strip()

@@ -27,11 +27,13 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 from t7synth.errors import UserError
 from t7synth.run_files import METRICS_FILE
 from t7synth.textfiles import read_table
+from t7synth.training.launch import RUN_DIR_ENV
 
 
 class TrialProcess:
@@ -53,7 +55,6 @@ class TrialProcess:
 
     def start(self) -> None:
         """Start the trial in a new process group (so stopping it stops every rank)."""
-        from t7synth.training.launch import RUN_DIR_ENV
 
         env = dict(os.environ, **{RUN_DIR_ENV: str(self.run_dir)})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +142,6 @@ def stop_orphaned_fit(pid: int, run_dir: Path, grace: float = 30.0) -> bool:
     Returns:
         True when a process was found and stopped.
     """
-    from t7synth.training.launch import RUN_DIR_ENV
 
     try:
         environment = Path(f"/proc/{int(pid)}/environ").read_bytes().split(b"\0")
@@ -162,7 +162,6 @@ def stop_group(pgid: int, grace: float, running) -> None:
         running: whether the leader still runs; for a child of this process,
             ``Popen.poll`` (which also reaps it), else :func:`_running`.
     """
-    import time
 
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
         try:

@@ -15,6 +15,8 @@ from helpers import REPO, TINY_UNET, make_dataset
 from t7synth import sweep
 from t7synth.cli import run_main
 from t7synth.run_files import read_trial_record
+from t7synth.tuning import report as report_module
+from t7synth.tuning import storage as storage_module
 from t7synth.tuning import study as study_module
 from t7synth.tuning.sweep_file import SweepConfig
 
@@ -265,7 +267,7 @@ def _study_with_trials(tmp_path):
 
 def test_trials_table_is_numeric_and_ranks_complete_trials(tmp_path):
     study = _study_with_trials(tmp_path)
-    table = study_module.trials_table(study)
+    table = report_module.trials_table(study)
     assert list(table["state"]) == ["complete", "pruned", "complete", "fail"]
     assert table["value"].dtype.kind == "f" and table["params_optim.lr"].dtype.kind == "f"
     assert list(table["rank"].astype("object").where(table["rank"].notna(), None)) == [2, None, 1, None]
@@ -288,12 +290,12 @@ def test_the_study_table_and_plots_show_the_identity_and_lut_baselines(tmp_path,
         (tmp_path / "lr" / f"trial-{number:04d}" / "version_0" / "metrics.csv").write_text(
             "epoch,step,val/psnr_brain,val/identity/psnr_brain,val/lut/psnr_brain\n0,9,20.0,30.0,25.0\n"
         )
-    table = study_module.trials_table(study, "val/psnr_brain")
+    table = report_module.trials_table(study, "val/psnr_brain")
     assert table["identity"].tolist()[:3] == [30.0, 30.0, 30.0] and table["lut"].tolist()[:3] == [25.0] * 3
     figures = []
     close = plt.close
     monkeypatch.setattr(plt, "close", lambda figure=None: figures.append(figure) or close(figure))
-    study_module.plot_study(
+    report_module.plot_study(
         study, tmp_path / "lr", "val/psnr_brain", lambda line: None, {"identity": 30.0, "lut": 25.0}
     )
     for figure in figures:
@@ -314,11 +316,11 @@ def test_study_plots_name_the_metric_and_skip_unstable_importances(tmp_path, mon
     close = plt.close
     monkeypatch.setattr(plt, "close", lambda figure=None: figures.append(figure) or close(figure))
     lines = []
-    written = study_module.plot_study(study, root, "val/psnr_brain", lines.append)
+    written = report_module.plot_study(study, root, "val/psnr_brain", lines.append)
     assert [path.name for path in written] == ["history.png", "curves.png"]
     assert not (root / "importances.png").exists()  # a stale picture would describe another study
     assert lines == [
-        f"importances.png not drawn: 2 complete trials, {study_module.MIN_TRIALS_FOR_IMPORTANCES} needed for a "
+        f"importances.png not drawn: 2 complete trials, {report_module.MIN_TRIALS_FOR_IMPORTANCES} needed for a "
         "stable estimate"
     ]
     history, curves = (figure.axes[0] for figure in figures)
@@ -348,7 +350,7 @@ def test_sweep_summary_run_links_every_trial(tmp_path, monkeypatch):
     import wandb
 
     try:
-        study_module.log_summary_to_wandb(study_module.trials_table(study), [image], spec, root, "offline", base)
+        report_module.log_summary_to_wandb(report_module.trials_table(study), [image], spec, root, "offline", base)
     finally:
         # wandb keeps process-wide settings (read from the environment, where the
         # tests set WANDB_MODE=disabled) until torn down; later tests start afresh.
@@ -401,7 +403,7 @@ def test_orphans_of_a_killed_sweep_are_failed_and_their_fit_stopped(tmp_path):
     trial_with(owner_tag(), "trial-0002", environment=None)  # this (live) process
     trial_with("another-host:1", "trial-0003", environment=None)  # cannot be judged from here
     try:
-        lines = study_module.fail_orphaned_trials(study)
+        lines = storage_module.fail_orphaned_trials(study)
         assert len(lines) == 2 and "trial 0" in lines[0] and "stopped" in lines[0]
         assert "trial 1" in lines[1] and "stopped" not in lines[1]
         assert orphan_fit.wait(timeout=40) is not None

@@ -11,7 +11,7 @@ from helpers import REPO, TINY_UNET
 from t7synth import fit
 from t7synth.cli import run_main
 from t7synth.models.gan_unet import GANUNetModule
-from t7synth.registry import resolve
+from t7synth.registry import build_on_meta, resolve
 
 #: A tiny generator (conftest's U-Net) and a two-layer discriminator, which fits the
 #: fixture's 20x18 slices (three layers would shrink them to a 1x1 map).
@@ -116,6 +116,35 @@ def test_gradient_penalty_is_fp32_under_bf16_autocast():
     penalty.backward()  # create_graph: the penalty reaches every conv kernel of the critic
     kernels = [p for name, p in module.discriminator.named_parameters() if p.ndim > 1]
     assert kernels and all(p.grad is not None and torch.isfinite(p.grad).all() for p in kernels)
+
+
+def test_generator_loss_rewards_fooling_the_discriminator():
+    # A perfect reconstruction (no L1), judged by a discriminator whose last bias says
+    # "real" everywhere, then "fake" everywhere: only the adversarial term differs.
+    config = resolve("gan_unet", None, TINY_GAN)
+    module = GANUNetModule(config.to_dict())
+    target = torch.rand(2, 1, 16, 16)
+    last = [layer for layer in module.discriminator.modules() if isinstance(layer, torch.nn.Conv2d)][-1]
+    losses = {}
+    for verdict, bias in (("real", 10.0), ("fake", -10.0)):
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(bias)
+        losses[verdict] = module.generator_losses(target.clone(), target, torch.ones_like(target))
+    fooled, caught = losses["real"], losses["fake"]
+    assert fooled["l1"] == caught["l1"] == 0
+    assert fooled["adversarial"] < 1e-3 < 9 < caught["adversarial"]
+    assert fooled["g_loss"] < caught["g_loss"]
+
+
+def test_gradient_penalty_runs_on_the_meta_device():
+    # The memory plan runs the model's own losses on the meta device, where torch.autocast
+    # does not exist: the penalty skips its autocast-off context there.
+    config = resolve("gan_unet", None, TINY_GAN)
+    module = build_on_meta(config)
+    real, fake = torch.empty(2, 1, 16, 16, device="meta"), torch.empty(2, 1, 16, 16, device="meta")
+    penalty = module.discriminator_losses(real, fake)["gp"]
+    assert penalty.device.type == "meta" and penalty.dtype == torch.float32 and penalty.shape == ()
 
 
 def test_fast_dev_run_bf16(dataset, tmp_path, capsys):

@@ -10,8 +10,9 @@ from helpers import TINY_UNET, make_sited_dataset
 from t7synth import fit
 from t7synth.cli import run_main
 from t7synth.registry import resolve
+from t7synth.run_files import TEST_SCORES_FILE
 from t7synth.training import cross_validation
-from t7synth.training.cross_validation import FINISHED_FILE, fit_folds
+from t7synth.training.cross_validation import fit_folds
 from t7synth.training.trainer import FitResult
 
 
@@ -56,7 +57,7 @@ def test_fold_all_skips_finished_folds_and_resumes_a_killed_one(tmp_path, monkey
             (run / "checkpoints" / "last.ckpt").write_bytes(b"")
             return FitResult(run)
         run.mkdir(parents=True, exist_ok=True)
-        (run / FINISHED_FILE).write_text("model,subject\n")
+        (run / TEST_SCORES_FILE).write_text("model,subject\n")
         return FitResult(run)
 
     monkeypatch.setattr(cross_validation, "fit", fake_fit)

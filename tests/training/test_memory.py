@@ -152,6 +152,19 @@ def test_refusal_names_the_batch_or_switch_that_would_fit():
     assert "at most 7 samples per forward pass" in some  # (66.05 - 5.5) / 8 GiB
 
 
+def test_gan_estimate_follows_the_models_own_critic_loss():
+    # The estimate runs GANUNetModule's losses: without a gradient penalty the critic's
+    # pass has no double backward and holds less per sample.
+    sets = [*TINY_UNET, "model.discriminator.channels=4", "model.discriminator.num_layers=2", "data.shape=[20,5,18]"]
+    plain = resolve("gan_unet", None, [*sets, "loss.gradient_penalty=0"])
+    penalised = resolve("gan_unet", None, [*sets, "loss.gradient_penalty=10"])
+    without = memory.measure(plain, plain.data.shape, "32-true")
+    with_gp = memory.measure(penalised, penalised.data.shape, "32-true")
+    assert len(with_gp.phases) == 2 and not with_gp.accumulates
+    assert without.phases[0] == with_gp.phases[0]  # the generator's pass does not see the penalty
+    assert without.phases[1][1] < 0.6 * with_gp.phases[1][1]
+
+
 def test_manual_optimisation_cannot_accumulate():
     config = resolve("gan_unet", None, [*TINY_UNET, "trainer.accumulate_grad_batches=2"])
     with pytest.raises(UserError, match="manual optimisation"):

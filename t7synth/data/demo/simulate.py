@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from nilearn import datasets
 from scipy import ndimage
+from tqdm.auto import tqdm
 
 from t7synth.data import naming
 from t7synth.data.volumes import write_nifti
@@ -341,7 +343,6 @@ def load_template() -> Template:
     ``mni_icbm152_{gm,wm}_tal_nlin_sym_09a_converted.nii.gz``, which nilearn's loaders
     scale to a maximum of 1); nothing is downloaded.
     """
-    from nilearn import datasets  # heavy (about 1.5 s): only when a dataset is made
 
     image_nii = datasets.load_mni152_template(resolution=1)
     mask_nii = datasets.load_mni152_brain_mask(resolution=1)
@@ -743,6 +744,5 @@ def read_description(folder: Path) -> dict | None:
 def _progress(items, enabled: bool):
     if not enabled:
         return items
-    from tqdm.auto import tqdm
 
     return tqdm(items, desc="simulating demo subjects", unit="subject")

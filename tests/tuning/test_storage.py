@@ -21,7 +21,7 @@ import yaml
 
 from t7synth import sweep as sweep_command
 from t7synth.cli import run_main
-from t7synth.tuning import study as study_module
+from t7synth.tuning import storage as storage_module
 
 POSTGRES_ENV = "T7SYNTH_TEST_POSTGRES_URL"
 
@@ -53,12 +53,12 @@ with open(os.path.join(run, "metrics.csv"), "w", newline="") as f:
 # can judge by its process id: only the heartbeat tells that it died.
 WORKER = """
 import sys
-from t7synth.tuning import study, trial
+from t7synth.tuning import study
 shared, fake, owner, linger, wait_for = sys.argv[1:6]
 study.fit_command = lambda sweep, options, overrides: [
     sys.executable, fake, shared, overrides["name"], overrides["optim.lr"], linger, wait_for]
 if owner != "-":
-    trial.owner_tag = lambda: owner
+    study.owner_tag = lambda: owner
 from t7synth.tuning import workers
 workers.PROGRAM = [sys.argv[0], *sys.argv[1:6]]  # --workers starts this stand-in too
 from t7synth import sweep
@@ -222,14 +222,16 @@ def test_stale_heartbeat_fails_only_that_trial(tmp_path):
     spec.study, spec.direction, spec.path = "s", "maximize", tmp_path / "sweep.yaml"
     spec.make_sampler = lambda seed: optuna.samplers.RandomSampler(seed)
     spec.make_pruner = lambda: optuna.pruners.NopPruner()
-    study = study_module.open_study(spec, f"sqlite:///{tmp_path / 'o.db'}", tmp_path / "runs", 0, heartbeat_interval=1)
+    study = storage_module.open_study(
+        spec, f"sqlite:///{tmp_path / 'o.db'}", tmp_path / "runs", 0, heartbeat_interval=1
+    )
     with pytest.warns(UserWarning, match="Heartbeat of storage"):  # Optuna's note: meant for optimize
         dead, alive = study.ask(), study.ask()
-    with study_module.heartbeat(study, dead):
+    with storage_module.heartbeat(study, dead):
         pass  # one beat, then its worker "dies"
-    with study_module.heartbeat(study, alive):
+    with storage_module.heartbeat(study, alive):
         time.sleep(4.0)  # past the 2 s grace period; SQLite's clock has 1 s steps
-        lines = study_module.fail_stale_trials(study)
+        lines = storage_module.fail_stale_trials(study)
     assert len(lines) == 1 and f"trial {dead.number}: no heartbeat" in lines[0]
     states = {t.number: t.state for t in study.trials}
     assert states == {dead.number: optuna.trial.TrialState.FAIL, alive.number: optuna.trial.TrialState.RUNNING}
@@ -239,12 +241,12 @@ def test_no_heartbeat_without_interval(tmp_path):
     """``--heartbeat 0``: nothing beats, nothing is ever failed as stale."""
     import optuna
 
-    storage = study_module.database_storage(f"sqlite:///{tmp_path / 'o.db'}", 0)
+    storage = storage_module.database_storage(f"sqlite:///{tmp_path / 'o.db'}", 0)
     study = optuna.create_study(storage=storage)
     trial = study.ask()
-    with study_module.heartbeat(study, trial):
+    with storage_module.heartbeat(study, trial):
         pass
-    assert study_module.fail_stale_trials(study) == []
+    assert storage_module.fail_stale_trials(study) == []
     assert study.trials[0].state == optuna.trial.TrialState.RUNNING
 
 
@@ -295,11 +297,11 @@ def test_fit_of_a_trial_failed_elsewhere_is_stopped_here(tmp_path):
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("pid", fit.pid)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)  # what fail_stale_trials did elsewhere
-        lines = study_module.fail_orphaned_trials(study)
+        lines = storage_module.fail_orphaned_trials(study)
         assert len(lines) == 1 and "trial 0: failed" in lines[0] and "fit was stopped" in lines[0]
         assert fit.wait(timeout=40) is not None
         assert study.trials[0].state == optuna.trial.TrialState.FAIL
-        assert study_module.fail_orphaned_trials(study) == []  # nothing left to stop
+        assert storage_module.fail_orphaned_trials(study) == []  # nothing left to stop
     finally:
         if fit.poll() is None:
             fit.kill()
