@@ -13,7 +13,9 @@ holds its rows beside the model's. The table shows, for the model and both refer
   the cross-validation), the number a cross-validation is reported by;
 * one row per site (from ``split.tsv``): the pooled subjects of that site. With
   leave-one-site-out, a site's row is its fold's; by subject, it shows how the model
-  does on each site's scans when trained on all others' and some of its own.
+  does on each site's scans when trained on all others' and some of its own. A dataset
+  without sites (every subject ``n/a``, as the demo's) gets none: its one site row would
+  repeat the pooled one.
 
 The files (``comparison.md``, ``.csv``, ``.png``, ``curves.png``) and the W&B summary
 run are those of :func:`t7synth.evaluation.compare.compare`, whose writers are reused; the
@@ -120,7 +122,10 @@ def cross_validation_entries(folds: Sequence[tuple[Run, dict[str, str]]]) -> lis
         pooled += run.rows
         site_of.update(sites)
     entries += group(POOLED, pooled)
-    for site in sorted({site_of.get(r["subject"], NO_SITE) for r in pooled}):
+    sites = sorted({site_of.get(r["subject"], NO_SITE) for r in pooled})
+    if sites == [NO_SITE]:
+        return entries
+    for site in sites:
         entries += group(f"site {site}", [r for r in pooled if site_of.get(r["subject"], NO_SITE) == site])
     return entries
 

@@ -59,3 +59,13 @@ def test_an_unfinished_fold_is_one_line(tmp_path, capsys):
     assert run_main(compare.main, [str(root), "--out", str(tmp_path / "cmp")]) == 2
     err = capsys.readouterr().err
     assert "fold_1" in err and "--fold 1" in err and not (tmp_path / "cmp").exists()
+
+
+def test_a_dataset_without_sites_gets_no_site_rows(tmp_path, capsys):
+    # The demo's subjects have no site: one "site n/a" row would only repeat the pooled one.
+    root = tmp_path / "runs" / "cv"
+    fold_run(root, 0, [("sub-001", None)], [("sub-002", None)], psnr=20.0)
+    fold_run(root, 1, [("sub-002", None)], [("sub-001", None)], psnr=22.0)
+    assert run_main(compare.main, [str(root), "--out", str(tmp_path / "cmp")]) == 0
+    rows = [line.split(" | ")[0].strip("| ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert "pooled" in rows and not [row for row in rows if row.startswith("site")]
