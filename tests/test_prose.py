@@ -13,7 +13,9 @@ PACKAGE = REPO / "t7synth"
 #: ``:mod:`t7synth.x```, ``:func:`~t7synth.x.f```, ``:meth:`Class.method``` ...
 REFERENCE = re.compile(r":(mod|func|class|meth|data|attr|exc|obj):`~?([A-Za-z_][\w.]*)`")
 #: Files that are not part of the repository (design notes and papers kept beside it).
-OUTSIDE = re.compile(r"reference/(paper|baselines)\.md|DESIGN\.md|\.\./shared\b|(?<![\w.-])shared/")
+OUTSIDE = re.compile(
+    r"(?<![\w-])(paper|baselines|ecosystem|env-measurements)\.md|DESIGN\.md|\.\./shared\b|(?<![\w.-])shared/"
+)
 
 
 def _module_name(path) -> str:

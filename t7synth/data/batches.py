@@ -62,7 +62,7 @@ def centre_slice(x: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 def slice_position(centre: torch.Tensor, brain_mid: torch.Tensor, n_slices: torch.Tensor) -> torch.Tensor:
-    """The paper's slice-position token, 2 (j − mid) / n_slices (``paper.md`` §3.1)."""
+    """The paper's slice-position token, 2 (j − mid) / n_slices (Gicquel et al. 2025, §3.1)."""
     return 2.0 * (centre.float() - brain_mid.float()) / n_slices.float().clamp(min=1)
 
 

@@ -1,4 +1,4 @@
-"""Tests for t7synth.nets.vnet.VNet (Cui et al. 2024; baselines.md section 2)."""
+"""Tests for t7synth.nets.vnet.VNet (Cui et al. 2024)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from torch import nn
 from t7synth.nets.haar import haar_pyramid
 from t7synth.nets.watnet import WAVELET_SUBBANDS, WATNet
 
-REFERENCE_PARAMS = 1_219_139  # baselines.md §5a, counted from the Caffe prototxt with group: 4
+REFERENCE_PARAMS = 1_219_139  # counted from Qu et al.'s Caffe prototxt with group: 4
 DENSE_PARAMS = 1_467_971  # the released prototxt as trained (its "#group: 4" lines are comments)
 
 
