@@ -3,8 +3,8 @@
 The measurement that chose the demo's base width 16 and batches of 4 (issue 18): per
 variant, the median time of one fp32 training step (forward, L1, backward, Adam) on a
 random batch shaped like the demo's, interleaved over rounds in this one process, and
-its ratio to the previous demo (base 32, batches of 8; the first row). Run it capped at AVX2 to see an
-AVX2-only CPU's numbers on a CPU with native bf16::
+its ratio to the previous demo (base 32, batches of 8; the first row). Run it capped at
+AVX2 to see an AVX2-only CPU's numbers on a CPU with native bf16::
 
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/demo_variants.py
 """
